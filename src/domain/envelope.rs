@@ -1,0 +1,296 @@
+//! The envelope producers publish (CONTRACT §4), parsed into a typed operation.
+
+use super::attributes::kind as json_kind;
+use super::event::object;
+use super::{
+    Attributes, CorrelationId, Device, Event, Page, ParseError, PersonRef, TransactionalRequest,
+    UserId, limits,
+};
+use serde_json::{Map, Value};
+
+/// The envelope's `type`, as producers spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MessageType {
+    Identify,
+    Track,
+    Transactional,
+    Page,
+    Delete,
+    Suppress,
+    Unsuppress,
+    AddDevice,
+    DeleteDevice,
+    Merge,
+}
+
+/// Which of the three producer exchanges a message type belongs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Identify,
+    Track,
+    Transactional,
+}
+
+impl MessageType {
+    pub const ALL: [MessageType; 10] = [
+        Self::Identify,
+        Self::Track,
+        Self::Transactional,
+        Self::Page,
+        Self::Delete,
+        Self::Suppress,
+        Self::Unsuppress,
+        Self::AddDevice,
+        Self::DeleteDevice,
+        Self::Merge,
+    ];
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == value)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identify => "identify",
+            Self::Track => "track",
+            Self::Transactional => "transactional",
+            Self::Page => "page",
+            Self::Delete => "delete",
+            Self::Suppress => "suppress",
+            Self::Unsuppress => "unsuppress",
+            Self::AddDevice => "addDevice",
+            Self::DeleteDevice => "deleteDevice",
+            Self::Merge => "merge",
+        }
+    }
+
+    pub fn route(self) -> Route {
+        match self {
+            Self::Track | Self::Page => Route::Track,
+            Self::Transactional => Route::Transactional,
+            _ => Route::Identify,
+        }
+    }
+}
+
+/// What to do in Customer.io, fully validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operation {
+    Identify(Attributes),
+    Track(Event),
+    Page(Page),
+    Delete,
+    Suppress,
+    Unsuppress,
+    AddDevice(Device),
+    DeleteDevice(String),
+    Merge {
+        primary: PersonRef,
+        secondary: PersonRef,
+    },
+    Transactional(TransactionalRequest),
+}
+
+/// A parsed envelope. `timestamp` is milliseconds since the epoch, as published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub kind: MessageType,
+    pub user: UserId,
+    pub timestamp: Option<i64>,
+    pub correlation_id: Option<CorrelationId>,
+    pub operation: Operation,
+}
+
+impl Envelope {
+    /// Parses a message body. Any byte string gives an envelope or a precise error.
+    pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
+        if body.len() > limits::MAX_ENVELOPE_BYTES {
+            return Err(ParseError::new(
+                "",
+                format!(
+                    "envelope is {} bytes, at most {} allowed",
+                    body.len(),
+                    limits::MAX_ENVELOPE_BYTES
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ParseError::new("", format!("invalid JSON: {e}")))?;
+        Self::from_value(&value)
+    }
+
+    pub fn from_value(value: &Value) -> Result<Self, ParseError> {
+        let obj = object(value).map_err(|_| {
+            ParseError::new("", format!("envelope must be an object, got {}", json_kind(value)))
+        })?;
+        let kind = match obj.get("type") {
+            Some(Value::String(s)) => MessageType::parse(s).ok_or_else(|| {
+                ParseError::new("type", format!("unknown type {s:?}"))
+            })?,
+            Some(other) => {
+                return Err(ParseError::new(
+                    "type",
+                    format!("must be a string, got {}", json_kind(other)),
+                ));
+            }
+            None => return Err(ParseError::new("type", "is required")),
+        };
+        let user = match obj.get("userId") {
+            Some(Value::String(s)) => UserId::parse(s)?,
+            Some(Value::Number(n)) => UserId::parse(&n.to_string())?,
+            Some(other) => {
+                return Err(ParseError::new(
+                    "userId",
+                    format!("must be a string, got {}", json_kind(other)),
+                ));
+            }
+            None => return Err(ParseError::new("userId", "is required")),
+        };
+        let timestamp = match obj.get("timestamp") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
+                ParseError::new("timestamp", "must be milliseconds since the epoch")
+            })?),
+        };
+        let correlation_id = match obj.get("correlationId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(CorrelationId::parse(s)?),
+            Some(_) => return Err(ParseError::new("correlationId", "must be a string")),
+        };
+        let empty = Value::Object(Map::new());
+        let payload = obj.get("payload").unwrap_or(&empty);
+        let operation = parse_operation(kind, payload, &user).map_err(|e| e.within("payload"))?;
+        Ok(Self {
+            kind,
+            user,
+            timestamp,
+            correlation_id,
+            operation,
+        })
+    }
+}
+
+fn parse_operation(kind: MessageType, payload: &Value, user: &UserId) -> Result<Operation, ParseError> {
+    Ok(match kind {
+        MessageType::Identify => Operation::Identify(Attributes::parse_person(payload)?),
+        MessageType::Track => Operation::Track(Event::parse(payload)?),
+        MessageType::Page => Operation::Page(Page::parse(payload)?),
+        MessageType::Delete => Operation::Delete,
+        MessageType::Suppress => Operation::Suppress,
+        MessageType::Unsuppress => Operation::Unsuppress,
+        MessageType::AddDevice => Operation::AddDevice(Device::parse(payload)?),
+        MessageType::DeleteDevice => Operation::DeleteDevice(Device::parse_id(payload)?),
+        MessageType::Merge => {
+            let obj = object(payload)?;
+            let side = |key: &str| {
+                obj.get(key)
+                    .ok_or_else(|| ParseError::new(key, "is required"))
+                    .and_then(|v| PersonRef::parse(v).map_err(|e| e.within(key)))
+            };
+            Operation::Merge {
+                primary: side("primary")?,
+                secondary: side("secondary")?,
+            }
+        }
+        MessageType::Transactional => {
+            Operation::Transactional(TransactionalRequest::parse(payload, user)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Envelope, ParseError> {
+        Envelope::parse(&serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let env = parse(json!({"type": "track", "userId": "42",
+            "payload": {"name": "signup", "data": {"plan": "pro"}},
+            "timestamp": 1764115200000i64, "correlationId": "01JDZ5X3Q8W2V6T9N4M7K1P0RA"}))
+        .unwrap();
+        assert_eq!(env.kind, MessageType::Track);
+        assert_eq!(env.user.as_str(), "42");
+        assert!(env.correlation_id.unwrap().as_ulid().is_some());
+        match env.operation {
+            Operation::Track(e) => assert_eq!(e.name.as_str(), "signup"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(json!({"type": "track", "userId": "1", "payload": {}})).unwrap_err();
+        assert_eq!(e.field, "payload.name");
+        let e = parse(json!({"type": "fly", "userId": "1"})).unwrap_err();
+        assert_eq!(e.field, "type");
+        let e = parse(json!({"type": "identify"})).unwrap_err();
+        assert_eq!(e.field, "userId");
+        let e = parse(json!({"type": "identify", "userId": "1", "payload": 3})).unwrap_err();
+        assert_eq!(e.field, "payload");
+        let e = Envelope::parse(b"{not json").unwrap_err();
+        assert!(e.reason.starts_with("invalid JSON"));
+        let e = parse(json!({"type": "merge", "userId": "1", "payload": {"primary": {"id": "a"}}}))
+            .unwrap_err();
+        assert_eq!(e.field, "payload.secondary");
+    }
+
+    #[test]
+    fn every_type_has_a_route() {
+        for t in MessageType::ALL {
+            assert_eq!(MessageType::parse(t.as_str()), Some(t));
+            let _ = t.route();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_bytes_parse_or_fail_precisely(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(e) = Envelope::parse(&bytes) {
+                prop_assert!(!e.reason.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_json_envelope_parses_or_fails_precisely(
+            kind in prop_oneof![Just("identify".to_string()), Just("track".to_string()),
+                Just("transactional".to_string()), Just("page".to_string()), Just("merge".to_string()),
+                Just("addDevice".to_string()), ".{0,12}"],
+            user in ".{0,200}",
+            payload in arb_json(),
+        ) {
+            let v = json!({"type": kind, "userId": user, "payload": payload});
+            if let Err(e) = parse(v) {
+                prop_assert!(!e.reason.is_empty());
+            }
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,40}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::hash_map(
+                    prop_oneof![Just("name".to_string()), Just("data".to_string()),
+                        Just("path".to_string()), Just("deviceId".to_string()),
+                        Just("platform".to_string()), Just("primary".to_string()),
+                        Just("template".to_string()), ".{0,8}"],
+                    inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

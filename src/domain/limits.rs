@@ -1,0 +1,22 @@
+//! Customer.io's documented limits, enforced before anything is sent.
+
+/// Maximum bytes of a person identifier (`id`, `email`, `cio_id`).
+pub const MAX_IDENTIFIER_BYTES: usize = 150;
+/// Maximum bytes of an event name.
+pub const MAX_EVENT_NAME_BYTES: usize = 100;
+/// Maximum bytes of an attribute (or event property) name.
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 150;
+/// Maximum bytes of one attribute value once serialized.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1000;
+/// Maximum attributes per identify call.
+pub const MAX_ATTRIBUTES_PER_CALL: usize = 300;
+/// Maximum serialized size of an event's data (Track v1 body limit).
+pub const MAX_EVENT_DATA_BYTES: usize = 100 * 1024;
+/// Maximum serialized size of one v2 operation.
+pub const MAX_V2_OPERATION_BYTES: usize = 32 * 1024;
+/// Maximum serialized size of one v2 batch request.
+pub const MAX_V2_BATCH_BYTES: usize = 500 * 1024;
+/// Maximum size of a producer envelope the gateway accepts.
+pub const MAX_ENVELOPE_BYTES: usize = 512 * 1024;
+/// Maximum bytes of a correlation id.
+pub const MAX_CORRELATION_ID_BYTES: usize = 128;

@@ -1,0 +1,21 @@
+//! Domain types: everything a producer can say, parsed once into validated values.
+//!
+//! Nothing here does I/O or knows about RabbitMQ, HTTP or Customer.io's wire format;
+//! the edges translate these types, the core only ever sees valid ones.
+
+mod attributes;
+mod correlation_id;
+mod envelope;
+mod error;
+mod event;
+pub mod limits;
+mod transactional;
+mod user_id;
+
+pub use attributes::Attributes;
+pub use correlation_id::CorrelationId;
+pub use envelope::{Envelope, MessageType, Operation, Route};
+pub use error::ParseError;
+pub use event::{Device, Event, EventName, Page, PersonRef};
+pub use transactional::{Channel, TemplateRef, TransactionalRequest};
+pub use user_id::UserId;
