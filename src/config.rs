@@ -282,24 +282,30 @@ impl Settings {
             .get("GATEWAY_ENV")
             .cloned()
             .unwrap_or_else(|| "development".into());
+        // GATEWAY_ENV names the environment; files may still set app.environment themselves.
+        let environment_layer = config::Config::builder()
+            .set_override("app.environment", environment.clone())?
+            .build()?;
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(environment_layer)
             .add_source(config::File::from(dir.join("default.toml")).required(false))
             .add_source(config::File::from(dir.join(format!("{environment}.toml"))).required(false));
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
-        builder = builder.set_override("app.environment", environment.clone())?;
-        // Files may set app.environment explicitly; the file layer wins over GATEWAY_ENV then.
+        // Conventional secret names sit below GATEWAY__ variables, above every file.
+        let mut conventional = config::Config::builder();
         for (var, key) in CONVENTIONAL_ENV {
             if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
-                builder = builder.set_override(key, value.clone())?;
+                conventional = conventional.set_override(key, value.clone())?;
             }
         }
         if let Some(secrets) = env.get("CUSTOMERIO_WEBHOOK_SECRET").filter(|v| !v.is_empty()) {
             let list: Vec<String> = secrets.split(',').map(|s| s.trim().to_string()).collect();
-            builder = builder.set_override("webhooks.signing_secrets", list)?;
+            conventional = conventional.set_override("webhooks.signing_secrets", list)?;
         }
+        builder = builder.add_source(conventional.build()?);
         let gateway_env: config::Map<String, String> = env
             .iter()
             .filter(|(k, _)| k.starts_with("GATEWAY__"))
@@ -499,6 +505,35 @@ mod tests {
         assert!(err.to_string().contains("broker.url"), "{err}");
         let err = load(&[("GATEWAY_ENV", "production"), ("AMQP_URL", "amqp://h")]).unwrap_err();
         assert!(err.to_string().contains("customerio.region"), "{err}");
+    }
+
+    #[test]
+    fn gateway_variables_beat_conventional_names() {
+        let s = load(&[
+            ("AMQP_URL", "amqp://conventional"),
+            ("GATEWAY__BROKER__URL", "amqp://explicit"),
+            ("GATEWAY_ENV", "staging"),
+        ])
+        .unwrap();
+        assert_eq!(s.broker.url.expose(), "amqp://explicit");
+        assert_eq!(s.app.environment, "staging");
+    }
+
+    #[test]
+    fn files_layer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), "[broker]\npartitions = 3\nprefetch = 9\n").unwrap();
+        std::fs::write(dir.path().join("staging.toml"), "[broker]\npartitions = 5\n").unwrap();
+        let extra = dir.path().join("extra.toml");
+        std::fs::write(&extra, "[http]\naddr = \"0.0.0.0:9000\"\n").unwrap();
+        let env = env(&[("GATEWAY_ENV", "staging")]);
+        let s = Settings::load_from(dir.path(), Some(&extra), &env).unwrap();
+        assert_eq!(s.broker.partitions, 5);
+        assert_eq!(s.broker.prefetch, 9);
+        assert_eq!(s.http.addr.port(), 9000);
+        std::fs::write(dir.path().join("staging.toml"), "[broker]\nparitions = 5\n").unwrap();
+        let err = Settings::load_from(dir.path(), None, &env).unwrap_err();
+        assert!(err.to_string().contains("paritions"), "{err}");
     }
 
     #[test]

@@ -1,1 +1,46 @@
-fn main() {}
+use anyhow::Context as _;
+use cio_gateway::cli::{Cli, Command, ConfigArg};
+use cio_gateway::config::Settings;
+use cio_gateway::{app, commands, telemetry};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging();
+    let command = cli.command.unwrap_or(Command::Serve(ConfigArg { config: None }));
+    let result = actix_rt::System::new().block_on(run(command));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(config: &ConfigArg) -> anyhow::Result<Settings> {
+    Settings::load(config.config.as_deref()).context("invalid configuration")
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(config) => app::serve(load(&config)?).await.map(|_| ExitCode::SUCCESS),
+        Command::Sandbox { addr } => commands::sandbox(addr).await,
+        Command::Publish {
+            kind,
+            user,
+            payload,
+            correlation_id,
+            config,
+        } => commands::publish(load(&config)?, &kind, &user, &payload, correlation_id).await,
+        Command::Dlq { action, config } => commands::dlq(load(&config)?, action).await,
+        Command::Topology(config) => commands::topology(load(&config)?).await,
+        Command::CheckConfig(config) => {
+            let settings = load(&config)?;
+            print!("{}", settings.masked_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => commands::demo().await,
+    }
+}

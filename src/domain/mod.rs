@@ -11,6 +11,7 @@ mod event;
 pub mod limits;
 mod transactional;
 mod user_id;
+pub mod webhook;
 
 pub use attributes::Attributes;
 pub use correlation_id::CorrelationId;
@@ -19,3 +20,4 @@ pub use error::ParseError;
 pub use event::{Device, Event, EventName, Page, PersonRef};
 pub use transactional::{Channel, TemplateRef, TransactionalRequest};
 pub use user_id::UserId;
+pub use webhook::{EventId, Metric, ObjectType, ReceivedEvent, ReportingEvent, Row};

@@ -1,0 +1,114 @@
+//! The typed messages the actors exchange, and the one failure type of a delivery attempt.
+
+use crate::broker::{Acker, BrokerError};
+use crate::domain::{CorrelationId, Envelope, UserId};
+use actix::Message;
+use std::time::Duration;
+
+/// Deliver one envelope to Customer.io: one attempt, no retries (the shard owns retrying).
+#[derive(Message)]
+#[rtype(result = "Result<(), Failure>")]
+pub struct Deliver {
+    pub envelope: Envelope,
+}
+
+/// What went wrong with an attempt, as the pipeline needs to know it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FailureKind {
+    /// Worth another attempt, after at least `retry_after` when Customer.io said so.
+    Retryable { retry_after: Option<Duration> },
+    /// Customer.io answered 4xx: the same request will fail again.
+    Rejected,
+    /// The gateway refused it before sending (a limit, an unknown template).
+    Invalid,
+}
+
+impl Failure {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Retryable { retry_after: None },
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Invalid,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::customerio::CioError> for Failure {
+    fn from(e: crate::customerio::CioError) -> Self {
+        let kind = if e.is_retryable() {
+            FailureKind::Retryable {
+                retry_after: e.retry_after(),
+            }
+        } else if matches!(e, crate::customerio::CioError::Invalid(_)) {
+            FailureKind::Invalid
+        } else {
+            FailureKind::Rejected
+        };
+        Self {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The `errorKind` of a dead letter (CONTRACT §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    Invalid,
+    Rejected,
+    Exhausted,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// Dead-letter a message, then ack it: handled by the DLQ actor.
+#[derive(Message)]
+#[rtype(result = "Result<(), BrokerError>")]
+pub struct DeadLetter {
+    /// The body as received; parsed again only to embed it as JSON when it is JSON.
+    pub body: Vec<u8>,
+    pub original_exchange: String,
+    pub original_routing_key: String,
+    pub error: String,
+    pub kind: ErrorKind,
+    pub attempts: u32,
+    pub processing_time_ms: u64,
+    pub acker: Acker,
+}
+
+/// The result of an attempt, reported back to the shard that started it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttemptDone {
+    pub user: UserId,
+    pub generation: u64,
+    /// So a success that arrives after a restart still fills the dedup window.
+    pub correlation_id: Option<CorrelationId>,
+    pub result: Result<(), Failure>,
+}
+
+/// Stop taking new work; resolves when in-flight attempts are settled.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;

@@ -1,0 +1,112 @@
+//! The supervised actors of the delivery pipeline and how they are wired.
+//!
+//! ```text
+//! partition queue ──> ShardActor (per-user lanes) ──Deliver──> IdentifyActor ─┐
+//!                          │                       ──Deliver──> TrackActor ────┼─> Track API (v2 batch / v1)
+//!                          │                       ──Deliver──> TransactionalActor ─> App API
+//!                          ├── success ──> customerio.processed, then ack
+//!                          └── failure ──DeadLetter──> DLQActor ──> customerio.dlq, then ack
+//! ```
+
+mod batcher;
+mod dedup;
+mod dlq;
+mod identify;
+pub mod messages;
+mod reporting;
+mod retry;
+mod shard;
+mod track;
+mod transactional;
+mod warehouse;
+mod webhook;
+
+pub use batcher::{BatchLimits, TrackSender};
+pub use dedup::Dedup;
+pub use dlq::{DlqActor, dead_letter_body};
+pub use identify::IdentifyActor;
+pub use retry::Backoff;
+pub use shard::{ShardActor, ShardDeps};
+pub use track::TrackActor;
+pub use transactional::TransactionalActor;
+pub use reporting::{Reporting, start_reporting};
+pub use warehouse::WarehouseActor;
+pub use webhook::WebhookActor;
+
+use crate::broker::{SharedBroker, Topology};
+use crate::config::{Settings, TrackApi};
+use crate::customerio::CustomerIo;
+use actix::{Addr, Supervisor};
+use messages::Drain;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The running delivery pipeline.
+pub struct Pipeline {
+    shards: Vec<Addr<ShardActor>>,
+}
+
+impl Pipeline {
+    /// Starts every actor under a supervisor, one shard per partition queue.
+    pub fn start(settings: &Settings, broker: SharedBroker, client: CustomerIo) -> Self {
+        let delivery = &settings.delivery;
+        let sender = match delivery.track_api {
+            TrackApi::V1 => TrackSender::V1(client.clone()),
+            TrackApi::V2 => TrackSender::batched(
+                client.clone(),
+                BatchLimits {
+                    max_ops: delivery.batch_max_ops,
+                    linger: Duration::from_millis(delivery.batch_linger_ms),
+                    max_in_flight: delivery.max_in_flight_requests,
+                },
+            ),
+        };
+        let environment = settings.app.environment.clone();
+        let identify = {
+            let (sender, environment) = (sender.clone(), environment.clone());
+            Supervisor::start(move |_| IdentifyActor::new(sender, environment))
+        };
+        let track = Supervisor::start(move |_| TrackActor::new(sender, environment));
+        let transactional = {
+            let templates = settings.templates.clone();
+            Supervisor::start(move |_| TransactionalActor::new(client, templates))
+        };
+        let dlq = {
+            let broker = broker.clone();
+            Supervisor::start(move |_| DlqActor::new(broker))
+        };
+        let deps = Arc::new(ShardDeps {
+            broker,
+            identify,
+            track,
+            transactional,
+            dlq,
+            dedup: Arc::new(Dedup::new(delivery.dedup_window)),
+            backoff: Backoff {
+                base: Duration::from_millis(delivery.backoff_base_ms),
+                max: Duration::from_millis(delivery.backoff_max_ms),
+            },
+            max_attempts: delivery.max_attempts,
+            prefetch: settings.broker.prefetch,
+        });
+        let shards = Topology::new(settings.broker.partitions)
+            .partition_queues()
+            .map(|queue| {
+                let deps = deps.clone();
+                Supervisor::start(move |_| ShardActor::new(queue, deps))
+            })
+            .collect();
+        Self { shards }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.shards.iter().all(|s| s.connected())
+    }
+
+    /// Stops taking new messages and waits for in-flight ones to settle, up to `deadline`.
+    /// Whatever is not settled by then stays unacked and is redelivered elsewhere.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        let all = futures::future::join_all(self.shards.iter().map(|s| s.send(Drain)));
+        tokio::time::timeout(deadline, all).await.is_ok()
+    }
+}

@@ -1,0 +1,436 @@
+//! ShardActor: consumes one partition queue and keeps each user's messages in order.
+//!
+//! Every user has a lane: the messages received for them, oldest first. Only the head of a
+//! lane is ever being delivered, so a user's messages reach Customer.io one at a time, in
+//! order, while other users' lanes proceed. A retry waits (unacked, bounded by
+//! `delivery.max_attempts` and the backoff cap) at the head of its lane and holds back only
+//! that user. A message is acked only after its outcome is durable: the processed event or
+//! the dead letter is confirmed by the broker.
+//!
+//! When the stream ends (connection lost) the actor stops and its supervisor restarts it with
+//! a new generation: lanes are emptied, since the broker redelivers every unacked message in
+//! order. An attempt still in flight from the old generation keeps its lane busy until it
+//! reports back, so no user ever has two attempts at once.
+
+use super::messages::{AttemptDone, DeadLetter, Deliver, Drain, ErrorKind, Failure, FailureKind};
+use super::retry::Backoff;
+use super::{Dedup, DlqActor, IdentifyActor, TrackActor, TransactionalActor};
+use crate::broker::topology::PROCESSED_EXCHANGE;
+use crate::broker::{Acker, Delivery, Publish, SharedBroker};
+use crate::domain::{Envelope, Route, UserId};
+use actix::prelude::*;
+use dashmap::DashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+/// What every shard shares: the broker, the delivering actors and the retry policy.
+pub struct ShardDeps {
+    pub broker: SharedBroker,
+    pub identify: Addr<IdentifyActor>,
+    pub track: Addr<TrackActor>,
+    pub transactional: Addr<TransactionalActor>,
+    pub dlq: Addr<DlqActor>,
+    pub dedup: Arc<Dedup>,
+    pub backoff: Backoff,
+    pub max_attempts: u32,
+    pub prefetch: u16,
+}
+
+struct Pending {
+    envelope: Envelope,
+    body: Vec<u8>,
+    exchange: String,
+    routing_key: String,
+    acker: Acker,
+    attempts: u32,
+    received: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LaneState {
+    Idle,
+    /// An attempt started by this generation is in flight.
+    Attempting(u64),
+    /// The head failed and waits for its retry timer.
+    Waiting,
+}
+
+struct Lane {
+    pending: VecDeque<Pending>,
+    state: LaneState,
+}
+
+pub struct ShardActor {
+    queue: String,
+    deps: Arc<ShardDeps>,
+    generation: u64,
+    lanes: DashMap<UserId, Lane>,
+    settles: TaskTracker,
+    reconnect_delay: Duration,
+    draining: bool,
+    drained: Vec<oneshot::Sender<()>>,
+}
+
+impl ShardActor {
+    pub fn new(queue: String, deps: Arc<ShardDeps>) -> Self {
+        Self {
+            queue,
+            deps,
+            generation: 0,
+            lanes: DashMap::new(),
+            settles: TaskTracker::new(),
+            reconnect_delay: Duration::from_millis(200),
+            draining: false,
+            drained: Vec::new(),
+        }
+    }
+
+    fn consume(&mut self, ctx: &mut Context<Self>) {
+        let broker = self.deps.broker.clone();
+        let queue = self.queue.clone();
+        let prefetch = self.deps.prefetch;
+        let connect = async move { broker.consume(&queue, prefetch).await };
+        ctx.spawn(connect.into_actor(self).map(|result, act, ctx| match result {
+            Ok(stream) => {
+                act.reconnect_delay = Duration::from_millis(200);
+                tracing::info!(queue = %act.queue, generation = act.generation, "consuming");
+                ctx.add_stream(stream);
+            }
+            Err(e) => {
+                let delay = act.reconnect_delay;
+                act.reconnect_delay = (delay * 2).min(Duration::from_secs(5));
+                tracing::warn!(queue = %act.queue, error = %e, ?delay, "cannot consume, will retry");
+                // Stopping hands control to the supervisor, which restarts us.
+                ctx.run_later(delay, |_, ctx| ctx.stop());
+            }
+        }));
+    }
+
+    fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        let received = Instant::now();
+        let envelope = match Envelope::parse(&delivery.body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                metrics::counter!("cio_gateway_envelopes_received_total", "type" => "invalid")
+                    .increment(1);
+                self.dead_letter(delivery.body, delivery.exchange, delivery.routing_key,
+                    delivery.acker, e.to_string(), ErrorKind::Invalid, 0, received);
+                return;
+            }
+        };
+        metrics::counter!("cio_gateway_envelopes_received_total", "type" => envelope.kind.as_str())
+            .increment(1);
+        let pending = Pending {
+            envelope,
+            body: delivery.body,
+            exchange: delivery.exchange,
+            routing_key: delivery.routing_key,
+            acker: delivery.acker,
+            attempts: 0,
+            received,
+        };
+        let already_delivered = pending
+            .envelope
+            .correlation_id
+            .as_ref()
+            .is_some_and(|id| self.deps.dedup.contains(id));
+        if already_delivered {
+            // A redelivery of something this replica delivered: settle, do not send again.
+            self.settle_delivered(pending);
+            return;
+        }
+        let user = pending.envelope.user.clone();
+        let idle = {
+            let mut lane = self.lanes.entry(user.clone()).or_insert_with(|| {
+                metrics::gauge!("cio_gateway_active_users").increment(1.0);
+                Lane {
+                    pending: VecDeque::new(),
+                    state: LaneState::Idle,
+                }
+            });
+            lane.pending.push_back(pending);
+            lane.state == LaneState::Idle
+        };
+        if idle {
+            self.dispatch(user, ctx);
+        }
+    }
+
+    /// Starts an attempt for the head of the user's lane, or forgets an empty idle lane.
+    fn dispatch(&mut self, user: UserId, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        let generation = self.generation;
+        let started = {
+            let Some(mut guard) = self.lanes.get_mut(&user) else {
+                return;
+            };
+            let lane = &mut *guard;
+            if lane.state != LaneState::Idle {
+                return;
+            }
+            match lane.pending.front_mut() {
+                Some(head) => {
+                    head.attempts += 1;
+                    lane.state = LaneState::Attempting(generation);
+                    Some((head.envelope.clone(), head.envelope.correlation_id.clone()))
+                }
+                None => None,
+            }
+        };
+        let Some((envelope, correlation_id)) = started else {
+            self.forget_if_idle(&user);
+            return;
+        };
+        let me = ctx.address();
+        let deps = self.deps.clone();
+        // Detached from this actor's context: the result must come back even across a restart.
+        actix::spawn(async move {
+            let route = envelope.kind.route();
+            let message = Deliver { envelope };
+            let sent = match route {
+                Route::Identify => deps.identify.send(message).await,
+                Route::Track => deps.track.send(message).await,
+                Route::Transactional => deps.transactional.send(message).await,
+            };
+            let result = sent.unwrap_or_else(|e| Err(Failure::retryable(e.to_string())));
+            me.do_send(AttemptDone {
+                user,
+                generation,
+                correlation_id,
+                result,
+            });
+        });
+    }
+
+    fn forget_if_idle(&self, user: &UserId) {
+        let removed = self
+            .lanes
+            .remove_if(user, |_, lane| lane.state == LaneState::Idle && lane.pending.is_empty());
+        if removed.is_some() {
+            metrics::gauge!("cio_gateway_active_users").decrement(1.0);
+        }
+    }
+
+    fn attempt_done(&mut self, done: AttemptDone, ctx: &mut Context<Self>) {
+        if let (Ok(()), Some(id)) = (&done.result, &done.correlation_id) {
+            self.deps.dedup.insert(id.clone());
+        }
+        let user = done.user;
+        let current = done.generation == self.generation;
+        let settled = {
+            let Some(mut lane) = self.lanes.get_mut(&user) else {
+                return;
+            };
+            lane.state = LaneState::Idle;
+            if !current {
+                // The message is redelivered (and deduplicated if this attempt succeeded).
+                None
+            } else {
+                let attempts = lane.pending.front().map_or(0, |p| p.attempts);
+                match &done.result {
+                    Ok(()) => lane.pending.pop_front().map(|p| (p, None)),
+                    Err(failure) => match failure.kind {
+                        FailureKind::Retryable { retry_after } if attempts < self.deps.max_attempts => {
+                            lane.state = LaneState::Waiting;
+                            let delay = self.deps.backoff.delay(attempts, retry_after);
+                            metrics::counter!("cio_gateway_delivery_retries_total").increment(1);
+                            tracing::debug!(%user, attempts, ?delay, error = %failure.message, "retrying");
+                            let user = user.clone();
+                            ctx.run_later(delay, move |act, ctx| act.retry(user, ctx));
+                            return;
+                        }
+                        FailureKind::Retryable { .. } => {
+                            lane.pending.pop_front().map(|p| (p, Some(ErrorKind::Exhausted)))
+                        }
+                        FailureKind::Rejected => {
+                            lane.pending.pop_front().map(|p| (p, Some(ErrorKind::Rejected)))
+                        }
+                        FailureKind::Invalid => {
+                            lane.pending.pop_front().map(|p| (p, Some(ErrorKind::Invalid)))
+                        }
+                    },
+                }
+            }
+        };
+        match (settled, done.result) {
+            (Some((pending, None)), _) => self.settle_delivered(pending),
+            (Some((p, Some(kind))), Err(failure)) => self.dead_letter(
+                p.body, p.exchange, p.routing_key, p.acker, failure.message, kind, p.attempts, p.received,
+            ),
+            _ => {}
+        }
+        self.dispatch(user, ctx);
+        self.check_drained();
+    }
+
+    fn retry(&mut self, user: UserId, ctx: &mut Context<Self>) {
+        let waiting = self.lanes.get_mut(&user).map(|mut lane| {
+            let waiting = lane.state == LaneState::Waiting;
+            if waiting {
+                lane.state = LaneState::Idle;
+            }
+            waiting
+        });
+        if waiting == Some(true) {
+            self.dispatch(user, ctx);
+        }
+    }
+
+    /// Publishes the processed event, then acks.
+    fn settle_delivered(&self, pending: Pending) {
+        let kind = pending.envelope.kind.as_str();
+        metrics::counter!("cio_gateway_deliveries_total", "type" => kind, "outcome" => "success")
+            .increment(1);
+        if let Some(published) = pending.envelope.timestamp {
+            let now = chrono::Utc::now().timestamp_millis();
+            metrics::histogram!("cio_gateway_delivery_duration_seconds", "type" => kind)
+                .record((now - published).max(0) as f64 / 1000.0);
+        }
+        let body = processed_body(&pending.body, pending.attempts, pending.received.elapsed());
+        let message = Publish::new(PROCESSED_EXCHANGE, &pending.routing_key, body).optional_route();
+        let broker = self.deps.broker.clone();
+        let acker = pending.acker;
+        self.settles.spawn(async move {
+            match broker.publish(message).await {
+                Ok(()) => {
+                    if let Err(e) = acker.ack().await {
+                        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+                    }
+                }
+                // Left unacked: the broker redelivers it and the dedup window stops a resend.
+                Err(e) => tracing::warn!(error = %e, "processed event not confirmed"),
+            }
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter(
+        &self,
+        body: Vec<u8>,
+        exchange: String,
+        routing_key: String,
+        acker: Acker,
+        error: String,
+        kind: ErrorKind,
+        attempts: u32,
+        received: Instant,
+    ) {
+        metrics::counter!("cio_gateway_deliveries_total", "type" => "any", "outcome" => "dead_letter")
+            .increment(1);
+        let letter = DeadLetter {
+            body,
+            original_exchange: exchange,
+            original_routing_key: routing_key,
+            error,
+            kind,
+            attempts,
+            processing_time_ms: received.elapsed().as_millis() as u64,
+            acker,
+        };
+        let dlq = self.deps.dlq.clone();
+        self.settles.spawn(async move {
+            match dlq.send(letter).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "dead letter not confirmed; left unacked"),
+                Err(e) => tracing::error!(error = %e, "DLQ actor unavailable; left unacked"),
+            }
+        });
+    }
+
+    fn in_flight(&self) -> bool {
+        self.lanes
+            .iter()
+            .any(|lane| matches!(lane.state, LaneState::Attempting(_)))
+    }
+
+    fn check_drained(&mut self) {
+        if !self.draining || self.in_flight() || self.drained.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.drained);
+        let settles = self.settles.clone();
+        settles.close();
+        actix::spawn(async move {
+            settles.wait().await;
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        });
+    }
+}
+
+/// The processed event of CONTRACT §5: the envelope plus the outcome.
+fn processed_body(body: &[u8], attempts: u32, took: Duration) -> Vec<u8> {
+    let mut value: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).unwrap_or_default();
+    value.insert("status".into(), "success".into());
+    value.insert("attempts".into(), attempts.into());
+    value.insert("processingTime".into(), (took.as_millis() as u64).into());
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        // Whatever was received before is redelivered by the broker, in order.
+        self.lanes.retain(|_, lane| {
+            lane.pending.clear();
+            if lane.state == LaneState::Waiting {
+                lane.state = LaneState::Idle;
+            }
+            lane.state != LaneState::Idle
+        });
+        if !self.draining {
+            self.consume(ctx);
+        }
+    }
+}
+
+impl Supervised for ShardActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(queue = %self.queue, "partition consumer restarting");
+    }
+}
+
+impl StreamHandler<Delivery> for ShardActor {
+    fn handle(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        self.receive(delivery, ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if !self.draining {
+            tracing::warn!(queue = %self.queue, "partition stream ended (connection lost?)");
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<AttemptDone> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, done: AttemptDone, ctx: &mut Context<Self>) {
+        self.attempt_done(done, ctx);
+    }
+}
+
+impl Handler<Drain> for ShardActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        let (tx, rx) = oneshot::channel();
+        self.drained.push(tx);
+        self.check_drained();
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+

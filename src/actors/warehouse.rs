@@ -1,0 +1,286 @@
+//! WarehouseActor: writes reporting events from `customerio.webhooks.warehouse` to the sink.
+//!
+//! Deliveries are buffered into batches of `warehouse.batch_size`, or whatever arrived within
+//! `warehouse.flush_ms` of the first one. A batch is acked, message by message, only after the
+//! sink committed it; a failed write keeps the batch (unacked) and retries it with backoff,
+//! and a crash or lost connection returns it to the queue. Since every sink de-duplicates on
+//! `event_id`, a batch written twice is stored once.
+//!
+//! An unparseable body (the edge validated it, so this is a bug or a foreign publisher) is
+//! dead-lettered to `customerio.dlq` with `errorKind: invalid` instead of blocking the batch.
+
+use super::DlqActor;
+use super::messages::{DeadLetter, Drain, ErrorKind};
+use crate::broker::topology::WEBHOOKS_WAREHOUSE_QUEUE;
+use crate::broker::{Acker, Delivery, SharedBroker};
+use crate::domain::{ReportingEvent, Row};
+use crate::http::webhooks::HEADER_RECEIVED_AT;
+use crate::warehouse::{SharedSink, SinkError};
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+pub struct WarehouseActor {
+    broker: SharedBroker,
+    sink: SharedSink,
+    dlq: Addr<DlqActor>,
+    batch_size: usize,
+    flush_after: Duration,
+    prefetch: u16,
+    buffer: Vec<(Row, Acker)>,
+    flush_timer: Option<SpawnHandle>,
+    /// A write failed; the next attempt waits for its timer.
+    backing_off: bool,
+    retry_delay: Duration,
+    reconnect_delay: Duration,
+    draining: bool,
+}
+
+/// A batch the sink refused, handed back for another attempt.
+type Refused = (SinkError, Vec<(Row, Acker)>);
+
+impl WarehouseActor {
+    pub fn new(
+        broker: SharedBroker,
+        sink: SharedSink,
+        dlq: Addr<DlqActor>,
+        batch_size: usize,
+        flush_after: Duration,
+    ) -> Self {
+        let batch_size = batch_size.max(1);
+        Self {
+            broker,
+            sink,
+            dlq,
+            batch_size,
+            flush_after,
+            // Room for a full batch being written and the next one filling.
+            prefetch: batch_size.saturating_mul(2).min(u16::MAX as usize) as u16,
+            buffer: Vec::new(),
+            flush_timer: None,
+            backing_off: false,
+            retry_delay: Duration::from_millis(200),
+            reconnect_delay: Duration::from_millis(200),
+            draining: false,
+        }
+    }
+
+    /// Prepares the sink (schema, directories), then consumes; on error the supervisor retries.
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let sink = self.sink.clone();
+        let broker = self.broker.clone();
+        let prefetch = self.prefetch;
+        let start = async move {
+            sink.prepare().await.map_err(|e| e.to_string())?;
+            broker
+                .consume(WEBHOOKS_WAREHOUSE_QUEUE, prefetch)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        ctx.wait(start.into_actor(self).map(|result, act, ctx| match result {
+            Ok(stream) => {
+                act.reconnect_delay = Duration::from_millis(200);
+                tracing::info!(queue = WEBHOOKS_WAREHOUSE_QUEUE, sink = act.sink.name(), "consuming");
+                ctx.add_stream(stream);
+            }
+            Err(e) => {
+                let delay = act.reconnect_delay;
+                act.reconnect_delay = (delay * 2).min(Duration::from_secs(5));
+                tracing::warn!(sink = act.sink.name(), error = %e, ?delay, "warehouse not ready, will retry");
+                ctx.run_later(delay, |_, ctx| ctx.stop());
+            }
+        }));
+    }
+
+    fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        let event = match ReportingEvent::parse(&delivery.body) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(error = %e, "unparseable webhook event; dead-lettering");
+                let letter = DeadLetter {
+                    body: delivery.body,
+                    original_exchange: delivery.exchange,
+                    original_routing_key: delivery.routing_key,
+                    error: e.to_string(),
+                    kind: ErrorKind::Invalid,
+                    attempts: 0,
+                    processing_time_ms: 0,
+                    acker: delivery.acker,
+                };
+                let dlq = self.dlq.clone();
+                actix::spawn(async move {
+                    match dlq.send(letter).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "dead letter not confirmed; left unacked")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "DLQ actor unavailable; left unacked")
+                        }
+                    }
+                });
+                return;
+            }
+        };
+        let received_at = delivery
+            .headers
+            .get(HEADER_RECEIVED_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+        self.buffer
+            .push((Row::new(&event, received_at), delivery.acker));
+        if self.backing_off {
+            return;
+        }
+        if self.buffer.len() >= self.batch_size {
+            self.flush(ctx);
+        } else if self.flush_timer.is_none() {
+            self.flush_timer = Some(ctx.run_later(self.flush_after, |act, ctx| {
+                act.flush_timer = None;
+                act.flush(ctx);
+            }));
+        }
+    }
+
+    /// Writes one batch; the actor takes no other message until it is settled.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.flush_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if self.buffer.is_empty() {
+            return;
+        }
+        let take = self.buffer.len().min(self.batch_size);
+        let batch: Vec<_> = self.buffer.drain(..take).collect();
+        ctx.wait(write(self.sink.clone(), batch).into_actor(self).map(|result, act, ctx| {
+            match result {
+                Ok(_) => {
+                    act.backing_off = false;
+                    act.retry_delay = Duration::from_millis(200);
+                    if act.draining {
+                        return;
+                    }
+                    if act.buffer.len() >= act.batch_size {
+                        act.flush(ctx);
+                    } else if !act.buffer.is_empty() {
+                        act.flush_timer = Some(ctx.run_later(act.flush_after, |act, ctx| {
+                            act.flush_timer = None;
+                            act.flush(ctx);
+                        }));
+                    }
+                }
+                Err((e, batch)) => {
+                    let delay = act.retry_delay;
+                    act.retry_delay = (delay * 2).min(Duration::from_secs(10));
+                    tracing::warn!(sink = act.sink.name(), rows = batch.len(), error = %e, ?delay,
+                        "warehouse write failed; will retry the batch");
+                    metrics::counter!("cio_gateway_warehouse_write_errors_total", "sink" => act.sink.name())
+                        .increment(1);
+                    act.buffer.splice(0..0, batch);
+                    if act.draining {
+                        return;
+                    }
+                    act.backing_off = true;
+                    act.flush_timer = Some(ctx.run_later(delay, |act, ctx| {
+                        act.flush_timer = None;
+                        act.flush(ctx);
+                    }));
+                }
+            }
+        }));
+    }
+}
+
+/// Writes the rows, then acks each message; hands the batch back if the sink refused it.
+async fn write(sink: SharedSink, batch: Vec<(Row, Acker)>) -> Result<usize, Refused> {
+    let rows: Vec<Row> = batch.iter().map(|(row, _)| row.clone()).collect();
+    match sink.write(&rows).await {
+        Ok(new) => {
+            metrics::counter!("cio_gateway_warehouse_rows_total", "sink" => sink.name())
+                .increment(new as u64);
+            tracing::debug!(
+                sink = sink.name(),
+                rows = rows.len(),
+                new,
+                "warehouse batch committed"
+            );
+            for (_, acker) in &batch {
+                if let Err(e) = acker.ack().await {
+                    // Redelivered and skipped as a duplicate by the sink.
+                    tracing::warn!(error = %e, "ack after warehouse write failed");
+                }
+            }
+            Ok(new)
+        }
+        Err(e) => Err((e, batch)),
+    }
+}
+
+impl Actor for WarehouseActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // After a restart the old stream is gone and the broker redelivers what was buffered.
+        self.buffer.clear();
+        self.flush_timer = None;
+        self.backing_off = false;
+        if !self.draining {
+            self.connect(ctx);
+        }
+    }
+}
+
+impl Supervised for WarehouseActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(
+            queue = WEBHOOKS_WAREHOUSE_QUEUE,
+            "warehouse consumer restarting"
+        );
+    }
+}
+
+impl StreamHandler<Delivery> for WarehouseActor {
+    fn handle(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        if self.draining {
+            // Left unacked: it returns to the queue when the connection closes.
+            return;
+        }
+        self.receive(delivery, ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if !self.draining {
+            tracing::warn!(
+                queue = WEBHOOKS_WAREHOUSE_QUEUE,
+                "stream ended (connection lost?)"
+            );
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Drain> for WarehouseActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// Stops taking deliveries and makes one last attempt to write what is buffered.
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        if let Some(timer) = self.flush_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let batch = std::mem::take(&mut self.buffer);
+        let sink = self.sink.clone();
+        Box::pin(
+            async move {
+                if batch.is_empty() {
+                    return;
+                }
+                if let Err((e, batch)) = write(sink, batch).await {
+                    tracing::warn!(rows = batch.len(), error = %e,
+                        "warehouse write failed while draining; the batch will be redelivered");
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}

@@ -1,0 +1,351 @@
+//! RabbitMQ through lapin: one connection, a confirm-mode publishing channel, a channel per
+//! consumer. When the connection drops, streams end, publishes fail fast, and the next call
+//! (or the watchdog) reconnects with backoff and re-declares the topology.
+
+use super::topology::{ExchangeKind, QueueKind, Topology};
+use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, Headers, Publish};
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+pub struct AmqpBroker {
+    url: String,
+    topology: Topology,
+    live: Mutex<Option<Live>>,
+    connected: AtomicBool,
+    closed: AtomicBool,
+}
+
+#[derive(Clone)]
+struct Live {
+    connection: Arc<Connection>,
+    publisher: Channel,
+}
+
+impl Live {
+    fn healthy(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+impl AmqpBroker {
+    /// Connects (failing fast if RabbitMQ is unreachable now), declares the topology and
+    /// starts a watchdog that reconnects after a connection loss.
+    pub async fn connect(url: &str, topology: Topology) -> Result<Arc<Self>, BrokerError> {
+        let broker = Arc::new(Self {
+            url: url.to_string(),
+            topology,
+            live: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        broker.live().await?;
+        tokio::spawn(watchdog(Arc::downgrade(&broker)));
+        Ok(broker)
+    }
+
+    /// The current connection, re-established (and the topology re-declared) if it was lost.
+    async fn live(&self) -> Result<Live, BrokerError> {
+        let mut guard = self.live.lock().await;
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(BrokerError::Unavailable("broker closed".into()));
+        }
+        if let Some(live) = guard.as_ref().filter(|l| l.healthy()) {
+            return Ok(live.clone());
+        }
+        self.set_connected(false);
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .map_err(unavailable)?;
+        let setup = connection.create_channel().await.map_err(unavailable)?;
+        declare_on(&setup, &self.topology).await?;
+        let _ = setup.close(200, "declared".into()).await;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let live = Live {
+            connection: Arc::new(connection),
+            publisher,
+        };
+        *guard = Some(live.clone());
+        self.set_connected(true);
+        tracing::info!("connected to RabbitMQ");
+        Ok(live)
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+        metrics::gauge!("cio_gateway_broker_connected").set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// Notices a lost connection even when nothing is publishing, and reconnects with backoff.
+async fn watchdog(broker: std::sync::Weak<AmqpBroker>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(backoff).await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        if broker.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        match broker.live().await {
+            Ok(_) => backoff = Duration::from_millis(500),
+            Err(e) => {
+                tracing::warn!(error = %e, "RabbitMQ unavailable, retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn unavailable(e: lapin::Error) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+async fn declare_on(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for exchange in &topology.exchanges {
+        let kind = match exchange.kind {
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            ExchangeKind::ConsistentHash => lapin::ExchangeKind::Custom("x-consistent-hash".into()),
+        };
+        channel
+            .exchange_declare(exchange.name.as_str().into(), kind, durable, FieldTable::default())
+            .await
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("unknown exchange type") || text.contains("invalid exchange type")
+                {
+                    BrokerError::PluginMissing
+                } else {
+                    BrokerError::Protocol(format!("declaring exchange {}: {text}", exchange.name))
+                }
+            })?;
+    }
+    for queue in &topology.queues {
+        let mut args = FieldTable::default();
+        match queue.kind {
+            QueueKind::Quorum { single_active } => {
+                args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+                if single_active {
+                    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+                }
+            }
+            QueueKind::Classic => {
+                args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+            }
+        }
+        channel
+            .queue_declare(
+                queue.name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                args,
+            )
+            .await
+            .map_err(|e| BrokerError::Protocol(format!("declaring queue {}: {e}", queue.name)))?;
+    }
+    for b in &topology.exchange_bindings {
+        channel
+            .exchange_bind(
+                b.destination.as_str().into(),
+                b.source.as_str().into(),
+                b.routing_key.as_str().into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::Protocol(format!("binding {}: {e}", b.source)))?;
+    }
+    for b in &topology.queue_bindings {
+        channel
+            .queue_bind(
+                b.destination.as_str().into(),
+                b.source.as_str().into(),
+                b.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::Protocol(format!("binding {}: {e}", b.destination)))?;
+    }
+    Ok(())
+}
+
+fn to_field_table(headers: &Headers) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+    }
+    table
+}
+
+fn from_field_table(table: Option<&FieldTable>) -> Headers {
+    let Some(table) = table else {
+        return Headers::new();
+    };
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.as_str().to_string(),
+                other => format!("{other:?}"),
+            };
+            (k.as_str().to_string(), value)
+        })
+        .collect()
+}
+
+fn into_delivery(d: lapin::message::Delivery) -> Delivery {
+    Delivery {
+        headers: from_field_table(d.properties.headers().as_ref()),
+        body: d.data,
+        exchange: d.exchange.as_str().to_string(),
+        routing_key: d.routing_key.as_str().to_string(),
+        redelivered: d.redelivered,
+        acker: Acker::Amqp(d.acker),
+    }
+}
+
+/// Closes a consumer's channel when its stream is dropped, so RabbitMQ requeues what was
+/// not acked right away instead of when the connection dies. RabbitMQ answers `close-ok` only
+/// after the queues took the unacked deliveries back, so awaiting the close awaits the requeue.
+struct CloseOnDrop(Option<Channel>);
+
+impl super::StreamGuard for CloseOnDrop {
+    fn release(&mut self) -> futures::future::BoxFuture<'static, ()> {
+        let channel = self.0.take();
+        Box::pin(async move {
+            if let Some(channel) = channel {
+                let _ = channel.close(200, "consumer stopped".into()).await;
+            }
+        })
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(channel) = self.0.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = channel.close(200, "consumer stopped".into()).await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
+        let live = self.live().await?;
+        let channel = live.connection.create_channel().await.map_err(unavailable)?;
+        let result = declare_on(&channel, topology).await;
+        let _ = channel.close(200, "declared".into()).await;
+        result
+    }
+
+    async fn publish(&self, message: Publish) -> Result<(), BrokerError> {
+        let live = self.live().await?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(to_field_table(&message.headers));
+        let confirm = live
+            .publisher
+            .basic_publish(
+                message.exchange.as_str().into(),
+                ShortString::from(message.routing_key.as_str()),
+                BasicPublishOptions {
+                    mandatory: message.mandatory,
+                    ..Default::default()
+                },
+                &message.body,
+                properties,
+            )
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(|e| BrokerError::NotConfirmed(e.to_string()))?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(message.exchange)),
+            Confirmation::Nack(_) => Err(BrokerError::NotConfirmed("broker nacked".into())),
+            Confirmation::NotRequested => Err(BrokerError::NotConfirmed(
+                "confirms not enabled on the channel".into(),
+            )),
+        }
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
+        let live = self.live().await?;
+        let channel = live.connection.create_channel().await.map_err(unavailable)?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::Protocol(format!("consuming {queue}: {e}")))?;
+        // An error item means the channel or connection is gone: end the stream there.
+        let stream = consumer
+            .take_while(|item| futures::future::ready(item.is_ok()))
+            .filter_map(|item| futures::future::ready(item.ok().map(into_delivery)))
+            .boxed();
+        Ok(DeliveryStream::new(stream, CloseOnDrop(Some(channel))))
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
+        let live = self.live().await?;
+        let channel = live.connection.create_channel().await.map_err(unavailable)?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::Protocol(format!("queue {queue}: {e}")))?;
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(declared.message_count())
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        if let Some(live) = self.live.lock().await.take() {
+            let _ = live.connection.close(200, "shutdown".into()).await;
+        }
+        self.set_connected(false);
+    }
+}

@@ -1,0 +1,198 @@
+//! The message broker behind one narrow interface: RabbitMQ (`amqp://`) or in-process (`memory://`).
+//!
+//! Everything else in the gateway names neither backend: it publishes with confirms, consumes
+//! with manual acks, and asks how long a queue is. Dropping a [`DeliveryStream`] returns every
+//! delivery it did not ack to its queue, in order — the property "nothing lost" rests on.
+
+mod amqp;
+mod memory;
+pub mod topology;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+pub use amqp::AmqpBroker;
+pub use memory::MemoryBroker;
+pub use topology::Topology;
+
+pub type Headers = BTreeMap<String, String>;
+
+/// A message to publish; `publish` returns once the broker confirmed it.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub headers: Headers,
+    /// Fail (instead of silently dropping) when no queue is bound to receive it.
+    pub mandatory: bool,
+}
+
+impl Publish {
+    pub fn new(exchange: &str, routing_key: &str, body: Vec<u8>) -> Self {
+        Self {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            body,
+            headers: Headers::new(),
+            mandatory: true,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.insert(name.to_string(), value.into());
+        self
+    }
+
+    pub fn optional_route(mut self) -> Self {
+        self.mandatory = false;
+        self
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("publish not confirmed: {0}")]
+    NotConfirmed(String),
+    #[error("no queue is bound to receive messages on exchange {0:?}")]
+    Unroutable(String),
+    #[error(
+        "RabbitMQ has no x-consistent-hash exchange type; enable it with: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"
+    )]
+    PluginMissing,
+    #[error("broker: {0}")]
+    Protocol(String),
+}
+
+/// A message taken from a queue, to be acked once its outcome is durable.
+pub struct Delivery {
+    pub body: Vec<u8>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub headers: Headers,
+    pub redelivered: bool,
+    pub acker: Acker,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .field("redelivered", &self.redelivered)
+            .field("bytes", &self.body.len())
+            .finish()
+    }
+}
+
+/// Settles one delivery. Cheap to clone; settling twice or after the stream died is an error,
+/// never a panic.
+#[derive(Clone)]
+pub enum Acker {
+    Amqp(lapin::Acker),
+    Memory(memory::MemoryAcker),
+}
+
+impl Acker {
+    pub async fn ack(&self) -> Result<(), BrokerError> {
+        match self {
+            Acker::Amqp(a) => a
+                .ack(lapin::options::BasicAckOptions::default())
+                .await
+                .map(drop)
+                .map_err(|e| BrokerError::Unavailable(e.to_string())),
+            Acker::Memory(a) => a.ack(),
+        }
+    }
+
+    /// Returns the message to its queue for another consumer or a later attempt.
+    pub async fn requeue(&self) -> Result<(), BrokerError> {
+        match self {
+            Acker::Amqp(a) => a
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+                .map(drop)
+                .map_err(|e| BrokerError::Unavailable(e.to_string())),
+            Acker::Memory(a) => a.requeue(),
+        }
+    }
+}
+
+/// Deliveries from one queue. Ends when the connection or channel is lost; dropping it returns
+/// unacked deliveries to the queue (for RabbitMQ, shortly after: the channel closes in the
+/// background). [`DeliveryStream::close`] does the same and returns once they are back.
+pub struct DeliveryStream {
+    inner: BoxStream<'static, Delivery>,
+    guard: Box<dyn StreamGuard>,
+}
+
+/// What keeps a consumer alive; released on drop, or explicitly (and awaited) by `close`.
+trait StreamGuard: Send + Sync + 'static {
+    /// Stops the consumer; the future resolves once its unacked deliveries are requeued.
+    fn release(&mut self) -> BoxFuture<'static, ()>;
+}
+
+impl DeliveryStream {
+    fn new(inner: BoxStream<'static, Delivery>, guard: impl StreamGuard) -> Self {
+        Self {
+            inner,
+            guard: Box::new(guard),
+        }
+    }
+
+    /// Stops consuming and waits until every delivery not acked is back in its queue, so a
+    /// `queue_len` or a new consumer right after sees them. Acking after this is an error.
+    pub async fn close(self) {
+        let Self { inner, mut guard } = self;
+        let released = guard.release();
+        drop(guard);
+        drop(inner);
+        released.await;
+    }
+}
+
+impl futures::Stream for DeliveryStream {
+    type Item = Delivery;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Declares exchanges, queues and bindings; idempotent.
+    async fn declare(&self, topology: &Topology) -> Result<(), BrokerError>;
+    /// Publishes persistently and waits for the broker's confirm.
+    async fn publish(&self, message: Publish) -> Result<(), BrokerError>;
+    /// Consumes with manual acks and at most `prefetch` unacked deliveries.
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError>;
+    /// Messages ready in a queue (not counting unacked ones).
+    async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError>;
+    /// Whether the broker is reachable right now (readiness).
+    fn is_connected(&self) -> bool;
+    /// Closes connections; unacked deliveries return to their queues.
+    async fn close(&self);
+}
+
+pub type SharedBroker = Arc<dyn Broker>;
+
+/// Connects to the broker named by `url` and declares the topology.
+pub async fn connect(url: &str, topology: Topology) -> Result<SharedBroker, BrokerError> {
+    if url == "memory://" {
+        let broker = MemoryBroker::new();
+        broker.declare(&topology).await?;
+        Ok(Arc::new(broker))
+    } else {
+        Ok(AmqpBroker::connect(url, topology).await?)
+    }
+}

@@ -1,0 +1,206 @@
+//! The RabbitMQ topology of the gateway, as data: declared at start, printed by `topology`,
+//! and compared with `deploy/rabbitmq/definitions.json` in the tests.
+//!
+//! Producers publish to three fanout exchanges with the user id as routing key. All three are
+//! bound into one consistent-hash exchange, which keeps the routing key and so sends every
+//! message of a user to the same partition queue, whatever exchange it came through. Each
+//! partition is a quorum queue with single-active-consumer: one replica at a time consumes it,
+//! which is what keeps a user's order across replicas.
+
+use crate::domain::Route;
+use serde::Serialize;
+
+pub const IDENTIFY_EXCHANGE: &str = "customerio.identify";
+pub const TRACK_EXCHANGE: &str = "customerio.track";
+pub const TRANSACTIONAL_EXCHANGE: &str = "customerio.transactional";
+pub const PARTITIONER_EXCHANGE: &str = "customerio.partitioner";
+pub const PROCESSED_EXCHANGE: &str = "customerio.processed";
+pub const DLQ_EXCHANGE: &str = "customerio.dlq";
+pub const DLQ_QUEUE: &str = "customerio.dlq";
+pub const WEBHOOKS_EXCHANGE: &str = "customerio.webhooks";
+pub const WEBHOOKS_WAREHOUSE_QUEUE: &str = "customerio.webhooks.warehouse";
+pub const WEBHOOKS_ACTIONS_QUEUE: &str = "customerio.webhooks.actions";
+pub const PARTITION_QUEUE_PREFIX: &str = "customerio.partition.";
+
+/// Header naming the exchange a dead letter was first published to.
+pub const HEADER_ORIGINAL_EXCHANGE: &str = "x-original-exchange";
+/// Header naming the routing key a dead letter was first published with.
+pub const HEADER_ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+
+pub fn exchange_for(route: Route) -> &'static str {
+    match route {
+        Route::Identify => IDENTIFY_EXCHANGE,
+        Route::Track => TRACK_EXCHANGE,
+        Route::Transactional => TRANSACTIONAL_EXCHANGE,
+    }
+}
+
+pub fn partition_queue(index: u16) -> String {
+    format!("{PARTITION_QUEUE_PREFIX}{index}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExchangeKind {
+    Fanout,
+    Topic,
+    #[serde(rename = "x-consistent-hash")]
+    ConsistentHash,
+}
+
+impl ExchangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::ConsistentHash => "x-consistent-hash",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// Replicated; `single_active` makes one consumer at a time receive everything.
+    Quorum { single_active: bool },
+    /// Allows `basic.get` browsing and requeue in place: the dead-letter queue.
+    Classic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: ExchangeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueSpec {
+    pub name: String,
+    pub kind: QueueKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BindingSpec {
+    pub source: String,
+    pub destination: String,
+    pub routing_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    pub partitions: u16,
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub exchange_bindings: Vec<BindingSpec>,
+    pub queue_bindings: Vec<BindingSpec>,
+}
+
+impl Topology {
+    pub fn new(partitions: u16) -> Self {
+        let exchange = |name: &str, kind| ExchangeSpec {
+            name: name.to_string(),
+            kind,
+        };
+        let bind = |source: &str, destination: &str, key: &str| BindingSpec {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            routing_key: key.to_string(),
+        };
+        let quorum = |name: &str, single_active| QueueSpec {
+            name: name.to_string(),
+            kind: QueueKind::Quorum { single_active },
+        };
+
+        let producer_exchanges = [IDENTIFY_EXCHANGE, TRACK_EXCHANGE, TRANSACTIONAL_EXCHANGE];
+        let mut exchanges: Vec<_> = producer_exchanges
+            .iter()
+            .map(|name| exchange(name, ExchangeKind::Fanout))
+            .collect();
+        exchanges.push(exchange(PARTITIONER_EXCHANGE, ExchangeKind::ConsistentHash));
+        exchanges.push(exchange(PROCESSED_EXCHANGE, ExchangeKind::Fanout));
+        exchanges.push(exchange(DLQ_EXCHANGE, ExchangeKind::Fanout));
+        exchanges.push(exchange(WEBHOOKS_EXCHANGE, ExchangeKind::Topic));
+
+        let exchange_bindings = producer_exchanges
+            .iter()
+            .map(|source| bind(source, PARTITIONER_EXCHANGE, ""))
+            .collect();
+
+        let mut queues = Vec::new();
+        let mut queue_bindings = Vec::new();
+        for index in 0..partitions {
+            let name = partition_queue(index);
+            // Binding key "1" is the partition's weight on the hash ring: all equal.
+            queue_bindings.push(bind(PARTITIONER_EXCHANGE, &name, "1"));
+            queues.push(quorum(&name, true));
+        }
+        queues.push(QueueSpec {
+            name: DLQ_QUEUE.to_string(),
+            kind: QueueKind::Classic,
+        });
+        queue_bindings.push(bind(DLQ_EXCHANGE, DLQ_QUEUE, ""));
+        for name in [WEBHOOKS_WAREHOUSE_QUEUE, WEBHOOKS_ACTIONS_QUEUE] {
+            queues.push(quorum(name, false));
+            queue_bindings.push(bind(WEBHOOKS_EXCHANGE, name, "#"));
+        }
+
+        Self {
+            partitions,
+            exchanges,
+            queues,
+            exchange_bindings,
+            queue_bindings,
+        }
+    }
+
+    pub fn partition_queues(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.partitions).map(partition_queue)
+    }
+
+    /// A human-readable listing, for `cio-gateway topology`.
+    pub fn describe(&self) -> String {
+        let mut out = String::from("exchanges:\n");
+        for e in &self.exchanges {
+            out += &format!("  {:<32} {}\n", e.name, e.kind.as_str());
+        }
+        out += "queues:\n";
+        for q in &self.queues {
+            let kind = match q.kind {
+                QueueKind::Quorum {
+                    single_active: true,
+                } => "quorum, single-active-consumer",
+                QueueKind::Quorum { .. } => "quorum",
+                QueueKind::Classic => "classic",
+            };
+            out += &format!("  {:<32} {kind}\n", q.name);
+        }
+        out += "bindings:\n";
+        for b in self.exchange_bindings.iter().chain(&self.queue_bindings) {
+            out += &format!(
+                "  {:<32} -> {:<32} key {:?}\n",
+                b.source, b.destination, b.routing_key
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_partition_is_bound_once() {
+        let t = Topology::new(4);
+        assert_eq!(t.partition_queues().count(), 4);
+        for q in t.partition_queues() {
+            assert_eq!(
+                t.queue_bindings
+                    .iter()
+                    .filter(|b| b.destination == q)
+                    .count(),
+                1
+            );
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The command line of CONTRACT §2.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "cio-gateway", version, about = "RabbitMQ-backed Customer.io integration gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ConfigArg),
+    /// Run a local stand-in for Customer.io.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:4010")]
+        addr: SocketAddr,
+    },
+    /// Publish one envelope to the right exchange.
+    Publish {
+        /// identify, track, transactional, page, delete, suppress, unsuppress, addDevice, deleteDevice, merge
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Inspect and replay dead letters without losing any.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Declare the RabbitMQ topology and print it.
+    Topology(ConfigArg),
+    /// Load and validate the configuration, print the effective values (secrets masked).
+    CheckConfig(ConfigArg),
+    /// Local mode end to end with sample traffic, then a summary table.
+    Demo,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// A TOML file layered over config/default.toml and config/<GATEWAY_ENV>.toml.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Show dead letters (they stay in the queue).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter in full.
+    Show {
+        #[arg(long)]
+        correlation_id: String,
+    },
+    /// Republish dead letters to their original exchange, then remove them.
+    Replay {
+        #[arg(long)]
+        correlation_id: Option<String>,
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Delete dead letters.
+    Purge {
+        #[arg(long)]
+        yes: bool,
+    },
+}

@@ -1,0 +1,199 @@
+//! The one-shot subcommands: sandbox, publish, dlq, topology, demo.
+
+use crate::broker::{self, Topology};
+use crate::cli::DlqAction;
+use crate::config::Settings;
+use crate::publisher::Publisher;
+use crate::sandbox::{self, SandboxConfig};
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+pub async fn sandbox(addr: SocketAddr) -> anyhow::Result<ExitCode> {
+    sandbox::serve(addr, SandboxConfig::default()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Commands that talk to a broker other processes share: the in-process one would vanish.
+fn require_shared_broker(settings: &Settings, what: &str) -> anyhow::Result<()> {
+    if settings.is_memory_broker() {
+        bail!(
+            "`{what}` needs RabbitMQ: set AMQP_URL or broker.url (in local mode, use POST /v1/events on the running service)"
+        );
+    }
+    Ok(())
+}
+
+pub async fn publish(
+    settings: Settings,
+    kind: &str,
+    user: &str,
+    payload: &str,
+    correlation_id: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    require_shared_broker(&settings, "publish")?;
+    let payload: Value = serde_json::from_str(payload).context("--payload is not JSON")?;
+    let mut envelope = json!({"type": kind, "userId": user, "payload": payload});
+    if let Some(id) = correlation_id {
+        envelope["correlationId"] = id.into();
+    }
+    let broker = broker::connect(
+        settings.broker.url.expose(),
+        Topology::new(settings.broker.partitions),
+    )
+    .await?;
+    let id = Publisher::new(broker.clone()).publish(envelope).await?;
+    broker.close().await;
+    println!("{}", json!({"published": true, "correlationId": id}));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn topology(settings: Settings) -> anyhow::Result<ExitCode> {
+    let topology = Topology::new(settings.broker.partitions);
+    if settings.is_memory_broker() {
+        println!("# broker.url is memory://: nothing declared; this is the topology for RabbitMQ");
+    } else {
+        let broker = broker::connect(settings.broker.url.expose(), topology.clone()).await?;
+        broker.close().await;
+        println!("# declared on {}", redact_url(settings.broker.url.expose()));
+    }
+    print!("{}", topology.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cio-gateway dlq list|show|replay|purge` (the logic is `crate::dlq`, shared with the admin
+/// routes). `list` prints a table (or JSON with `--json`); the others print JSON. Exit 1 when a
+/// dead letter was not found or a replay stopped early, 2 for a refused or malformed request.
+pub async fn dlq(settings: Settings, action: DlqAction) -> anyhow::Result<ExitCode> {
+    use crate::dlq::{self, Selection};
+    require_shared_broker(&settings, "dlq")?;
+    let selection = match &action {
+        DlqAction::Replay {
+            correlation_id: Some(id),
+            count: None,
+        } => Some(Selection::CorrelationId(id.clone())),
+        DlqAction::Replay {
+            correlation_id: None,
+            count: Some(n),
+        } if *n >= 1 => Some(Selection::Count(
+            u32::try_from(*n).unwrap_or(u32::MAX).min(dlq::MAX_SCAN),
+        )),
+        DlqAction::Replay { .. } => {
+            eprintln!("replay needs exactly one of --count N (N >= 1) or --correlation-id ID");
+            return Ok(ExitCode::from(2));
+        }
+        _ => None,
+    };
+    let broker = broker::connect(
+        settings.broker.url.expose(),
+        Topology::new(settings.broker.partitions),
+    )
+    .await?;
+    let outcome = dlq_action(&broker, action, selection).await;
+    broker.close().await;
+    outcome
+}
+
+async fn dlq_action(
+    broker: &crate::broker::SharedBroker,
+    action: DlqAction,
+    selection: Option<crate::dlq::Selection>,
+) -> anyhow::Result<ExitCode> {
+    use crate::dlq::{self, DlqError};
+    match action {
+        DlqAction::List { limit, json } => {
+            let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+            let listing = dlq::list(broker, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print!("{}", dlq_table(&listing));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Show { correlation_id } => match dlq::show(broker, &correlation_id).await {
+            Ok(letter) => {
+                println!("{}", serde_json::to_string_pretty(&letter)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ DlqError::NotFound(_)) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
+        },
+        DlqAction::Replay { .. } => {
+            let selection = selection.expect("checked above");
+            match dlq::replay(broker, &selection).await {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    Ok(if report.error.is_some() {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    })
+                }
+                Err(e @ DlqError::NotFound(_)) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        DlqAction::Purge { yes } => {
+            if !yes {
+                let n = broker.queue_len(crate::broker::topology::DLQ_QUEUE).await?;
+                eprintln!("refusing to delete {n} dead letter(s) without --yes");
+                return Ok(ExitCode::from(2));
+            }
+            let purged = dlq::purge(broker).await?;
+            println!("{}", json!({"purged": purged}));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The `dlq list` table: one line per dead letter, then a count.
+fn dlq_table(listing: &crate::dlq::Listing) -> String {
+    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "{:<28} {:<14} {:<20} {:<10} {:>8}  ERROR\n",
+        "CORRELATION ID", "TYPE", "USER", "KIND", "ATTEMPTS"
+    );
+    for d in &listing.dead_letters {
+        let error: String = cell(&d.error).chars().take(60).collect();
+        out += &format!(
+            "{:<28} {:<14} {:<20} {:<10} {:>8}  {}\n",
+            cell(&d.correlation_id),
+            cell(&d.kind),
+            cell(&d.user_id),
+            cell(&d.error_kind),
+            d.attempts
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            error.replace('\n', " "),
+        );
+    }
+    out += &format!(
+        "{} of {} dead letter(s) in customerio.dlq shown; none was removed\n",
+        listing.dead_letters.len(),
+        listing.total
+    );
+    out
+}
+
+pub async fn demo() -> anyhow::Result<ExitCode> {
+    crate::demo::run().await
+}
+
+/// `amqp://user:pass@host/vhost` -> `amqp://user:***@host/vhost`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,462 @@
+//! Domain operations in Customer.io's wire format: Track v1 paths and bodies, Track v2
+//! operations, App API send bodies; and the documented limits, checked before anything is sent.
+//!
+//! Shapes follow Customer.io's Track API OpenAPI document (`/api/v1/...` request bodies and the
+//! `person_*` schemas of `/api/v2/entity` and `/api/v2/batch`) and the App API `send*` schemas.
+//! Notable differences between the versions, all as documented:
+//! - v1 event properties are `data`; v2 event and page properties are `attributes`.
+//! - v1 devices are `{"device": {"id": token, ...}}`; v2 devices are `{"device": {"token", ...}}`.
+//!   Device properties other than `last_used` go under `device.attributes` in both.
+//! - v2 `merge` names `primary` and `secondary` and has no `identifiers`.
+
+use super::{CioError, TrackCall};
+use crate::domain::limits::{
+    MAX_ATTRIBUTE_NAME_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES_PER_CALL,
+    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES,
+};
+use crate::domain::{
+    Attributes, Channel, Device, Event, Operation, Page, PersonRef, TemplateRef,
+    TransactionalRequest,
+};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+/// "Event Data | 100000 bytes | Max length of each event data" (Track API limits). The domain's
+/// parse-time limit is 100 KiB; the documented figure is what Customer.io enforces, so it wins.
+pub const MAX_EVENT_DATA_BYTES: usize = 100_000;
+
+/// Everything but RFC 3986's unreserved characters is percent-encoded in a path segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// One Track v1 request, relative to the `.../api/v1` base.
+#[derive(Debug, Clone, PartialEq)]
+pub struct V1Request {
+    pub method: Method,
+    pub path: String,
+    pub body: Option<Value>,
+}
+
+/// Percent-encodes one path segment (a person id or a device token).
+pub fn encode_segment(value: &str) -> Result<String, CioError> {
+    // "." and ".." (also spelled %2E) are dot-segments that every URL parser resolves away, so
+    // such an id cannot be named in a path at all; refusing beats writing to the wrong person.
+    if value == "." || value == ".." {
+        return Err(CioError::invalid(format!(
+            "{value:?} cannot be sent as a path segment"
+        )));
+    }
+    Ok(utf8_percent_encode(value, PATH_SEGMENT).to_string())
+}
+
+/// The Track v1 request for a call.
+pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
+    let id = encode_segment(call.user.as_str())?;
+    let customer = format!("/customers/{id}");
+    let (method, path, body) = match &call.operation {
+        Operation::Identify(attributes) => (Method::PUT, customer, Some(attributes_value(attributes))),
+        Operation::Delete => (Method::DELETE, customer, None),
+        Operation::Track(event) => (
+            Method::POST,
+            format!("{customer}/events"),
+            Some(v1_event(event, call.event_id)),
+        ),
+        Operation::Page(page) => (
+            Method::POST,
+            format!("{customer}/events"),
+            Some(v1_page(page, call.event_id)),
+        ),
+        Operation::Suppress => (Method::POST, format!("{customer}/suppress"), None),
+        Operation::Unsuppress => (Method::POST, format!("{customer}/unsuppress"), None),
+        Operation::AddDevice(device) => (
+            Method::PUT,
+            format!("{customer}/devices"),
+            Some(json!({"device": device_value("id", device)})),
+        ),
+        Operation::DeleteDevice(token) => (
+            Method::DELETE,
+            format!("{customer}/devices/{}", encode_segment(token)?),
+            None,
+        ),
+        Operation::Merge { primary, secondary } => (
+            Method::POST,
+            "/merge_customers".to_string(),
+            Some(json!({"primary": person_ref(primary), "secondary": person_ref(secondary)})),
+        ),
+        Operation::Transactional(_) => return Err(not_track()),
+    };
+    Ok(V1Request { method, path, body })
+}
+
+/// `POST /events`: an event of a person not identified yet.
+pub fn v1_anonymous(
+    anonymous_id: &str,
+    event: &Event,
+    id: Option<ulid::Ulid>,
+) -> Result<V1Request, CioError> {
+    if anonymous_id.is_empty() {
+        return Err(CioError::invalid("anonymous_id must not be empty"));
+    }
+    check_event(event)?;
+    let mut body = v1_event(event, id);
+    body["anonymous_id"] = Value::String(anonymous_id.to_string());
+    Ok(V1Request {
+        method: Method::POST,
+        path: "/events".to_string(),
+        body: Some(body),
+    })
+}
+
+fn v1_event(event: &Event, id: Option<ulid::Ulid>) -> Value {
+    let mut body = Map::new();
+    body.insert("name".into(), event.name.as_str().into());
+    body.insert("data".into(), attributes_value(&event.data));
+    if let Some(ts) = event.timestamp {
+        body.insert("timestamp".into(), ts.into());
+    }
+    if let Some(id) = id {
+        body.insert("id".into(), id.to_string().into());
+    }
+    Value::Object(body)
+}
+
+fn v1_page(page: &Page, id: Option<ulid::Ulid>) -> Value {
+    let mut body = Map::new();
+    body.insert("type".into(), "page".into());
+    body.insert("name".into(), page.path.as_str().into());
+    body.insert("data".into(), attributes_value(&page.data));
+    if let Some(id) = id {
+        body.insert("id".into(), id.to_string().into());
+    }
+    Value::Object(body)
+}
+
+/// The Track v2 operation for a call (`/api/v2/entity` body, or one `batch` element).
+pub fn v2_operation(call: &TrackCall) -> Result<Value, CioError> {
+    let mut op = Map::new();
+    op.insert("type".into(), "person".into());
+    let action = match &call.operation {
+        Operation::Identify(attributes) => {
+            op.insert("attributes".into(), attributes_value(attributes));
+            "identify"
+        }
+        Operation::Delete => "delete",
+        Operation::Track(event) => {
+            op.insert("name".into(), event.name.as_str().into());
+            op.insert("attributes".into(), attributes_value(&event.data));
+            if let Some(ts) = event.timestamp {
+                op.insert("timestamp".into(), ts.into());
+            }
+            if let Some(id) = call.event_id {
+                op.insert("id".into(), id.to_string().into());
+            }
+            "event"
+        }
+        Operation::Page(page) => {
+            op.insert("name".into(), page.path.as_str().into());
+            op.insert("attributes".into(), attributes_value(&page.data));
+            if let Some(id) = call.event_id {
+                op.insert("id".into(), id.to_string().into());
+            }
+            "page"
+        }
+        Operation::Suppress => "suppress",
+        Operation::Unsuppress => "unsuppress",
+        Operation::AddDevice(device) => {
+            op.insert("device".into(), device_value("token", device));
+            "add_device"
+        }
+        Operation::DeleteDevice(token) => {
+            op.insert("device".into(), json!({"token": token}));
+            "delete_device"
+        }
+        Operation::Merge { primary, secondary } => {
+            op.insert("action".into(), "merge".into());
+            op.insert("primary".into(), person_ref(primary));
+            op.insert("secondary".into(), person_ref(secondary));
+            return Ok(Value::Object(op));
+        }
+        Operation::Transactional(_) => return Err(not_track()),
+    };
+    op.insert("action".into(), action.into());
+    op.insert("identifiers".into(), json!({"id": call.user.as_str()}));
+    Ok(Value::Object(op))
+}
+
+/// Serialized size of a JSON value, as it goes on the wire.
+pub fn json_len(value: &Value) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len())
+}
+
+/// Checks Customer.io's documented limits for a Track call (both API versions).
+pub fn check_limits(call: &TrackCall) -> Result<(), CioError> {
+    check_identifier("id", call.user.as_str())?;
+    match &call.operation {
+        Operation::Identify(attributes) => check_attributes(attributes),
+        Operation::Track(event) => check_event(event),
+        Operation::Page(page) => {
+            // The 100-byte event-name limit is documented for events; a page view's name is its
+            // path, which is routinely longer, and the docs give no limit for it.
+            if page.path.trim().is_empty() {
+                return Err(CioError::invalid("page path must not be empty"));
+            }
+            check_data(&page.data)
+        }
+        Operation::AddDevice(device) => {
+            if device.id.is_empty() {
+                return Err(CioError::invalid("device id must not be empty"));
+            }
+            if !matches!(device.platform.as_str(), "ios" | "android") {
+                return Err(CioError::invalid(format!(
+                    "device platform must be ios or android, got {:?}",
+                    device.platform
+                )));
+            }
+            Ok(())
+        }
+        Operation::DeleteDevice(token) if token.is_empty() => {
+            Err(CioError::invalid("device id must not be empty"))
+        }
+        Operation::Merge { primary, secondary } => {
+            check_identifier(&format!("primary.{}", primary.kind), &primary.value)?;
+            check_identifier(&format!("secondary.{}", secondary.kind), &secondary.value)
+        }
+        Operation::Transactional(_) => Err(not_track()),
+        Operation::Delete
+        | Operation::Suppress
+        | Operation::Unsuppress
+        | Operation::DeleteDevice(_) => Ok(()),
+    }
+}
+
+fn check_identifier(field: &str, value: &str) -> Result<(), CioError> {
+    if value.is_empty() {
+        return Err(CioError::invalid(format!("{field} must not be empty")));
+    }
+    if value.len() > MAX_IDENTIFIER_BYTES {
+        return Err(CioError::invalid(format!(
+            "{field} is {} bytes, Customer.io allows at most {MAX_IDENTIFIER_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_attributes(attributes: &Attributes) -> Result<(), CioError> {
+    let map = attributes.as_map();
+    if map.len() > MAX_ATTRIBUTES_PER_CALL {
+        return Err(CioError::invalid(format!(
+            "identify has {} attributes, Customer.io allows at most {MAX_ATTRIBUTES_PER_CALL} per call",
+            map.len()
+        )));
+    }
+    for (name, value) in map {
+        if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME_BYTES {
+            return Err(CioError::invalid(format!(
+                "attribute name {:?} must be 1..={MAX_ATTRIBUTE_NAME_BYTES} bytes",
+                truncate(name)
+            )));
+        }
+        let size = attribute_value_len(value);
+        if size > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Err(CioError::invalid(format!(
+                "attribute {:?} is {size} bytes, Customer.io allows at most {MAX_ATTRIBUTE_VALUE_BYTES}",
+                truncate(name)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The length Customer.io counts for an attribute value: a string's bytes, else its JSON.
+pub fn attribute_value_len(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        other => json_len(other),
+    }
+}
+
+fn check_event(event: &Event) -> Result<(), CioError> {
+    let name = event.name.as_str();
+    if name.trim().is_empty() {
+        return Err(CioError::invalid("event name must not be empty"));
+    }
+    if name.len() > MAX_EVENT_NAME_BYTES {
+        return Err(CioError::invalid(format!(
+            "event name is {} bytes, Customer.io allows at most {MAX_EVENT_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    check_data(&event.data)
+}
+
+fn check_data(data: &Attributes) -> Result<(), CioError> {
+    let size = json_len(&attributes_value(data));
+    if size > MAX_EVENT_DATA_BYTES {
+        return Err(CioError::invalid(format!(
+            "event data is {size} bytes, Customer.io allows at most {MAX_EVENT_DATA_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+fn truncate(name: &str) -> String {
+    name.chars().take(32).collect()
+}
+
+/// The App API path of a channel, relative to the `.../v1` base.
+pub fn send_path(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Email => "/send/email",
+        Channel::Push => "/send/push",
+        Channel::Sms => "/send/sms",
+    }
+}
+
+/// The App API send body: the request's fields, the resolved `transactional_message_id`, and
+/// `identifiers` as exactly one of `id`, `email` or `cio_id`.
+pub fn send_body(
+    request: &TransactionalRequest,
+    message_id: Option<&Value>,
+) -> Result<Value, CioError> {
+    let message_id = match (message_id, &request.template) {
+        (Some(id), _) => Some(id.clone()),
+        (None, TemplateRef::Id(id)) => Some(id.clone()),
+        (None, TemplateRef::Named(name)) => {
+            return Err(CioError::invalid(format!(
+                "template {name:?} was not resolved to a transactional_message_id"
+            )));
+        }
+        (None, TemplateRef::Inline) => None,
+    };
+    match &message_id {
+        Some(Value::Number(_)) => {}
+        Some(Value::String(s)) if !s.is_empty() => {}
+        Some(other) => {
+            return Err(CioError::invalid(format!(
+                "transactional_message_id must be a number or a trigger name, got {other}"
+            )));
+        }
+        // Only email can be composed inline (`body`, `subject`, `from`); push and SMS need a
+        // template (App API `sendpush` / `sendsms` require transactional_message_id).
+        None if request.channel != Channel::Email => {
+            return Err(CioError::invalid(format!(
+                "a {} send needs a transactional_message_id",
+                request.channel.as_str()
+            )));
+        }
+        None => {}
+    }
+    check_identifier(
+        &format!("identifiers.{}", request.identifiers.kind),
+        &request.identifiers.value,
+    )?;
+    let mut body = request.body.clone();
+    if let Some(id) = message_id {
+        body.insert("transactional_message_id".into(), id);
+    }
+    body.insert("identifiers".into(), person_ref(&request.identifiers));
+    Ok(Value::Object(body))
+}
+
+fn attributes_value(attributes: &Attributes) -> Value {
+    Value::Object(attributes.as_map().clone())
+}
+
+fn person_ref(person: &PersonRef) -> Value {
+    let mut map = Map::new();
+    map.insert(person.kind.to_string(), Value::String(person.value.clone()));
+    Value::Object(map)
+}
+
+/// `{<key>: token, platform, last_used?, attributes?}`; `key` is `id` (v1) or `token` (v2).
+fn device_value(key: &str, device: &Device) -> Value {
+    let mut out = Map::new();
+    out.insert(key.into(), device.id.as_str().into());
+    out.insert("platform".into(), device.platform.as_str().into());
+    let mut attributes = device.data.as_map().clone();
+    if let Some(last_used) = attributes.get("last_used").filter(|v| v.is_i64()).cloned() {
+        attributes.remove("last_used");
+        out.insert("last_used".into(), last_used);
+    }
+    if !attributes.is_empty() {
+        out.insert("attributes".into(), Value::Object(attributes));
+    }
+    Value::Object(out)
+}
+
+fn not_track() -> CioError {
+    CioError::invalid("a transactional send is not a Track API call")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EventName, UserId};
+
+    fn call(operation: Operation) -> TrackCall {
+        TrackCall {
+            user: UserId::parse("a/b c").unwrap(),
+            operation,
+            event_id: None,
+        }
+    }
+
+    #[test]
+    fn path_ids_are_percent_encoded() {
+        let r = v1_request(&call(Operation::Delete)).unwrap();
+        assert_eq!(r.path, "/customers/a%2Fb%20c");
+        assert_eq!(encode_segment("é+x~y").unwrap(), "%C3%A9%2Bx~y");
+        assert!(encode_segment("..").is_err());
+    }
+
+    #[test]
+    fn v2_shapes_follow_the_docs() {
+        let mut data = Attributes::default();
+        data.insert("last_used", 17);
+        data.insert("app_version", "1.2");
+        let op = v2_operation(&call(Operation::AddDevice(Device {
+            id: "tok".into(),
+            platform: "ios".into(),
+            data,
+        })))
+        .unwrap();
+        assert_eq!(
+            op,
+            json!({"type": "person", "action": "add_device", "identifiers": {"id": "a/b c"},
+                "device": {"token": "tok", "platform": "ios", "last_used": 17,
+                    "attributes": {"app_version": "1.2"}}})
+        );
+        let merge = v2_operation(&call(Operation::Merge {
+            primary: PersonRef { kind: "id", value: "1".into() },
+            secondary: PersonRef { kind: "email", value: "x@y.z".into() },
+        }))
+        .unwrap();
+        assert!(merge.get("identifiers").is_none());
+        assert_eq!(merge["secondary"], json!({"email": "x@y.z"}));
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let event = |name: &str| Event {
+            name: EventName::parse(name).unwrap(),
+            data: Attributes::default(),
+            timestamp: None,
+        };
+        assert!(check_limits(&call(Operation::Track(event("ok")))).is_ok());
+        let mut data = Attributes::default();
+        data.insert("big", "x".repeat(MAX_EVENT_DATA_BYTES));
+        let big = Event { data, ..event("ok") };
+        assert!(matches!(
+            check_limits(&call(Operation::Track(big))),
+            Err(CioError::Invalid(_))
+        ));
+        let mut attrs = Attributes::default();
+        attrs.insert("v", "x".repeat(1001));
+        assert!(check_limits(&call(Operation::Identify(attrs))).is_err());
+    }
+}

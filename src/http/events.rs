@@ -1,0 +1,162 @@
+//! `POST /v1/events`: envelope ingestion for producers without AMQP.
+//!
+//! The body is one envelope or an array of them. Every item is validated before anything is
+//! published: one bad item fails the request with 400 naming each bad item and publishes
+//! nothing. Valid requests are published through [`crate::publisher::Publisher`] (correlation id
+//! and timestamp completed, exchange of the type, routing key = user id) and answered 202 only
+//! once RabbitMQ confirmed every item. A user's items are published in array order.
+//! Guarded by `ingest.token` (see `auth`).
+
+use super::{AppState, auth};
+use crate::domain::{Envelope, limits};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Largest request body accepted (413 above).
+pub const MAX_BODY_BYTES: usize = 5 * 1024 * 1024;
+/// How long one publish may wait for RabbitMQ's confirm before the request fails with 503.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Users published concurrently (each user's items stay sequential).
+const CONCURRENT_USERS: usize = 32;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/events")
+            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .route(web::post().to(ingest)),
+    );
+}
+
+fn bad_request(errors: Vec<Value>) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({ "errors": errors }))
+}
+
+fn item_error(index: Option<usize>, field: &str, reason: impl Into<String>) -> Value {
+    json!({"index": index, "field": field, "reason": reason.into()})
+}
+
+async fn ingest(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    if let Err(response) = auth::ingest(&req, &state) {
+        return response;
+    }
+    let items = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(items)) => items,
+        Ok(item @ Value::Object(_)) => vec![item],
+        Ok(_) => {
+            return bad_request(vec![item_error(
+                None,
+                "",
+                "body must be an envelope object or an array of them",
+            )]);
+        }
+        Err(e) => return bad_request(vec![item_error(None, "", format!("invalid JSON: {e}"))]),
+    };
+    if items.is_empty() {
+        return bad_request(vec![item_error(None, "", "the array holds no envelope")]);
+    }
+
+    let mut prepared: Vec<(Envelope, Vec<u8>)> = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let size = serde_json::to_vec(&item).map(|v| v.len()).unwrap_or(0);
+        if size > limits::MAX_ENVELOPE_BYTES {
+            errors.push(item_error(
+                Some(index),
+                "",
+                format!(
+                    "envelope is {size} bytes, at most {} allowed",
+                    limits::MAX_ENVELOPE_BYTES
+                ),
+            ));
+            continue;
+        }
+        match state.publisher.prepare(item) {
+            Ok(p) => prepared.push(p),
+            Err(e) => errors.push(item_error(Some(index), &e.field, e.reason)),
+        }
+    }
+    if !errors.is_empty() {
+        metrics::counter!("cio_gateway_ingest_rejected_total").increment(errors.len() as u64);
+        return bad_request(errors);
+    }
+
+    let correlation_ids: Vec<String> = prepared
+        .iter()
+        .map(|(e, _)| {
+            e.correlation_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    // One lane per user, in array order; lanes run concurrently.
+    let mut lanes: BTreeMap<String, Vec<(usize, Envelope, Vec<u8>)>> = BTreeMap::new();
+    for (index, (envelope, body)) in prepared.into_iter().enumerate() {
+        lanes
+            .entry(envelope.user.as_str().to_string())
+            .or_default()
+            .push((index, envelope, body));
+    }
+    let publisher = state.publisher.clone();
+    let outcomes: Vec<(Vec<usize>, Option<String>)> = futures::stream::iter(lanes.into_values())
+        .map(|lane| {
+            let publisher = publisher.clone();
+            async move {
+                let mut failed = Vec::new();
+                let mut error = None;
+                for (index, envelope, body) in lane {
+                    if error.is_some() {
+                        // Publishing later items of this user would overtake the failed one.
+                        failed.push(index);
+                        continue;
+                    }
+                    let result = tokio::time::timeout(
+                        PUBLISH_TIMEOUT,
+                        publisher.publish_prepared(&envelope, body),
+                    )
+                    .await;
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            error = Some(e.to_string());
+                            failed.push(index);
+                        }
+                        Err(_) => {
+                            error = Some(format!(
+                                "RabbitMQ did not confirm within {PUBLISH_TIMEOUT:?}"
+                            ));
+                            failed.push(index);
+                        }
+                    }
+                }
+                (failed, error)
+            }
+        })
+        .buffer_unordered(CONCURRENT_USERS)
+        .collect()
+        .await;
+
+    let mut failed: Vec<usize> = outcomes
+        .iter()
+        .flat_map(|(f, _)| f.iter().copied())
+        .collect();
+    failed.sort_unstable();
+    let accepted = correlation_ids.len() - failed.len();
+    metrics::counter!("cio_gateway_ingest_accepted_total").increment(accepted as u64);
+    if let Some(error) = outcomes.into_iter().find_map(|(_, e)| e) {
+        tracing::warn!(error = %error, failed = failed.len(), "ingestion could not publish");
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "error": error,
+            "accepted": accepted,
+            "correlationIds": correlation_ids,
+            "failed": failed,
+        }));
+    }
+    HttpResponse::Accepted().json(json!({
+        "accepted": accepted,
+        "correlationIds": correlation_ids,
+    }))
+}

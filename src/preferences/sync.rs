@@ -1,0 +1,322 @@
+//! Publishing preferences to Customer.io: after every change, on `POST /sync`, and from the
+//! re-sync task that retries whatever is still pending, with backoff, until RabbitMQ confirms.
+//!
+//! One user's syncs run one at a time (a lock per user stripe) and always publish the row as
+//! it is *now*, so two quick changes can never reach Customer.io in the wrong order: the later
+//! publish carries the later state. The pending mark is cleared only for the version published.
+
+use super::{
+    PreferenceStore, Preferences, PreferencesChange, StoreError, StoredPreferences, UserSource,
+    UserSourceError,
+};
+use crate::broker::BrokerError;
+use crate::config::Settings;
+use crate::domain::{ParseError, UserId};
+use crate::publisher::{PublishError, Publisher};
+use serde_json::{Map, Value, json};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// How long one publish may wait for RabbitMQ before the change is left to the re-sync task.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Re-sync backoff after a failure: doubling from the first to the second.
+const RESYNC_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// With nothing known to be pending, the re-sync task still looks this often (another
+/// replica may have died with rows pending).
+const RESYNC_IDLE: Duration = Duration::from_secs(30);
+/// Rows taken per re-sync round.
+const RESYNC_BATCH: u32 = 200;
+const LOCK_STRIPES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    UserSource(#[from] UserSourceError),
+    #[error("user {0:?} is not in the user source")]
+    UnknownUser(String),
+    #[error("the user's attributes are not a valid identify: {0}")]
+    Invalid(ParseError),
+    #[error(transparent)]
+    Broker(BrokerError),
+    #[error("RabbitMQ did not confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<PublishError> for SyncError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Invalid(e) => Self::Invalid(e),
+            PublishError::Broker(e) => Self::Broker(e),
+        }
+    }
+}
+
+/// What a sync published.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    pub correlation_id: String,
+    /// The identify's attribute names.
+    pub attributes: Vec<String>,
+    /// Whether attributes came from the user source (false when none is configured).
+    pub from_user_source: bool,
+}
+
+pub struct PreferenceService {
+    store: Arc<dyn PreferenceStore>,
+    publisher: Publisher,
+    users: Option<UserSource>,
+    locks: Vec<Mutex<()>>,
+    wake: Notify,
+    /// The runtime that owns the database connections: all store I/O runs there, whatever
+    /// HTTP worker thread asked for it.
+    runtime: tokio::runtime::Handle,
+}
+
+impl PreferenceService {
+    /// Opens the store (migrating it) and the user source named by the settings.
+    pub async fn open(settings: &Settings, publisher: Publisher) -> anyhow::Result<Arc<Self>> {
+        let store = super::open(settings).await?;
+        let users = UserSource::from_settings(&settings.user_source)?;
+        Ok(Self::new(store, publisher, users))
+    }
+
+    pub fn new(
+        store: Arc<dyn PreferenceStore>,
+        publisher: Publisher,
+        users: Option<UserSource>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            publisher,
+            users,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            wake: Notify::new(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn PreferenceStore> {
+        &self.store
+    }
+
+    /// The user's preferences and whether they are stored and still pending.
+    pub async fn get(self: &Arc<Self>, user: &UserId) -> Result<StoredPreferences, StoreError> {
+        let user = user.as_str().to_string();
+        let this = self.clone();
+        self.runtime
+            .spawn(async move {
+                Ok(this
+                    .store
+                    .get(&user)
+                    .await?
+                    .unwrap_or_else(|| StoredPreferences {
+                        user_id: user,
+                        preferences: Preferences::default(),
+                        sync_pending: false,
+                        version: 0,
+                        updated_at: 0,
+                    }))
+            })
+            .await
+            .expect("preference task panicked")
+    }
+
+    /// Stores a change, then tries to publish it. The store must succeed (else the error);
+    /// the publish may fail, and the returned row then still says `sync_pending`.
+    pub async fn change(
+        self: &Arc<Self>,
+        user: &UserId,
+        change: PreferencesChange,
+    ) -> Result<StoredPreferences, StoreError> {
+        let user = user.as_str().to_string();
+        let this = self.clone();
+        self.runtime
+            .spawn(async move {
+                let stored = this.store.apply(&user, &change).await?;
+                this.update_gauge().await;
+                match this.sync_preferences(&user).await {
+                    Ok(Some(synced)) => Ok(synced),
+                    Ok(None) => Ok(stored),
+                    Err(e) => {
+                        tracing::warn!(user = %user, error = %e, "preferences stored, sync deferred");
+                        this.wake.notify_one();
+                        Ok(stored)
+                    }
+                }
+            })
+            .await
+            .expect("preference task panicked")
+    }
+
+    /// Reads the user from the user source, merges the preferences and publishes one identify.
+    /// Without a configured user source, publishes the preferences alone.
+    pub async fn sync_user(self: &Arc<Self>, user: &UserId) -> Result<Synced, SyncError> {
+        let user = user.as_str().to_string();
+        let this = self.clone();
+        self.runtime
+            .spawn(async move { this.sync_user_here(&user).await })
+            .await
+            .expect("preference task panicked")
+    }
+
+    async fn sync_user_here(&self, user: &str) -> Result<Synced, SyncError> {
+        let mut attributes = match &self.users {
+            Some(source) => source
+                .fetch(user)
+                .await?
+                .ok_or_else(|| SyncError::UnknownUser(user.to_string()))?,
+            None => Map::new(),
+        };
+        let _guard = self.lock(user).await;
+        let stored = self.store.get(user).await?;
+        let preferences = stored.as_ref().map(|s| s.preferences).unwrap_or_default();
+        attributes.extend(preferences.opt_in_attributes());
+        let names = attributes.keys().cloned().collect();
+        let correlation_id = self.publish_identify(user, attributes).await?;
+        if let Some(stored) = stored.filter(|s| s.sync_pending) {
+            self.store.mark_synced(user, stored.version).await?;
+            self.update_gauge().await;
+        }
+        Ok(Synced {
+            correlation_id,
+            attributes: names,
+            from_user_source: self.users.is_some(),
+        })
+    }
+
+    /// Publishes the user's stored preferences as they are now; on confirm clears the pending
+    /// mark for that version. Returns the row as it was published (`None` if there is none).
+    async fn sync_preferences(&self, user: &str) -> Result<Option<StoredPreferences>, SyncError> {
+        let _guard = self.lock(user).await;
+        let Some(mut stored) = self.store.get(user).await? else {
+            return Ok(None);
+        };
+        if !stored.sync_pending {
+            return Ok(Some(stored));
+        }
+        self.publish_identify(user, stored.preferences.opt_in_attributes())
+            .await?;
+        if self.store.mark_synced(user, stored.version).await? {
+            stored.sync_pending = false;
+        }
+        self.update_gauge().await;
+        Ok(Some(stored))
+    }
+
+    async fn publish_identify(
+        &self,
+        user: &str,
+        attributes: Map<String, Value>,
+    ) -> Result<String, SyncError> {
+        let envelope = json!({"type": "identify", "userId": user, "payload": attributes});
+        let id = tokio::time::timeout(PUBLISH_TIMEOUT, self.publisher.publish(envelope))
+            .await
+            .map_err(|_| SyncError::Timeout(PUBLISH_TIMEOUT))??;
+        Ok(id.as_str().to_string())
+    }
+
+    async fn lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut hasher);
+        self.locks[(hasher.finish() % LOCK_STRIPES as u64) as usize]
+            .lock()
+            .await
+    }
+
+    async fn update_gauge(&self) {
+        if let Ok(count) = self.store.pending_count().await {
+            metrics::gauge!("cio_gateway_preferences_sync_pending").set(count as f64);
+        }
+    }
+
+    /// One re-sync round: publishes pending rows, oldest first, until one fails. Returns how
+    /// many are still pending.
+    pub async fn resync_pending(&self) -> Result<u64, SyncError> {
+        let pending = self.store.pending(RESYNC_BATCH).await?;
+        let mut result = Ok(());
+        for row in &pending {
+            if let Err(e) = self.sync_preferences(&row.user_id).await {
+                result = Err(e);
+                break;
+            }
+        }
+        let left = self.store.pending_count().await?;
+        metrics::gauge!("cio_gateway_preferences_sync_pending").set(left as f64);
+        result.map(|_| left)
+    }
+
+    /// Starts the re-sync task on the current runtime: at once (rows left pending by an earlier
+    /// run), after every deferred change, and every 30 s; failing rounds back off 0.5 s .. 30 s.
+    pub fn spawn_resync(self: &Arc<Self>) -> ResyncTask {
+        let stop = CancellationToken::new();
+        let this = self.clone();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut delay = Duration::ZERO;
+            let mut backoff = RESYNC_BACKOFF.0;
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = this.wake.notified() => {
+                        // A change could not be published just now: give RabbitMQ a moment.
+                        tokio::select! {
+                            _ = token.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                    }
+                }
+                match this.resync_pending().await {
+                    Ok(0) => {
+                        delay = RESYNC_IDLE;
+                        backoff = RESYNC_BACKOFF.0;
+                    }
+                    Ok(_) => {
+                        // More than one round's worth, or rows changed while publishing.
+                        delay = Duration::from_millis(100);
+                        backoff = RESYNC_BACKOFF.0;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "preference re-sync failed");
+                        delay = backoff;
+                        backoff = (backoff * 2).min(RESYNC_BACKOFF.1);
+                    }
+                }
+            }
+        });
+        ResyncTask { stop, task }
+    }
+
+    pub async fn close(&self) {
+        self.store.close().await;
+        if let Some(users) = &self.users {
+            users.close().await;
+        }
+    }
+}
+
+/// The running re-sync task.
+pub struct ResyncTask {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResyncTask {
+    /// Stops the task, letting a round in progress finish (up to the publish timeout); what
+    /// it did not publish stays pending for the next start.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(PUBLISH_TIMEOUT, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}

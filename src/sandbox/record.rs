@@ -1,0 +1,172 @@
+//! What the sandbox accepted, in arrival order, and the counters a test or an operator reads.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One accepted operation. A v2 batch gives one record per operation, in batch order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Global arrival order, from 0 (restarts at 0 after a reset).
+    pub seq: u64,
+    /// `track_v1`, `track_v2` or `app`.
+    pub api: String,
+    pub method: String,
+    /// The request path as received (percent-encoded, with any mount prefix).
+    pub path: String,
+    /// The person: the id in a v1 path, the v2 `identifiers` value, the send's `identifiers`
+    /// value, a merge's primary; `None` for anonymous events.
+    pub user: Option<String>,
+    /// identify, event, page, screen, delete, suppress, unsuppress, add_device, delete_device,
+    /// merge, anonymous_event, send_email, send_push, send_sms (v2 object ops keep their action).
+    pub action: String,
+    /// The operation (v2) or the request body (v1, App); `null` for requests without a body.
+    pub body: Value,
+    /// The event's `id`, when it has one.
+    pub event_id: Option<String>,
+    /// An event whose `id` was accepted before: Customer.io ignores it, so it is not a second
+    /// delivery. Recorded anyway, so a test can see the resend happened.
+    pub duplicate: bool,
+    /// What an App API send answered.
+    pub delivery_id: Option<String>,
+}
+
+/// An operation about to be recorded (everything but the sequence number and dedup flag).
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    pub api: &'static str,
+    pub method: String,
+    pub path: String,
+    pub user: Option<String>,
+    pub action: String,
+    pub body: Value,
+    pub event_id: Option<String>,
+    pub delivery_id: Option<String>,
+}
+
+/// Loose bound on memory: past this many records the oldest tenth is dropped.
+const MAX_RECORDS: usize = 2_000_000;
+
+#[derive(Default)]
+pub(crate) struct Ledger {
+    records: Vec<Record>,
+    event_ids: HashSet<String>,
+    next_seq: u64,
+}
+
+impl Ledger {
+    /// Records operations atomically, so a batch's records are consecutive.
+    pub(crate) fn accept_all(&mut self, ops: Vec<Accepted>) -> usize {
+        let mut duplicates = 0;
+        for op in ops {
+            let duplicate = match &op.event_id {
+                Some(id) => !self.event_ids.insert(id.clone()),
+                None => false,
+            };
+            duplicates += usize::from(duplicate);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.records.push(Record {
+                seq,
+                api: op.api.to_string(),
+                method: op.method,
+                path: op.path,
+                user: op.user,
+                action: op.action,
+                body: op.body,
+                event_id: op.event_id,
+                duplicate,
+                delivery_id: op.delivery_id,
+            });
+        }
+        if self.records.len() > MAX_RECORDS {
+            self.records.drain(..MAX_RECORDS / 10);
+        }
+        duplicates
+    }
+
+    pub(crate) fn records(&self) -> Vec<Record> {
+        self.records.clone()
+    }
+
+    pub(crate) fn records_for(&self, user: &str) -> Vec<Record> {
+        self.records
+            .iter()
+            .filter(|r| r.user.as_deref() == Some(user))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Counters since start (or the last reset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Requests that reached a Customer.io route.
+    pub requests: u64,
+    /// Operations recorded (duplicates included).
+    pub accepted_ops: u64,
+    /// Of those, events whose `id` was seen before.
+    pub duplicates: u64,
+    /// 401: missing or wrong credentials.
+    pub unauthorized: u64,
+    /// 400 answers and per-operation errors of a 207 (invalid bodies).
+    pub invalid: u64,
+    /// 413: bodies over the documented size.
+    pub too_large: u64,
+    /// 429: over the request budget.
+    pub rate_limited: u64,
+    /// Failures injected by `Faults` (`fail_first`, `error_rate`, `fail_users`).
+    pub injected_failures: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub requests: AtomicU64,
+    pub accepted_ops: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub invalid: AtomicU64,
+    pub too_large: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub injected_failures: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            requests: get(&self.requests),
+            accepted_ops: get(&self.accepted_ops),
+            duplicates: get(&self.duplicates),
+            unauthorized: get(&self.unauthorized),
+            invalid: get(&self.invalid),
+            too_large: get(&self.too_large),
+            rate_limited: get(&self.rate_limited),
+            injected_failures: get(&self.injected_failures),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        for c in [
+            &self.requests,
+            &self.accepted_ops,
+            &self.duplicates,
+            &self.unauthorized,
+            &self.invalid,
+            &self.too_large,
+            &self.rate_limited,
+            &self.injected_failures,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The BigQuery sink: `tabledata.insertAll` with `insertId` = `event_id`, so BigQuery's
+//! best-effort de-duplication drops a batch written twice. Any `insertErrors` fail the whole
+//! batch (it is retried; `skipInvalidRows` is off, so nothing of it was stored). The JSON
+//! columns `identifiers` and `raw` are sent as JSON text, which BigQuery accepts for `JSON`
+//! and `STRING` columns alike. Schema: `deploy/bigquery/delivery_events.json`.
+
+use super::{Sink, SinkError};
+use crate::config::BigQuerySettings;
+use crate::domain::Row;
+use anyhow::Context as _;
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+pub struct BigQuerySink {
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+impl BigQuerySink {
+    pub fn new(settings: &BigQuerySettings) -> anyhow::Result<Self> {
+        let project = settings.project.as_deref().context(
+            "configuration key `warehouse.bigquery.project`: required for the bigquery sink",
+        )?;
+        let dataset = settings.dataset.as_deref().context(
+            "configuration key `warehouse.bigquery.dataset`: required for the bigquery sink",
+        )?;
+        let base = settings.base_url.trim_end_matches('/');
+        url::Url::parse(base).context("configuration key `warehouse.bigquery.base_url`")?;
+        let url = format!(
+            "{base}/projects/{}/datasets/{}/tables/{}/insertAll",
+            encode(project),
+            encode(dataset),
+            encode(&settings.table)
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the BigQuery HTTP client")?;
+        Ok(Self {
+            client,
+            url,
+            token: settings.token.as_ref().map(|t| t.expose().to_string()),
+        })
+    }
+
+    /// The `tabledata.insertAll` request body for `rows`.
+    pub fn request_body(rows: &[Row]) -> Value {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|row| {
+                let mut value = serde_json::to_value(row).unwrap_or_default();
+                for column in ["identifiers", "raw"] {
+                    if let Some(v) = value.get_mut(column).filter(|v| !v.is_null()) {
+                        *v = Value::String(v.to_string());
+                    }
+                }
+                json!({"insertId": row.event_id, "json": value})
+            })
+            .collect();
+        json!({
+            "kind": "bigquery#tableDataInsertAllRequest",
+            "skipInvalidRows": false,
+            "ignoreUnknownValues": false,
+            "rows": rows,
+        })
+    }
+}
+
+fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[async_trait]
+impl Sink for BigQuerySink {
+    fn name(&self) -> &'static str {
+        "bigquery"
+    }
+
+    async fn write(&self, rows: &[Row]) -> Result<usize, SinkError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut request = self.client.post(&self.url).json(&Self::request_body(rows));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let failed = |e: reqwest::Error| SinkError::BigQuery(e.without_url().to_string());
+        let response = request.send().await.map_err(failed)?;
+        let status = response.status();
+        let text = response.text().await.map_err(failed)?;
+        if !status.is_success() {
+            let excerpt: String = text.chars().take(300).collect();
+            return Err(SinkError::BigQuery(format!(
+                "insertAll answered {status}: {excerpt}"
+            )));
+        }
+        let answer: Value = serde_json::from_str(&text)
+            .map_err(|e| SinkError::BigQuery(format!("insertAll answer is not JSON: {e}")))?;
+        match answer.get("insertErrors") {
+            Some(Value::Array(errors)) if !errors.is_empty() => {
+                let excerpt: String = Value::Array(errors.clone())
+                    .to_string()
+                    .chars()
+                    .take(300)
+                    .collect();
+                Err(SinkError::BigQuery(format!(
+                    "insertAll refused {} rows: {excerpt}",
+                    errors.len()
+                )))
+            }
+            _ => Ok(rows.len()),
+        }
+    }
+}

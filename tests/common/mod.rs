@@ -1,0 +1,128 @@
+//! Shared test scaffolding: a RabbitMQ vhost and a PostgreSQL database per test (removed on
+//! drop), settings that point a gateway at them, and waiting on conditions with a deadline.
+#![allow(dead_code)]
+
+use cio_gateway::config::Settings;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+pub const AMQP_HOST: &str = "127.0.0.1:5672";
+pub const PG_HOST: &str = "127.0.0.1";
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::new()).to_lowercase()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A RabbitMQ vhost of one test's own, deleted (with everything in it) on drop.
+pub struct TestVhost {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestVhost {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &name]));
+        run(Command::new("rabbitmqctl").args(["-q", "set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]));
+        let url = format!("amqp://guest:guest@{AMQP_HOST}/{name}");
+        Self { name, url }
+    }
+
+    /// `rabbitmqctl list_queues` for this vhost: name -> ready messages.
+    pub fn queue_depths(&self) -> BTreeMap<String, u64> {
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "list_queues", "-p", &self.name, "--no-table-headers", "name", "messages"])
+            .output()
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Closes every client connection to this vhost, as a network fault would.
+    pub fn close_connections(&self) {
+        run(Command::new("rabbitmqctl").args([
+            "-q",
+            "close_all_connections",
+            "--vhost",
+            &self.name,
+            "test: forced close",
+        ]));
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.name])
+            .output();
+    }
+}
+
+/// A PostgreSQL database of one test's own, dropped on drop.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix).replace('-', "_");
+        run(Command::new("psql").args(["-h", PG_HOST, "-U", "postgres", "-qc", &format!("CREATE DATABASE {name}")]));
+        let url = format!("postgres://postgres@{PG_HOST}:5432/{name}");
+        Self { name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                PG_HOST,
+                "-U",
+                "postgres",
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// Settings built through the real config layers from `GATEWAY__...` variables.
+pub fn settings(vars: &[(&str, &str)]) -> Settings {
+    let env: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::load_from(Path::new("/nonexistent"), None, &env).expect("test settings are valid")
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
