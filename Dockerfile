@@ -35,8 +35,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
               target/release/deps/libcio_gateway-* \
               target/release/cio-gateway
 
-# 2. The real source. .dockerignore is an allow-list (manifests, src/, config/, and
-#    migrations/ or .sqlx/ should they appear), so this copies only what the build reads.
+# 2. The real source. .dockerignore is an allow-list (manifests, src/, config/, migrations/,
+#    docs/*.json which the binary embeds), so this copies only what the build reads.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin cio-gateway \

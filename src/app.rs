@@ -106,15 +106,16 @@ impl Gateway {
     /// the HTTP server finishes its requests, then the broker connection closes.
     pub async fn shutdown(self) {
         self.state.actors_up.store(false, Ordering::Relaxed);
-        let (pipeline, reporting) = futures::future::join(
+        // One deadline for all: Kubernetes' grace period is sized to `shutdown.drain_secs`.
+        let (pipeline, reporting, ()) = futures::future::join3(
             self.pipeline.drain(self.drain),
             self.reporting.drain(self.drain),
+            self.server.stop(true),
         )
         .await;
         if !(pipeline && reporting) {
             tracing::warn!("drain deadline passed; unsettled messages will be redelivered");
         }
-        self.server.stop(true).await;
         let _ = self.server_task.await;
         self.resync.stop().await;
         self.preferences.close().await;

@@ -109,7 +109,13 @@ async fn path_ids_are_percent_encoded() {
 async fn delete_is_a_delete_of_the_person() {
     let sb = sandbox().await;
     client(&sb).delete(&user("7")).await.unwrap();
-    assert_request(&only(&sb, "7"), "track_v1", "DELETE", "/api/v1/customers/7", "delete");
+    assert_request(
+        &only(&sb, "7"),
+        "track_v1",
+        "DELETE",
+        "/api/v1/customers/7",
+        "delete",
+    );
 }
 
 #[tokio::test]
@@ -122,7 +128,13 @@ async fn track_posts_the_event_with_its_id_and_a_resend_is_a_duplicate() {
     cio.track(&user("42"), &e, Some(id)).await.unwrap();
     let records = sb.sandbox.records_for("42");
     assert_eq!(records.len(), 2);
-    assert_request(&records[0], "track_v1", "POST", "/api/v1/customers/42/events", "event");
+    assert_request(
+        &records[0],
+        "track_v1",
+        "POST",
+        "/api/v1/customers/42/events",
+        "event",
+    );
     assert_eq!(
         records[0].body,
         json!({"name": "signup", "data": {"plan": "pro"}, "timestamp": 1764115200,
@@ -130,7 +142,10 @@ async fn track_posts_the_event_with_its_id_and_a_resend_is_a_duplicate() {
     );
     assert_eq!(records[0].event_id, Some(id.to_string()));
     assert!(!records[0].duplicate);
-    assert!(records[1].duplicate, "Customer.io ignores a repeated event id");
+    assert!(
+        records[1].duplicate,
+        "Customer.io ignores a repeated event id"
+    );
     assert_eq!(sb.sandbox.stats().duplicates, 1);
 }
 
@@ -139,12 +154,22 @@ async fn anonymous_track_posts_to_events() {
     let sb = sandbox().await;
     let id = ulid::Ulid::new();
     client(&sb)
-        .track_anonymous("cookie-1", &event(json!({"name": "viewed", "data": {"n": 1}})), Some(id))
+        .track_anonymous(
+            "cookie-1",
+            &event(json!({"name": "viewed", "data": {"n": 1}})),
+            Some(id),
+        )
         .await
         .unwrap();
     let records = sb.sandbox.records();
     assert_eq!(records.len(), 1);
-    assert_request(&records[0], "track_v1", "POST", "/api/v1/events", "anonymous_event");
+    assert_request(
+        &records[0],
+        "track_v1",
+        "POST",
+        "/api/v1/events",
+        "anonymous_event",
+    );
     assert_eq!(records[0].user, None);
     assert_eq!(
         records[0].body,
@@ -158,9 +183,18 @@ async fn page_is_an_event_of_type_page_named_by_the_path() {
     let sb = sandbox().await;
     let page = Page::parse(&json!({"path": "/pricing", "data": {"ref": "ad"}})).unwrap();
     let id = ulid::Ulid::new();
-    client(&sb).page(&user("42"), &page, Some(id)).await.unwrap();
+    client(&sb)
+        .page(&user("42"), &page, Some(id))
+        .await
+        .unwrap();
     let r = only(&sb, "42");
-    assert_request(&r, "track_v1", "POST", "/api/v1/customers/42/events", "page");
+    assert_request(
+        &r,
+        "track_v1",
+        "POST",
+        "/api/v1/customers/42/events",
+        "page",
+    );
     assert_eq!(
         r.body,
         json!({"type": "page", "name": "/pricing", "data": {"ref": "ad"}, "id": id.to_string()})
@@ -174,7 +208,13 @@ async fn suppress_and_unsuppress_post_to_their_paths() {
     cio.suppress(&user("42")).await.unwrap();
     cio.unsuppress(&user("42")).await.unwrap();
     let records = sb.sandbox.records_for("42");
-    assert_request(&records[0], "track_v1", "POST", "/api/v1/customers/42/suppress", "suppress");
+    assert_request(
+        &records[0],
+        "track_v1",
+        "POST",
+        "/api/v1/customers/42/suppress",
+        "suppress",
+    );
     assert_request(
         &records[1],
         "track_v1",
@@ -192,7 +232,13 @@ async fn add_device_puts_the_documented_device_object() {
     .unwrap();
     client(&sb).add_device(&user("42"), &device).await.unwrap();
     let r = only(&sb, "42");
-    assert_request(&r, "track_v1", "PUT", "/api/v1/customers/42/devices", "add_device");
+    assert_request(
+        &r,
+        "track_v1",
+        "PUT",
+        "/api/v1/customers/42/devices",
+        "add_device",
+    );
     assert_eq!(
         r.body,
         json!({"device": {"id": "tok-1", "platform": "ios", "last_used": 1764115200,
@@ -203,7 +249,10 @@ async fn add_device_puts_the_documented_device_object() {
 #[tokio::test]
 async fn delete_device_names_the_token_in_the_path() {
     let sb = sandbox().await;
-    client(&sb).delete_device(&user("42"), "tok/1").await.unwrap();
+    client(&sb)
+        .delete_device(&user("42"), "tok/1")
+        .await
+        .unwrap();
     assert_request(
         &only(&sb, "42"),
         "track_v1",
@@ -218,7 +267,10 @@ async fn merge_posts_primary_and_secondary() {
     let sb = sandbox().await;
     let primary = PersonRef::parse(&json!({"id": "42"})).unwrap();
     let secondary = PersonRef::parse(&json!({"email": "old@example.com"})).unwrap();
-    client(&sb).merge(&user("42"), &primary, &secondary).await.unwrap();
+    client(&sb)
+        .merge(&user("42"), &primary, &secondary)
+        .await
+        .unwrap();
     let r = only(&sb, "42");
     assert_request(&r, "track_v1", "POST", "/api/v1/merge_customers", "merge");
     assert_eq!(
@@ -243,7 +295,10 @@ async fn v2_batch_records_every_operation_in_batch_order() {
     let sb = sandbox().await;
     let id = ulid::Ulid::new();
     let calls = vec![
-        call("u1", Operation::Identify(attributes(json!({"plan": "pro"})))),
+        call(
+            "u1",
+            Operation::Identify(attributes(json!({"plan": "pro"}))),
+        ),
         TrackCall {
             event_id: Some(id),
             ..call(
@@ -295,7 +350,10 @@ async fn v2_batch_records_every_operation_in_batch_order() {
     let seqs: Vec<_> = records.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (0..9).collect::<Vec<_>>());
     for r in &records {
-        assert_eq!((r.api.as_str(), r.method.as_str(), r.path.as_str()), ("track_v2", "POST", "/api/v2/batch"));
+        assert_eq!(
+            (r.api.as_str(), r.method.as_str(), r.path.as_str()),
+            ("track_v2", "POST", "/api/v2/batch")
+        );
     }
     assert_eq!(
         records[0].body,
@@ -324,7 +382,10 @@ async fn v2_batch_records_every_operation_in_batch_order() {
 #[tokio::test]
 async fn v2_entity_posts_one_operation() {
     let sb = sandbox().await;
-    let c = call("42", Operation::Identify(attributes(json!({"plan": "pro"}))));
+    let c = call(
+        "42",
+        Operation::Identify(attributes(json!({"plan": "pro"}))),
+    );
     client(&sb).entity(&c).await.unwrap();
     let r = only(&sb, "42");
     assert_request(&r, "track_v2", "POST", "/api/v2/entity", "identify");
@@ -468,8 +529,20 @@ async fn wrong_credentials_are_permanent_401s() {
 async fn settings_are_checked_naming_the_key() {
     let sb = sandbox().await;
     let err = |s: CustomerIoSettings| CustomerIo::new(&s).err().unwrap().to_string();
-    assert!(err(CustomerIoSettings { track_url: None, ..settings(&sb) }).contains("customerio.track_url"));
-    assert!(err(CustomerIoSettings { app_url: None, ..settings(&sb) }).contains("customerio.app_url"));
+    assert!(
+        err(CustomerIoSettings {
+            track_url: None,
+            ..settings(&sb)
+        })
+        .contains("customerio.track_url")
+    );
+    assert!(
+        err(CustomerIoSettings {
+            app_url: None,
+            ..settings(&sb)
+        })
+        .contains("customerio.app_url")
+    );
     let us = CustomerIoSettings {
         region: Region::Us,
         track_url: None,
@@ -551,7 +624,11 @@ async fn retry_after_is_honoured_from_429s_and_5xx() {
         ..Faults::default()
     });
     let e = cio.delete(&user("42")).await.unwrap_err();
-    assert_eq!(e.retry_after(), Some(Duration::from_secs(300)), "capped at 300 s");
+    assert_eq!(
+        e.retry_after(),
+        Some(Duration::from_secs(300)),
+        "capped at 300 s"
+    );
 }
 
 #[tokio::test]
@@ -587,7 +664,10 @@ async fn network_errors_are_retryable() {
     assert!(e.is_retryable(), "{e}");
     assert_eq!(e.status(), None);
     let e = cio
-        .send(&transactional(json!({"transactional_message_id": 1, "to": "a@b.co"})), None)
+        .send(
+            &transactional(json!({"transactional_message_id": 1, "to": "a@b.co"})),
+            None,
+        )
         .await
         .unwrap_err();
     assert!(e.is_retryable() && e.status().is_none(), "{e}");
@@ -607,7 +687,10 @@ async fn a_timeout_is_retryable() {
     .unwrap();
     let started = Instant::now();
     let e = cio.delete(&user("42")).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(1200), "the timeout applies");
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "the timeout applies"
+    );
     assert!(e.is_retryable() && e.status().is_none(), "{e}");
     assert!(e.to_string().contains("timed out"), "{e}");
 }
@@ -625,7 +708,9 @@ async fn limits_are_refused_before_sending() {
     assert!(invalid(cio.track(&user("42"), &big, None).await));
     // More than 300 attributes in one identify.
     let many: Map<String, Value> = (0..301).map(|i| (format!("a{i}"), json!(i))).collect();
-    assert!(invalid(cio.identify(&user("42"), &Attributes::from_map(many)).await));
+    assert!(invalid(
+        cio.identify(&user("42"), &Attributes::from_map(many)).await
+    ));
     // An attribute value over 1000 bytes.
     let mut long = Attributes::default();
     long.insert("bio", "x".repeat(1001));
@@ -638,8 +723,11 @@ async fn limits_are_refused_before_sending() {
     };
     assert!(invalid(cio.merge(&user("42"), &primary, &secondary).await));
     // A v2 operation over 32 KB.
-    let op = call("42", Operation::Track(event(json!({"name": "e",
-        "data": {"blob": "x".repeat(33 * 1024)}}))));
+    let op = call(
+        "42",
+        Operation::Track(event(json!({"name": "e",
+        "data": {"blob": "x".repeat(33 * 1024)}}))),
+    );
     assert!(invalid(cio.entity(&op).await));
     // A path segment that URL parsers resolve away.
     assert!(invalid(cio.delete(&user("..")).await));
@@ -648,12 +736,18 @@ async fn limits_are_refused_before_sending() {
         "identifiers": {"id": "x".repeat(150)}}));
     let mut send_long = send.clone();
     send_long.identifiers.value.push('x');
-    assert!(matches!(cio.send(&send_long, None).await, Err(CioError::Invalid(_))));
+    assert!(matches!(
+        cio.send(&send_long, None).await,
+        Err(CioError::Invalid(_))
+    ));
     // Push and SMS need a template.
     let mut push = send.clone();
     push.channel = cio_gateway::domain::Channel::Push;
     push.template = cio_gateway::domain::TemplateRef::Inline;
-    assert!(matches!(cio.send(&push, None).await, Err(CioError::Invalid(_))));
+    assert!(matches!(
+        cio.send(&push, None).await,
+        Err(CioError::Invalid(_))
+    ));
 
     assert_eq!(sb.sandbox.stats().requests, 0, "the sandbox saw nothing");
 }
@@ -661,13 +755,28 @@ async fn limits_are_refused_before_sending() {
 #[tokio::test]
 async fn an_oversized_operation_is_left_out_of_its_batch() {
     let sb = sandbox().await;
-    let big = call("u2", Operation::Track(event(json!({"name": "e",
-        "data": {"blob": "x".repeat(33 * 1024)}}))));
-    let calls = vec![call("u1", Operation::Delete), big, call("u3", Operation::Delete)];
+    let big = call(
+        "u2",
+        Operation::Track(event(json!({"name": "e",
+        "data": {"blob": "x".repeat(33 * 1024)}}))),
+    );
+    let calls = vec![
+        call("u1", Operation::Delete),
+        big,
+        call("u3", Operation::Delete),
+    ];
     let results = client(&sb).batch(&calls).await.unwrap();
     assert!(results[0].is_ok() && results[2].is_ok());
-    assert!(matches!(results[1], Err(CioError::Invalid(_))), "{results:?}");
-    let users: Vec<_> = sb.sandbox.records().into_iter().filter_map(|r| r.user).collect();
+    assert!(
+        matches!(results[1], Err(CioError::Invalid(_))),
+        "{results:?}"
+    );
+    let users: Vec<_> = sb
+        .sandbox
+        .records()
+        .into_iter()
+        .filter_map(|r| r.user)
+        .collect();
     assert_eq!(users, ["u1", "u3"]);
 }
 
@@ -678,7 +787,9 @@ async fn a_batch_over_500_kb_is_refused_whole() {
         .map(|i| {
             call(
                 &format!("u{i}"),
-                Operation::Track(event(json!({"name": "e", "data": {"blob": "x".repeat(30_000)}}))),
+                Operation::Track(event(
+                    json!({"name": "e", "data": {"blob": "x".repeat(30_000)}}),
+                )),
             )
         })
         .collect();
@@ -708,6 +819,9 @@ async fn the_track_budget_spaces_requests() {
     }
     // A burst of 5, then one every 200 ms.
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(950), "10 requests at 5/s took {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(950),
+        "10 requests at 5/s took {elapsed:?}"
+    );
     assert_eq!(sb.sandbox.records().len(), 10);
 }

@@ -50,7 +50,8 @@ async fn sigkill_of_one_replica_loses_nothing_and_keeps_order() {
     let vhost = TestVhost::new("replicas");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
     sandbox.sandbox.set_faults(Faults {
-        latency_ms: 5,
+        // Slow enough that the kill lands mid-run: each user's events go one round trip at a time.
+        latency_ms: 100,
         ..Faults::default()
     });
     let mut topology = Topology::new(4);
@@ -63,24 +64,35 @@ async fn sigkill_of_one_replica_loses_nothing_and_keeps_order() {
     let producer = broker::connect(&vhost.url, topology).await.unwrap();
     let publisher = Publisher::new(producer.clone());
 
+    // The first replica becomes the active consumer of every partition.
     let mut first = spawn_replica(&vhost, &sandbox.track_url(), &sandbox.app_url());
+    let partitions_consumed_by = |n: u64| {
+        let counts = vhost.consumer_counts();
+        (0..4).all(|i| counts.get(&format!("customerio.partition.{i}")) == Some(&n))
+    };
+    assert!(eventually(Duration::from_secs(30), || partitions_consumed_by(1)).await);
+    // The second registers behind it: a standby until the first goes.
     let second = spawn_replica(&vhost, &sandbox.track_url(), &sandbox.app_url());
+    assert!(eventually(Duration::from_secs(30), || partitions_consumed_by(2)).await);
 
-    let (users, per_user) = (100u32, 30u32);
+    let (users, per_user) = (100u32, 40u32);
     for seq in 0..per_user {
-        for u in 0..users {
-            let event = json!({"type": "track", "userId": format!("user-{u}"),
+        let round = (0..users).map(|u| {
+            publisher.publish(json!({"type": "track", "userId": format!("user-{u}"),
                 "correlationId": ulid::Ulid::new().to_string(),
-                "payload": {"name": "step", "data": {"seq": seq}}});
-            publisher.publish(event).await.unwrap();
+                "payload": {"name": "step", "data": {"seq": seq}}}))
+        });
+        for published in futures::future::join_all(round).await {
+            published.unwrap();
         }
     }
     let total = (users * per_user) as u64;
     let depth = |q: &str| vhost.queue_depths().get(q).copied().unwrap_or(0);
     assert!(eventually(Duration::from_secs(60), || depth(TAP) >= total / 5).await);
-    // Which replica is active is up to RabbitMQ; kill the first, active or standby.
     first.0.kill().unwrap();
     first.0.wait().unwrap();
+    assert!(depth(TAP) < total, "the kill must land mid-run");
+    let before_kill = sandbox.sandbox.stats();
 
     let done = eventually(Duration::from_secs(120), || depth(TAP) >= total).await;
     assert!(done, "processed {} of {total}", depth(TAP));
@@ -99,6 +111,10 @@ async fn sigkill_of_one_replica_loses_nothing_and_keeps_order() {
         assert_eq!(ids.len(), per_user as usize, "user {user}: every event has its id");
     }
     assert_eq!(depth(DLQ_QUEUE), 0);
+    assert!(
+        sandbox.sandbox.stats().accepted_ops > before_kill.accepted_ops,
+        "the standby replica delivered the rest"
+    );
     drop(second);
     producer.close().await;
 }

@@ -49,6 +49,21 @@ struct Pending {
     received: Instant,
 }
 
+impl Pending {
+    fn into_dead_letter(self, error: String, kind: ErrorKind) -> DeadLetter {
+        DeadLetter {
+            processing_time_ms: self.received.elapsed().as_millis() as u64,
+            body: self.body,
+            original_exchange: self.exchange,
+            original_routing_key: self.routing_key,
+            error,
+            kind,
+            attempts: self.attempts,
+            acker: self.acker,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum LaneState {
     Idle,
@@ -116,8 +131,17 @@ impl ShardActor {
             Err(e) => {
                 metrics::counter!("cio_gateway_envelopes_received_total", "type" => "invalid")
                     .increment(1);
-                self.dead_letter(delivery.body, delivery.exchange, delivery.routing_key,
-                    delivery.acker, e.to_string(), ErrorKind::Invalid, 0, received);
+                let letter = DeadLetter {
+                    body: delivery.body,
+                    original_exchange: delivery.exchange,
+                    original_routing_key: delivery.routing_key,
+                    error: e.to_string(),
+                    kind: ErrorKind::Invalid,
+                    attempts: 0,
+                    processing_time_ms: received.elapsed().as_millis() as u64,
+                    acker: delivery.acker,
+                };
+                self.dead_letter(letter, "unparsed");
                 return;
             }
         };
@@ -238,7 +262,9 @@ impl ShardActor {
                         FailureKind::Retryable { retry_after } if attempts < self.deps.max_attempts => {
                             lane.state = LaneState::Waiting;
                             let delay = self.deps.backoff.delay(attempts, retry_after);
-                            metrics::counter!("cio_gateway_delivery_retries_total").increment(1);
+                            let kind = lane.pending.front().map_or("unknown", |p| p.envelope.kind.as_str());
+                            metrics::counter!("cio_gateway_delivery_retries_total", "type" => kind)
+                                .increment(1);
                             tracing::debug!(%user, attempts, ?delay, error = %failure.message, "retrying");
                             let user = user.clone();
                             ctx.run_later(delay, move |act, ctx| act.retry(user, ctx));
@@ -259,9 +285,10 @@ impl ShardActor {
         };
         match (settled, done.result) {
             (Some((pending, None)), _) => self.settle_delivered(pending),
-            (Some((p, Some(kind))), Err(failure)) => self.dead_letter(
-                p.body, p.exchange, p.routing_key, p.acker, failure.message, kind, p.attempts, p.received,
-            ),
+            (Some((p, Some(kind))), Err(failure)) => {
+                let message_type = p.envelope.kind.as_str();
+                self.dead_letter(p.into_dead_letter(failure.message, kind), message_type);
+            }
             _ => {}
         }
         self.dispatch(user, ctx);
@@ -308,30 +335,10 @@ impl ShardActor {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn dead_letter(
-        &self,
-        body: Vec<u8>,
-        exchange: String,
-        routing_key: String,
-        acker: Acker,
-        error: String,
-        kind: ErrorKind,
-        attempts: u32,
-        received: Instant,
-    ) {
-        metrics::counter!("cio_gateway_deliveries_total", "type" => "any", "outcome" => "dead_letter")
+    /// Hands a message to the DLQ actor, which acks it once the dead letter is confirmed.
+    fn dead_letter(&self, letter: DeadLetter, message_type: &'static str) {
+        metrics::counter!("cio_gateway_deliveries_total", "type" => message_type, "outcome" => "dead_letter")
             .increment(1);
-        let letter = DeadLetter {
-            body,
-            original_exchange: exchange,
-            original_routing_key: routing_key,
-            error,
-            kind,
-            attempts,
-            processing_time_ms: received.elapsed().as_millis() as u64,
-            acker,
-        };
         let dlq = self.deps.dlq.clone();
         self.settles.spawn(async move {
             match dlq.send(letter).await {

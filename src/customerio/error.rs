@@ -160,7 +160,10 @@ mod tests {
         let soon = chrono::Utc::now() + chrono::Duration::seconds(30);
         let date = soon.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         let wait = retry_after(&headers(&date)).unwrap();
-        assert!(wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28), "{wait:?}");
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
         assert_eq!(
             retry_after(&headers("Sun, 06 Nov 1994 08:49:37 GMT")),
             Some(Duration::ZERO)

@@ -16,7 +16,9 @@ pub use region::{BaseUrls, EU_APP_URL, EU_TRACK_URL, US_APP_URL, US_TRACK_URL};
 
 use crate::config::{CustomerIoSettings, Region};
 use crate::domain::limits::{MAX_V2_BATCH_BYTES, MAX_V2_OPERATION_BYTES};
-use crate::domain::{Attributes, Device, Event, Operation, Page, PersonRef, TransactionalRequest, UserId};
+use crate::domain::{
+    Attributes, Device, Event, Operation, Page, PersonRef, TransactionalRequest, UserId,
+};
 use crate::sandbox::{SANDBOX_API_KEY, SANDBOX_APP_API_KEY, SANDBOX_SITE_ID};
 use budget::Budget;
 use reqwest::Method;
@@ -85,7 +87,11 @@ impl Answer {
         if (200..300).contains(&self.status) {
             Ok(self)
         } else {
-            Err(CioError::from_response(self.status, &self.headers, self.body))
+            Err(CioError::from_response(
+                self.status,
+                &self.headers,
+                self.body,
+            ))
         }
     }
 }
@@ -108,7 +114,9 @@ impl CustomerIo {
         let app_api_key = secret(&settings.app_api_key)
             .or_else(|| sandbox.then(|| SANDBOX_APP_API_KEY.to_string()));
         if settings.timeout_ms == 0 {
-            return Err(CioError::invalid("customerio.timeout_ms must be at least 1"));
+            return Err(CioError::invalid(
+                "customerio.timeout_ms must be at least 1",
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.timeout_ms))
@@ -172,10 +180,7 @@ impl CustomerIo {
     ///   Customer.io rejects a whole batch for a few bad ops): the named ops are `Permanent` with
     ///   that status, the others `Retryable`, as nothing of the request was accepted;
     /// - any other non-2xx is the outer `Err`.
-    pub async fn batch(
-        &self,
-        calls: &[TrackCall],
-    ) -> Result<Vec<Result<(), CioError>>, CioError> {
+    pub async fn batch(&self, calls: &[TrackCall]) -> Result<Vec<Result<(), CioError>>, CioError> {
         let mut results: Vec<Result<(), CioError>> = Vec::with_capacity(calls.len());
         let mut ops = Vec::with_capacity(calls.len());
         // Request position -> input position.
@@ -206,7 +211,9 @@ impl CustomerIo {
             )));
         }
         let url = format!("{}/batch", self.inner.urls.track_v2);
-        let answer = self.execute(Api::TrackV2, Method::POST, url, Some(body)).await?;
+        let answer = self
+            .execute(Api::TrackV2, Method::POST, url, Some(body))
+            .await?;
         let failed = op_errors(&answer.body, positions.len());
         match answer.status {
             207 => {
@@ -263,7 +270,11 @@ impl CustomerIo {
         }
         let body = wire::send_body(request, message_id)?;
         let body = serde_json::to_vec(&body).map_err(|e| CioError::invalid(e.to_string()))?;
-        let url = format!("{}{}", self.inner.urls.app, wire::send_path(request.channel));
+        let url = format!(
+            "{}{}",
+            self.inner.urls.app,
+            wire::send_path(request.channel)
+        );
         let answer = self
             .execute(Api::App, Method::POST, url, Some(body))
             .await?
@@ -341,8 +352,12 @@ impl CustomerIo {
     }
 
     pub async fn delete_device(&self, user: &UserId, token: &str) -> Result<(), CioError> {
-        self.perform(&call(user, Operation::DeleteDevice(token.to_string()), None))
-            .await
+        self.perform(&call(
+            user,
+            Operation::DeleteDevice(token.to_string()),
+            None,
+        ))
+        .await
     }
 
     /// Merges `secondary` into `primary`; `user` is only the ordering key of the caller.

@@ -47,11 +47,7 @@ impl BaseUrls {
     }
 }
 
-fn pick(
-    configured: &Option<String>,
-    default: Option<&str>,
-    key: &str,
-) -> Result<String, CioError> {
+fn pick(configured: &Option<String>, default: Option<&str>, key: &str) -> Result<String, CioError> {
     let value = match (configured.as_deref(), default) {
         (Some(url), _) => url,
         (None, Some(url)) => url,
@@ -108,7 +104,8 @@ mod tests {
 
     #[test]
     fn sandbox_needs_urls_and_names_the_key() {
-        let e = BaseUrls::resolve(&settings(Region::Sandbox, None, Some("http://x/v1"))).unwrap_err();
+        let e =
+            BaseUrls::resolve(&settings(Region::Sandbox, None, Some("http://x/v1"))).unwrap_err();
         assert!(e.to_string().contains("customerio.track_url"), "{e}");
         let e = BaseUrls::resolve(&settings(Region::Sandbox, Some("http://x/api/v1"), None))
             .unwrap_err();

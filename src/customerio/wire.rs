@@ -58,7 +58,9 @@ pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
     let id = encode_segment(call.user.as_str())?;
     let customer = format!("/customers/{id}");
     let (method, path, body) = match &call.operation {
-        Operation::Identify(attributes) => (Method::PUT, customer, Some(attributes_value(attributes))),
+        Operation::Identify(attributes) => {
+            (Method::PUT, customer, Some(attributes_value(attributes)))
+        }
         Operation::Delete => (Method::DELETE, customer, None),
         Operation::Track(event) => (
             Method::POST,
@@ -432,8 +434,14 @@ mod tests {
                     "attributes": {"app_version": "1.2"}}})
         );
         let merge = v2_operation(&call(Operation::Merge {
-            primary: PersonRef { kind: "id", value: "1".into() },
-            secondary: PersonRef { kind: "email", value: "x@y.z".into() },
+            primary: PersonRef {
+                kind: "id",
+                value: "1".into(),
+            },
+            secondary: PersonRef {
+                kind: "email",
+                value: "x@y.z".into(),
+            },
         }))
         .unwrap();
         assert!(merge.get("identifiers").is_none());
@@ -450,7 +458,10 @@ mod tests {
         assert!(check_limits(&call(Operation::Track(event("ok")))).is_ok());
         let mut data = Attributes::default();
         data.insert("big", "x".repeat(MAX_EVENT_DATA_BYTES));
-        let big = Event { data, ..event("ok") };
+        let big = Event {
+            data,
+            ..event("ok")
+        };
         assert!(matches!(
             check_limits(&call(Operation::Track(big))),
             Err(CioError::Invalid(_))

@@ -11,13 +11,16 @@ impl Attributes {
     /// Parses person attributes: an object, names and values within the documented limits.
     pub fn parse_person(value: &Value) -> Result<Self, ParseError> {
         let map = as_object(value)?;
-        if map.len() > limits::MAX_ATTRIBUTES_PER_CALL {
+        // The gateway adds its own attributes to every identify; leave room for them.
+        let allowed = limits::MAX_ATTRIBUTES_PER_CALL - limits::GATEWAY_ATTRIBUTES;
+        if map.len() > allowed {
             return Err(ParseError::new(
                 "",
                 format!(
-                    "has {} attributes, Customer.io allows at most {} per call",
+                    "has {} attributes, at most {allowed} allowed (Customer.io takes {} per call, the gateway adds {})",
                     map.len(),
-                    limits::MAX_ATTRIBUTES_PER_CALL
+                    limits::MAX_ATTRIBUTES_PER_CALL,
+                    limits::GATEWAY_ATTRIBUTES
                 ),
             ));
         }

@@ -10,8 +10,10 @@ pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 150;
 pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1000;
 /// Maximum attributes per identify call.
 pub const MAX_ATTRIBUTES_PER_CALL: usize = 300;
+/// Attributes the gateway adds to every identify (`_env`, `_updated_at`).
+pub const GATEWAY_ATTRIBUTES: usize = 2;
 /// Maximum serialized size of an event's data (Track v1 body limit).
-pub const MAX_EVENT_DATA_BYTES: usize = 100 * 1024;
+pub const MAX_EVENT_DATA_BYTES: usize = 100_000;
 /// Maximum serialized size of one v2 operation.
 pub const MAX_V2_OPERATION_BYTES: usize = 32 * 1024;
 /// Maximum serialized size of one v2 batch request.

@@ -49,13 +49,18 @@ impl Faults {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.error_rate) {
-            return Err(format!("error_rate must be within 0..=1, got {}", self.error_rate));
+            return Err(format!(
+                "error_rate must be within 0..=1, got {}",
+                self.error_rate
+            ));
         }
         for (what, status) in std::iter::once(("error_status", &self.error_status))
             .chain(self.fail_users.values().map(|s| ("fail_users", s)))
         {
             if !(400..=599).contains(status) {
-                return Err(format!("{what}: {status} is not an error status (400..=599)"));
+                return Err(format!(
+                    "{what}: {status} is not an error status (400..=599)"
+                ));
             }
         }
         Ok(())

@@ -87,12 +87,9 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, sandbox: &Sandbox) {
         resource("/api/v1/customers/{id}/suppress").route(web::post().to(to!(Route::Suppress))),
     )
     .service(
-        resource("/api/v1/customers/{id}/unsuppress")
-            .route(web::post().to(to!(Route::Unsuppress))),
+        resource("/api/v1/customers/{id}/unsuppress").route(web::post().to(to!(Route::Unsuppress))),
     )
-    .service(
-        resource("/api/v1/customers/{id}/devices").route(web::put().to(to!(Route::AddDevice))),
-    )
+    .service(resource("/api/v1/customers/{id}/devices").route(web::put().to(to!(Route::AddDevice))))
     .service(
         resource("/api/v1/customers/{id}/devices/{token}")
             .route(web::delete().to(to!(Route::DeleteDevice))),
@@ -374,7 +371,11 @@ fn batch(ctx: &Ctx<'_>, body: &[u8]) -> Result<Outcome, Stop> {
                 continue;
             }
         };
-        if let Some(injected) = info.user.as_deref().and_then(|u| ctx.state.faults.for_user(u)) {
+        if let Some(injected) = info
+            .user
+            .as_deref()
+            .and_then(|u| ctx.state.faults.for_user(u))
+        {
             if is_client_error(injected.status) {
                 injected_ops += 1;
                 let rejection = Rejection {
@@ -470,8 +471,7 @@ fn reject(state: &State, api: Api, rejection: Rejection) -> HttpResponse {
 }
 
 fn injected_response(api: Api, injected: Injected) -> HttpResponse {
-    let status =
-        StatusCode::from_u16(injected.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let status = StatusCode::from_u16(injected.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut response = error(
         api,
         status,
@@ -516,8 +516,7 @@ fn set_retry_after(response: &mut HttpResponse, seconds: u64) {
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<BytesMut, Rejection> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| Rejection::invalid("", format!("reading the body: {e}")))?;
+        let chunk = chunk.map_err(|e| Rejection::invalid("", format!("reading the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(Rejection::too_large(
                 "",

@@ -92,10 +92,18 @@ pub(crate) fn identifier(field: &str, value: &Value) -> Checked<String> {
     let text = match value {
         Value::String(s) => s.clone(),
         Value::Number(n) if field.ends_with("id") => n.to_string(),
-        _ => return Err(Rejection::invalid(field, format!("{field} must be a string"))),
+        _ => {
+            return Err(Rejection::invalid(
+                field,
+                format!("{field} must be a string"),
+            ));
+        }
     };
     if text.is_empty() {
-        return Err(Rejection::invalid(field, format!("{field} must not be empty")));
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} must not be empty"),
+        ));
     }
     if text.len() > MAX_IDENTIFIER_BYTES {
         return Err(Rejection::invalid(
@@ -115,7 +123,10 @@ pub(crate) fn person(field: &str, value: Option<&Value>, allowed: &[&str]) -> Ch
         return Err(Rejection::required(field));
     };
     let Some(map) = value.as_object() else {
-        return Err(Rejection::invalid(field, format!("{field} must be an object")));
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} must be an object"),
+        ));
     };
     if let Some(other) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(Rejection::invalid(
@@ -164,7 +175,10 @@ pub(crate) fn attributes(field: &str, map: &Map<String, Value>) -> Checked<()> {
                 format!("attribute names must be 1..={MAX_ATTRIBUTE_NAME_BYTES} bytes"),
             ));
         }
-        if matches!(name.as_str(), "cio_relationships" | "cio_subscription_preferences") {
+        if matches!(
+            name.as_str(),
+            "cio_relationships" | "cio_subscription_preferences"
+        ) {
             continue;
         }
         let size = match value {
@@ -189,7 +203,10 @@ fn join(parent: &str, name: &str) -> String {
     }
 }
 
-fn optional_object<'a>(map: &'a Map<String, Value>, key: &str) -> Checked<Option<&'a Map<String, Value>>> {
+fn optional_object<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+) -> Checked<Option<&'a Map<String, Value>>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
@@ -201,7 +218,10 @@ fn optional_integer(map: &Map<String, Value>, key: &str) -> Checked<()> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(()),
         Some(v) if v.is_i64() || v.is_u64() => Ok(()),
-        Some(_) => Err(Rejection::invalid(key, format!("{key} must be a unix timestamp"))),
+        Some(_) => Err(Rejection::invalid(
+            key,
+            format!("{key} must be a unix timestamp"),
+        )),
     }
 }
 
@@ -252,16 +272,29 @@ fn event_common(map: &Map<String, Value>, kind: &str, data_key: &str) -> Checked
 }
 
 /// `POST /customers/{id}/events` and `POST /events`: returns the action and the event id.
-pub(crate) fn v1_event(map: &Map<String, Value>, anonymous: bool) -> Checked<(String, Option<String>)> {
+pub(crate) fn v1_event(
+    map: &Map<String, Value>,
+    anonymous: bool,
+) -> Checked<(String, Option<String>)> {
     let kind = match map.get("type") {
         None | Some(Value::Null) => "event",
         Some(Value::String(t)) if matches!(t.as_str(), "event" | "page" | "screen") => t.as_str(),
-        Some(_) => return Err(Rejection::invalid("type", "type must be event, page or screen")),
+        Some(_) => {
+            return Err(Rejection::invalid(
+                "type",
+                "type must be event, page or screen",
+            ));
+        }
     };
     if anonymous {
         match map.get("anonymous_id") {
             None | Some(Value::Null) | Some(Value::String(_)) => {}
-            Some(_) => return Err(Rejection::invalid("anonymous_id", "anonymous_id must be a string")),
+            Some(_) => {
+                return Err(Rejection::invalid(
+                    "anonymous_id",
+                    "anonymous_id must be a string",
+                ));
+            }
         }
     }
     let id = event_common(map, kind, "data")?;
@@ -402,10 +435,7 @@ pub(crate) fn send(channel: &str, map: &Map<String, Value>) -> Checked<String> {
         None if channel == "email" => {
             for key in ["body", "subject", "from"] {
                 required_string(map, key).map_err(|mut e| {
-                    e.message = format!(
-                        "{} (needed without transactional_message_id)",
-                        e.message
-                    );
+                    e.message = format!("{} (needed without transactional_message_id)", e.message);
                     e
                 })?;
             }
@@ -420,9 +450,16 @@ pub(crate) fn send(channel: &str, map: &Map<String, Value>) -> Checked<String> {
         (_, Some(_)) => return Err(Rejection::invalid("to", "to must be a non-empty string")),
     }
     if optional_object(map, "message_data").is_err() {
-        return Err(Rejection::invalid("message_data", "message_data must be an object"));
+        return Err(Rejection::invalid(
+            "message_data",
+            "message_data must be an object",
+        ));
     }
-    person("identifiers", map.get("identifiers"), &["id", "email", "cio_id"])
+    person(
+        "identifiers",
+        map.get("identifiers"),
+        &["id", "email", "cio_id"],
+    )
 }
 
 #[cfg(test)]
@@ -452,7 +489,8 @@ mod tests {
     fn identifiers_are_exactly_one() {
         let two = json!({"type": "person", "action": "delete", "identifiers": {"id": "1", "email": "a@b"}});
         assert!(v2_operation(&two).is_err());
-        let long = json!({"type": "person", "action": "delete", "identifiers": {"id": "x".repeat(151)}});
+        let long =
+            json!({"type": "person", "action": "delete", "identifiers": {"id": "x".repeat(151)}});
         assert!(v2_operation(&long).is_err());
         let ok = json!({"type": "person", "action": "delete", "identifiers": {"id": 7}});
         assert_eq!(v2_operation(&ok).unwrap().user.as_deref(), Some("7"));
@@ -461,8 +499,20 @@ mod tests {
     #[test]
     fn sends_follow_the_channel_rules() {
         let ids = json!({"id": "1"});
-        assert!(send("push", &obj(json!({"transactional_message_id": 3, "identifiers": ids}))).is_ok());
-        assert!(send("sms", &obj(json!({"transactional_message_id": 3, "identifiers": ids}))).is_err());
+        assert!(
+            send(
+                "push",
+                &obj(json!({"transactional_message_id": 3, "identifiers": ids}))
+            )
+            .is_ok()
+        );
+        assert!(
+            send(
+                "sms",
+                &obj(json!({"transactional_message_id": 3, "identifiers": ids}))
+            )
+            .is_err()
+        );
         assert!(send("email", &obj(json!({"to": "a@b.c", "identifiers": ids}))).is_err());
         let inline = json!({"to": "a@b.c", "identifiers": ids, "body": "b", "subject": "s", "from": "f@x.y"});
         assert!(send("email", &obj(inline)).is_ok());

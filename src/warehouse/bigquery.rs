@@ -68,8 +68,15 @@ impl BigQuerySink {
     }
 }
 
+/// Path segments: unreserved characters as they are (BigQuery ids use `_` and `-`).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn encode(segment: &str) -> String {
-    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
 #[async_trait]

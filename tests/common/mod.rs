@@ -34,7 +34,16 @@ impl TestVhost {
     pub fn new(prefix: &str) -> Self {
         let name = unique(prefix);
         run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &name]));
-        run(Command::new("rabbitmqctl").args(["-q", "set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]));
+        run(Command::new("rabbitmqctl").args([
+            "-q",
+            "set_permissions",
+            "-p",
+            &name,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ]));
         let url = format!("amqp://guest:guest@{AMQP_HOST}/{name}");
         Self { name, url }
     }
@@ -42,7 +51,38 @@ impl TestVhost {
     /// `rabbitmqctl list_queues` for this vhost: name -> ready messages.
     pub fn queue_depths(&self) -> BTreeMap<String, u64> {
         let out = Command::new("rabbitmqctl")
-            .args(["-q", "list_queues", "-p", &self.name, "--no-table-headers", "name", "messages"])
+            .args([
+                "-q",
+                "list_queues",
+                "-p",
+                &self.name,
+                "--no-table-headers",
+                "name",
+                "messages",
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// `rabbitmqctl list_queues` for this vhost: name -> consumers.
+    pub fn consumer_counts(&self) -> BTreeMap<String, u64> {
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_queues",
+                "-p",
+                &self.name,
+                "--no-table-headers",
+                "name",
+                "consumers",
+            ])
             .output()
             .expect("rabbitmqctl runs");
         String::from_utf8_lossy(&out.stdout)
@@ -83,7 +123,14 @@ pub struct TestDb {
 impl TestDb {
     pub fn new(prefix: &str) -> Self {
         let name = unique(prefix).replace('-', "_");
-        run(Command::new("psql").args(["-h", PG_HOST, "-U", "postgres", "-qc", &format!("CREATE DATABASE {name}")]));
+        run(Command::new("psql").args([
+            "-h",
+            PG_HOST,
+            "-U",
+            "postgres",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ]));
         let url = format!("postgres://postgres@{PG_HOST}:5432/{name}");
         Self { name, url }
     }

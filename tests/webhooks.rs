@@ -1,0 +1,720 @@
+//! Reporting webhooks end to end (issue 4): `POST /webhooks/customerio` on an in-process
+//! gateway, real RabbitMQ (a vhost per test), the warehouse sinks (files in a temp dir, a
+//! PostgreSQL database per test, a local BigQuery stand-in) and the sandbox as Customer.io.
+//! Nothing waits by sleeping: every test awaits a condition with a deadline.
+
+mod common;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use cio_gateway::app::Gateway;
+use cio_gateway::broker::Publish;
+use cio_gateway::broker::topology::{
+    DLQ_QUEUE, WEBHOOKS_ACTIONS_QUEUE, WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE,
+};
+use cio_gateway::domain::webhook::sign;
+use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
+use common::{TestDb, TestVhost, eventually};
+use parking_lot::Mutex;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+const DAY: i64 = 1_700_000_000; // 2023-11-14
+
+/// Settings of a test gateway: its vhost, a sandbox as Customer.io, a temp dir for files.
+fn gateway_env(
+    vhost: &TestVhost,
+    sandbox: &RunningSandbox,
+    dir: &Path,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("GATEWAY__BROKER__URL", vhost.url.clone()),
+        ("GATEWAY__BROKER__PARTITIONS", "2".into()),
+        ("GATEWAY__HTTP__ADDR", "127.0.0.1:0".into()),
+        ("GATEWAY__CUSTOMERIO__TRACK_URL", sandbox.track_url()),
+        ("GATEWAY__CUSTOMERIO__APP_URL", sandbox.app_url()),
+        ("GATEWAY__CUSTOMERIO__TRACK_RPS", "1000".into()),
+        ("GATEWAY__CUSTOMERIO__APP_RPS", "1000".into()),
+        ("GATEWAY__DELIVERY__BACKOFF_BASE_MS", "5".into()),
+        ("GATEWAY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
+        ("GATEWAY__WEBHOOKS__SIGNING_SECRETS", "s1,s2".into()),
+        (
+            "GATEWAY__WAREHOUSE__PATH",
+            dir.join("warehouse").display().to_string(),
+        ),
+        ("GATEWAY__WAREHOUSE__FLUSH_MS", "50".into()),
+        (
+            "GATEWAY__APP__DATA_DIR",
+            dir.join("data").display().to_string(),
+        ),
+        ("GATEWAY__SHUTDOWN__DRAIN_SECS", "3".into()),
+    ];
+    for (key, value) in extra {
+        vars.retain(|(k, _)| k != key);
+        vars.push((key, value.clone()));
+    }
+    vars
+}
+
+async fn start_gateway(vars: &[(&'static str, String)]) -> Gateway {
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Gateway::start(common::settings(&pairs))
+        .await
+        .expect("gateway starts")
+}
+
+/// A reporting event as Customer.io sends it.
+fn event(event_id: &str, object_type: &str, metric: &str, customer: &str) -> Value {
+    json!({
+        "event_id": event_id,
+        "object_type": object_type,
+        "metric": metric,
+        "timestamp": DAY,
+        "data": {
+            "customer_id": customer,
+            "identifiers": {"id": customer, "email": format!("{customer}@example.com")},
+            "delivery_id": format!("dlv-{event_id}"),
+            "recipient": format!("{customer}@example.com"),
+            "campaign_id": 23,
+            "action_id": 96
+        }
+    })
+}
+
+fn new_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+/// POSTs `body` with the given (or no) `X-CIO-Timestamp` / `X-CIO-Signature`.
+async fn post_raw(
+    gateway: &Gateway,
+    body: Vec<u8>,
+    headers: Option<(String, String)>,
+) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/customerio", gateway.addr))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some((timestamp, signature)) = headers {
+        request = request
+            .header("X-CIO-Timestamp", timestamp)
+            .header("X-CIO-Signature", signature);
+    }
+    let response = request.send().await.expect("request completes");
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn now() -> String {
+    chrono::Utc::now().timestamp().to_string()
+}
+
+/// POSTs `body` signed with `secret`, as Customer.io does.
+async fn post_signed(gateway: &Gateway, secret: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let ts = now();
+    let signature = sign(secret, &ts, &body);
+    post_raw(gateway, body, Some((ts, signature))).await
+}
+
+async fn post_event(gateway: &Gateway, event: &Value) -> (StatusCode, Value) {
+    post_signed(gateway, "s1", serde_json::to_vec(event).unwrap()).await
+}
+
+/// Every row of the file sink, with the partition directory it is in.
+fn file_rows(dir: &Path) -> Vec<(String, Value)> {
+    let root = dir.join("warehouse").join("delivery_events");
+    let Ok(days) = std::fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for day in days.flatten() {
+        let partition = day.file_name().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(day.path()).unwrap().flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("part-") && name.ends_with(".ndjson")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(file.path()).unwrap();
+            assert!(text.ends_with('\n'), "a segment ends with a whole line");
+            for line in text.lines() {
+                rows.push((
+                    partition.clone(),
+                    serde_json::from_str(line).expect("NDJSON"),
+                ));
+            }
+        }
+    }
+    rows
+}
+
+fn count_of(rows: &[(String, Value)], event_id: &str) -> usize {
+    rows.iter()
+        .filter(|(_, r)| r["event_id"] == event_id)
+        .count()
+}
+
+/// Ready plus unacked messages of a queue.
+fn depth(vhost: &TestVhost, queue: &str) -> u64 {
+    vhost.queue_depths().get(queue).copied().unwrap_or(0)
+}
+
+/// Both webhook queues are empty: every event was handled and acked.
+fn settled(vhost: &TestVhost) -> bool {
+    let depths = vhost.queue_depths();
+    [WEBHOOKS_WAREHOUSE_QUEUE, WEBHOOKS_ACTIONS_QUEUE]
+        .iter()
+        .all(|q| depths.get(*q).copied() == Some(0))
+}
+
+/// `eventually` for conditions that need `.await`.
+async fn eventually_async<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn signed_webhook_lands_once_in_the_file_sink() {
+    let vhost = TestVhost::new("webhooks-file");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
+
+    let (a, b) = (new_id(), new_id());
+    let first = event(&a, "email", "delivered", "u-file");
+    assert_eq!(
+        post_event(&gateway, &first).await,
+        (StatusCode::OK, json!({"received": 1}))
+    );
+    // Customer.io retries: the same event again, alone and inside a batch with a new one.
+    assert_eq!(
+        post_event(&gateway, &first).await,
+        (StatusCode::OK, json!({"received": 1}))
+    );
+    let batch = json!({"events": [first, event(&b, "push", "opened", "u-file")]});
+    assert_eq!(
+        post_event(&gateway, &batch).await,
+        (StatusCode::OK, json!({"received": 2}))
+    );
+    // The same event reaching the queue again (a retry landing on another replica).
+    gateway
+        .broker()
+        .publish(Publish::new(
+            WEBHOOKS_EXCHANGE,
+            "email.delivered",
+            serde_json::to_vec(&first).unwrap(),
+        ))
+        .await
+        .unwrap();
+
+    let stored = eventually(WAIT, || {
+        let rows = file_rows(dir.path());
+        count_of(&rows, &a) == 1 && count_of(&rows, &b) == 1 && settled(&vhost)
+    })
+    .await;
+    let rows = file_rows(dir.path());
+    assert!(stored, "rows: {rows:?}");
+    assert_eq!(count_of(&rows, &a), 1, "stored once: {rows:?}");
+    assert_eq!(rows.len(), 2);
+
+    let (partition, row) = rows.iter().find(|(_, r)| r["event_id"] == a).unwrap();
+    assert_eq!(partition, "dt=2023-11-14");
+    let mut columns: Vec<&str> = row
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    columns.sort();
+    let mut expected = vec![
+        "event_id",
+        "object_type",
+        "metric",
+        "timestamp",
+        "customer_id",
+        "recipient",
+        "delivery_id",
+        "campaign_id",
+        "action_id",
+        "broadcast_id",
+        "newsletter_id",
+        "transactional_message_id",
+        "identifiers",
+        "raw",
+        "received_at",
+    ];
+    expected.sort();
+    assert_eq!(columns, expected);
+    assert_eq!(row["object_type"], "email");
+    assert_eq!(row["metric"], "delivered");
+    assert_eq!(row["timestamp"], "2023-11-14T22:13:20Z");
+    assert_eq!(row["customer_id"], "u-file");
+    assert_eq!(row["recipient"], "u-file@example.com");
+    assert_eq!(row["campaign_id"], "23");
+    assert_eq!(row["identifiers"]["id"], "u-file");
+    assert_eq!(row["raw"], first);
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(row["received_at"].as_str().unwrap()).is_ok(),
+        "{row}"
+    );
+    gateway.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn signed_webhook_lands_once_in_postgres() {
+    let vhost = TestVhost::new("webhooks-pg");
+    let db = TestDb::new("webhooks_pg");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        ("GATEWAY__WAREHOUSE__SINK", "postgres".to_string()),
+        ("GATEWAY__WAREHOUSE__DATABASE_URL", db.url.clone()),
+    ];
+    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
+
+    let (a, b) = (new_id(), new_id());
+    let first = event(&a, "email", "clicked", "u-pg");
+    let mut next_day = event(&b, "sms", "delivered", "u-pg");
+    next_day["timestamp"] = json!(DAY + 86_400);
+    assert_eq!(post_event(&gateway, &first).await.0, StatusCode::OK);
+    assert_eq!(post_event(&gateway, &first).await.0, StatusCode::OK);
+    assert_eq!(post_event(&gateway, &next_day).await.0, StatusCode::OK);
+    gateway
+        .broker()
+        .publish(Publish::new(
+            WEBHOOKS_EXCHANGE,
+            "email.clicked",
+            serde_json::to_vec(&first).unwrap(),
+        ))
+        .await
+        .unwrap();
+
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let count = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM delivery_events WHERE event_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(-1)
+        }
+    };
+    let stored = eventually_async(WAIT, || {
+        let (ca, cb) = (count(a.clone()), count(b.clone()));
+        let vhost = &vhost;
+        async move { ca.await == 1 && cb.await == 1 && settled(vhost) }
+    })
+    .await;
+    assert!(
+        stored,
+        "a: {}, b: {}",
+        count(a.clone()).await,
+        count(b.clone()).await
+    );
+    assert_eq!(count(a.clone()).await, 1, "stored once");
+
+    let row: (
+        String,
+        String,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        Value,
+        Value,
+    ) = sqlx::query_as(
+        "SELECT metric, customer_id, campaign_id, \"timestamp\", identifiers, raw \
+         FROM delivery_events WHERE event_id = $1",
+    )
+    .bind(&a)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.0, "clicked");
+    assert_eq!(row.1, "u-pg");
+    assert_eq!(row.2, "23");
+    assert_eq!(row.3.timestamp(), DAY);
+    assert_eq!(row.4["email"], "u-pg@example.com");
+    assert_eq!(row.5, first);
+    // Partitioned by day: each event is in the partition of its UTC day.
+    let partitions: Vec<(String, String)> =
+        sqlx::query_as("SELECT tableoid::regclass::text, event_id FROM delivery_events ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        partitions,
+        vec![
+            ("delivery_events_20231114".to_string(), a.clone()),
+            ("delivery_events_20231115".to_string(), b.clone()),
+        ]
+    );
+    pool.close().await;
+    gateway.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn refused_requests_store_nothing() {
+    let vhost = TestVhost::new("webhooks-refused");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
+
+    let refused = new_id();
+    let body = serde_json::to_vec(&event(&refused, "email", "bounced", "u-refused")).unwrap();
+    // Unsigned.
+    assert_eq!(
+        post_raw(&gateway, body.clone(), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Signed with a secret the gateway does not have.
+    let (status, answer) = post_signed(&gateway, "s3", body.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        answer["error"].as_str().unwrap().contains("signature"),
+        "{answer}"
+    );
+    // Correctly signed, but an hour old.
+    let old = (chrono::Utc::now().timestamp() - 3600).to_string();
+    let signature = sign("s1", &old, &body);
+    let (status, answer) = post_raw(&gateway, body.clone(), Some((old, signature))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        answer["error"].as_str().unwrap().contains("from now"),
+        "{answer}"
+    );
+    // A signature over the whole body, sent with a truncated body.
+    let ts = now();
+    let signature = sign("s1", &ts, &body);
+    let cut = body[..body.len() / 2].to_vec();
+    assert_eq!(
+        post_raw(&gateway, cut.clone(), Some((ts, signature)))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A truncated body, correctly signed: malformed.
+    let (status, answer) = post_signed(&gateway, "s1", cut).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"].as_str().unwrap().contains("invalid JSON"),
+        "{answer}"
+    );
+    // Well-formed JSON that is not an event: malformed, naming the field.
+    let (status, answer) = post_signed(&gateway, "s1", br#"{"event_id": "x"}"#.to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["field"], "object_type");
+    // Over 1 MiB, correctly signed.
+    let mut big = event(&refused, "email", "bounced", "u-refused");
+    big["data"]["padding"] = json!("x".repeat(1024 * 1024));
+    let (status, _) = post_signed(&gateway, "s1", serde_json::to_vec(&big).unwrap()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Nothing reached RabbitMQ: a sentinel posted afterwards is the only thing stored.
+    let sentinel = new_id();
+    assert_eq!(
+        post_event(&gateway, &event(&sentinel, "email", "sent", "u-refused"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let done = eventually(WAIT, || {
+        count_of(&file_rows(dir.path()), &sentinel) == 1 && settled(&vhost)
+    })
+    .await;
+    assert!(done, "sentinel not stored");
+    let rows = file_rows(dir.path());
+    assert_eq!(rows.len(), 1, "only the sentinel: {rows:?}");
+    assert!(
+        sandbox.sandbox.records_for("u-refused").is_empty(),
+        "no suppress was sent"
+    );
+
+    let metrics = reqwest::get(format!("http://{}/metrics", gateway.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["signature", "stale", "malformed", "too_large"] {
+        assert!(
+            metrics.contains(&format!(
+                "cio_gateway_webhooks_rejected_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} missing from /metrics"
+        );
+    }
+    assert!(metrics.contains("cio_gateway_webhooks_received_total{"));
+    gateway.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn both_secrets_are_accepted_during_rotation() {
+    let vhost = TestVhost::new("webhooks-rotation");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
+
+    let (old, new) = (new_id(), new_id());
+    let body = |id: &str| serde_json::to_vec(&event(id, "email", "opened", "u-rot")).unwrap();
+    assert_eq!(
+        post_signed(&gateway, "s1", body(&old)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post_signed(&gateway, "s2", body(&new)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post_signed(&gateway, "s3", body(&new_id())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let stored = eventually(WAIT, || {
+        let rows = file_rows(dir.path());
+        count_of(&rows, &old) == 1 && count_of(&rows, &new) == 1
+    })
+    .await;
+    assert!(stored, "rows: {:?}", file_rows(dir.path()));
+    gateway.shutdown().await;
+}
+
+/// What a local stand-in for BigQuery's `insertAll` received, and how it answers.
+#[derive(Default)]
+struct BigQueryStandIn {
+    requests: Mutex<Vec<(String, Option<String>, Value)>>,
+    /// Answer the first this-many requests with `insertErrors`.
+    refuse_first: usize,
+    /// Answer every request 500.
+    broken: bool,
+}
+
+async fn insert_all(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    state: web::Data<BigQueryStandIn>,
+) -> HttpResponse {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let n = {
+        let mut requests = state.requests.lock();
+        requests.push((req.path().to_string(), auth, body.into_inner()));
+        requests.len()
+    };
+    if state.broken {
+        return HttpResponse::InternalServerError().json(json!({"error": {"code": 500}}));
+    }
+    if n <= state.refuse_first {
+        return HttpResponse::Ok().json(json!({"kind": "bigquery#tableDataInsertAllResponse",
+            "insertErrors": [{"index": 0, "errors": [{"reason": "backendError"}]}]}));
+    }
+    HttpResponse::Ok().json(json!({"kind": "bigquery#tableDataInsertAllResponse"}))
+}
+
+/// Serves the stand-in on 127.0.0.1:0; returns its base URL.
+fn spawn_bigquery(state: web::Data<BigQueryStandIn>) -> String {
+    let server = HttpServer::new(move || {
+        App::new().app_data(state.clone()).route(
+            "/projects/{project}/datasets/{dataset}/tables/{table}/insertAll",
+            web::post().to(insert_all),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = server.addrs()[0];
+    actix_rt::spawn(server.run());
+    format!("http://{addr}")
+}
+
+fn bigquery_env(base_url: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("GATEWAY__WAREHOUSE__SINK", "bigquery".into()),
+        ("GATEWAY__WAREHOUSE__BIGQUERY__BASE_URL", base_url),
+        ("GATEWAY__WAREHOUSE__BIGQUERY__PROJECT", "proj".into()),
+        ("GATEWAY__WAREHOUSE__BIGQUERY__DATASET", "reporting".into()),
+        ("GATEWAY__WAREHOUSE__BIGQUERY__TOKEN", "bq-token".into()),
+    ]
+}
+
+#[actix_rt::test]
+async fn bigquery_sink_sends_insert_all_and_retries_insert_errors() {
+    let vhost = TestVhost::new("webhooks-bq");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let standin = web::Data::new(BigQueryStandIn {
+        refuse_first: 1,
+        ..Default::default()
+    });
+    let base = spawn_bigquery(standin.clone());
+    let extra = bigquery_env(base);
+    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
+
+    let id = new_id();
+    let sent = event(&id, "email", "converted", "u-bq");
+    assert_eq!(post_event(&gateway, &sent).await.0, StatusCode::OK);
+    // Refused once with insertErrors, then written: the batch is retried, then acked.
+    let done = eventually(WAIT, || {
+        standin.requests.lock().len() >= 2 && settled(&vhost)
+    })
+    .await;
+    assert!(done, "requests: {}", standin.requests.lock().len());
+
+    let requests = standin.requests.lock().clone();
+    for (path, auth, body) in &requests {
+        assert_eq!(
+            path,
+            "/projects/proj/datasets/reporting/tables/delivery_events/insertAll"
+        );
+        assert_eq!(auth.as_deref(), Some("Bearer bq-token"));
+        assert_eq!(body["kind"], "bigquery#tableDataInsertAllRequest");
+        assert_eq!(body["skipInvalidRows"], false);
+        assert_eq!(body["ignoreUnknownValues"], false);
+        let rows = body["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["insertId"], id.as_str());
+        let row = &rows[0]["json"];
+        assert_eq!(row.as_object().unwrap().len(), 15, "{row}");
+        assert_eq!(row["event_id"], id.as_str());
+        assert_eq!(row["object_type"], "email");
+        assert_eq!(row["metric"], "converted");
+        assert_eq!(row["timestamp"], "2023-11-14T22:13:20Z");
+        assert_eq!(row["customer_id"], "u-bq");
+        assert_eq!(row["delivery_id"], format!("dlv-{id}"));
+        assert_eq!(row["broadcast_id"], Value::Null);
+        let raw: Value = serde_json::from_str(row["raw"].as_str().unwrap()).unwrap();
+        assert_eq!(raw, sent);
+        let identifiers: Value =
+            serde_json::from_str(row["identifiers"].as_str().unwrap()).unwrap();
+        assert_eq!(identifiers["id"], "u-bq");
+    }
+    assert_eq!(requests[0].2, requests[1].2, "the same batch is retried");
+    gateway.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_bounce_suppresses_after_the_customers_queued_messages() {
+    let vhost = TestVhost::new("webhooks-suppress");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    // A slow Customer.io, so the customer's earlier messages are still queued at the bounce.
+    sandbox.sandbox.set_faults(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [("GATEWAY__DELIVERY__TRACK_API", "v1".to_string())];
+    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
+
+    let user = format!("u-bounce-{}", new_id());
+    let queued = 6;
+    for seq in 0..queued {
+        gateway
+            .state
+            .publisher
+            .publish(json!({"type": "track", "userId": user,
+                "payload": {"name": "step", "data": {"seq": seq}}}))
+            .await
+            .expect("published with confirm");
+    }
+    let bounce = event(&new_id(), "email", "bounced", &user);
+    assert_eq!(post_event(&gateway, &bounce).await.0, StatusCode::OK);
+    // Opens have no rule: no action.
+    assert_eq!(
+        post_event(&gateway, &event(&new_id(), "email", "opened", &user))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let suppressed = eventually(WAIT, || {
+        sandbox
+            .sandbox
+            .records_for(&user)
+            .iter()
+            .any(|r| r.action == "suppress")
+    })
+    .await;
+    let records = sandbox.sandbox.records_for(&user);
+    assert!(suppressed, "no suppress: {records:#?}");
+    assert!(eventually(WAIT, || settled(&vhost)).await);
+    let records = sandbox.sandbox.records_for(&user);
+    let actions: Vec<&str> = records
+        .iter()
+        .filter(|r| !r.duplicate)
+        .map(|r| r.action.as_str())
+        .collect();
+    let mut expected = vec!["event"; queued];
+    expected.push("suppress");
+    assert_eq!(
+        actions, expected,
+        "the suppress comes after the queued events"
+    );
+    assert_eq!(depth(&vhost, DLQ_QUEUE), 0);
+    gateway.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn an_event_acknowledged_before_a_crash_is_written_after_restart() {
+    let vhost = TestVhost::new("webhooks-crash");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // First gateway: its warehouse cannot write (BigQuery answers 500 to everything).
+    let broken = web::Data::new(BigQueryStandIn {
+        broken: true,
+        ..Default::default()
+    });
+    let base = spawn_bigquery(broken.clone());
+    let first = start_gateway(&gateway_env(
+        &vhost,
+        &sandbox,
+        dir.path(),
+        &bigquery_env(base),
+    ))
+    .await;
+
+    let id = new_id();
+    assert_eq!(
+        post_event(&first, &event(&id, "email", "delivered", "u-crash"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // The 200 is out and the warehouse has the event in hand, failing to write it.
+    assert!(eventually(WAIT, || !broken.requests.lock().is_empty()).await);
+    assert!(file_rows(dir.path()).is_empty());
+    for _ in 0..3 { eprintln!("DEPTH before {:?}", vhost.queue_depths()); }
+    first.shutdown().await;
+    for _ in 0..10 { eprintln!("DEPTH after {:?}", vhost.queue_depths()); }
+    assert_eq!(
+        depth(&vhost, WEBHOOKS_WAREHOUSE_QUEUE),
+        1,
+        "back in the queue, unacked"
+    );
+
+    // A new gateway on the same vhost, with a working (file) warehouse.
+    let second = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
+    let written = eventually(WAIT, || {
+        count_of(&file_rows(dir.path()), &id) == 1 && settled(&vhost)
+    })
+    .await;
+    assert!(written, "rows: {:?}", file_rows(dir.path()));
+    second.shutdown().await;
+}
