@@ -160,7 +160,11 @@ fn print_banner(gateway: &Gateway, local: bool) {
     println!("cio-gateway listening on http://{addr}");
     println!(
         "  broker      {}",
-        if local { "in-process (memory://)" } else { "RabbitMQ" }
+        if local {
+            "in-process (memory://)"
+        } else {
+            "RabbitMQ"
+        }
     );
     println!(
         "  customer.io {}",

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "cio-gateway", version, about = "RabbitMQ-backed Customer.io integration gateway")]
+#[command(
+    name = "cio-gateway",
+    version,
+    about = "RabbitMQ-backed Customer.io integration gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

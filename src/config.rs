@@ -290,7 +290,9 @@ impl Settings {
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(environment_layer)
             .add_source(config::File::from(dir.join("default.toml")).required(false))
-            .add_source(config::File::from(dir.join(format!("{environment}.toml"))).required(false));
+            .add_source(
+                config::File::from(dir.join(format!("{environment}.toml"))).required(false),
+            );
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
@@ -301,7 +303,10 @@ impl Settings {
                 conventional = conventional.set_override(key, value.clone())?;
             }
         }
-        if let Some(secrets) = env.get("CUSTOMERIO_WEBHOOK_SECRET").filter(|v| !v.is_empty()) {
+        if let Some(secrets) = env
+            .get("CUSTOMERIO_WEBHOOK_SECRET")
+            .filter(|v| !v.is_empty())
+        {
             let list: Vec<String> = secrets.split(',').map(|s| s.trim().to_string()).collect();
             conventional = conventional.set_override("webhooks.signing_secrets", list)?;
         }
@@ -329,7 +334,10 @@ impl Settings {
     fn validate(&self, environment: &str) -> Result<(), ConfigError> {
         let url = self.broker.url.expose();
         if !(url.starts_with("amqp://") || url.starts_with("amqps://") || url == "memory://") {
-            return Err(invalid("broker.url", "must be amqp://, amqps:// or memory://"));
+            return Err(invalid(
+                "broker.url",
+                "must be amqp://, amqps:// or memory://",
+            ));
         }
         if self.broker.partitions == 0 {
             return Err(invalid("broker.partitions", "must be at least 1"));
@@ -361,7 +369,10 @@ impl Settings {
             return Err(invalid("delivery.batch_max_ops", "must be at least 1"));
         }
         if self.delivery.max_in_flight_requests == 0 {
-            return Err(invalid("delivery.max_in_flight_requests", "must be at least 1"));
+            return Err(invalid(
+                "delivery.max_in_flight_requests",
+                "must be at least 1",
+            ));
         }
         if self.delivery.backoff_base_ms > self.delivery.backoff_max_ms {
             return Err(invalid(
@@ -376,7 +387,9 @@ impl Settings {
             if !matches!(action.as_str(), "suppress" | "unsubscribe" | "none") {
                 return Err(invalid(
                     "webhooks.rules",
-                    format!("{pattern:?} -> {action:?}: action must be suppress, unsubscribe or none"),
+                    format!(
+                        "{pattern:?} -> {action:?}: action must be suppress, unsubscribe or none"
+                    ),
                 ));
             }
         }
@@ -522,8 +535,16 @@ mod tests {
     #[test]
     fn files_layer_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("default.toml"), "[broker]\npartitions = 3\nprefetch = 9\n").unwrap();
-        std::fs::write(dir.path().join("staging.toml"), "[broker]\npartitions = 5\n").unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[broker]\npartitions = 3\nprefetch = 9\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("staging.toml"),
+            "[broker]\npartitions = 5\n",
+        )
+        .unwrap();
         let extra = dir.path().join("extra.toml");
         std::fs::write(&extra, "[http]\naddr = \"0.0.0.0:9000\"\n").unwrap();
         let env = env(&[("GATEWAY_ENV", "staging")]);
@@ -538,7 +559,11 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        let s = load(&[("CUSTOMERIO_API_KEY", "topsecret"), ("CUSTOMERIO_SITE_ID", "site")]).unwrap();
+        let s = load(&[
+            ("CUSTOMERIO_API_KEY", "topsecret"),
+            ("CUSTOMERIO_SITE_ID", "site"),
+        ])
+        .unwrap();
         let printed = s.masked_toml();
         assert!(!printed.contains("topsecret"));
         assert!(printed.contains("customerio.api_key = \"***\""));

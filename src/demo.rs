@@ -46,8 +46,15 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     .collect();
     let settings = Settings::load_from(Path::new("config"), None, &env)?;
     let gateway = Gateway::start(settings).await?;
-    let sandbox = gateway.sandbox().context("local mode runs the sandbox")?.clone();
-    println!("local mode: gateway on http://{}, data in {}", gateway.addr, data.display());
+    let sandbox = gateway
+        .sandbox()
+        .context("local mode runs the sandbox")?
+        .clone();
+    println!(
+        "local mode: gateway on http://{}, data in {}",
+        gateway.addr,
+        data.display()
+    );
 
     let mut expected = 0;
     for user in USERS {
@@ -84,7 +91,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             .collect();
         println!("{user:<8} {}", ops.join(" -> "));
     }
-    println!("\nwarehouse (file sink): {rows} delivery event row(s) under {}", warehouse.display());
+    println!(
+        "\nwarehouse (file sink): {rows} delivery event row(s) under {}",
+        warehouse.display()
+    );
     gateway.shutdown().await;
 
     let ok = delivered >= expected && rows >= 1 && status == 200;
@@ -92,7 +102,11 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         "\n{}: {delivered}/{expected} operations delivered, {rows}/1 warehouse rows",
         if ok { "OK" } else { "FAILED" }
     );
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn post_signed_webhook(addr: std::net::SocketAddr, event: &Value) -> anyhow::Result<u16> {

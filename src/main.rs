@@ -8,7 +8,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging();
-    let command = cli.command.unwrap_or(Command::Serve(ConfigArg { config: None }));
+    let command = cli
+        .command
+        .unwrap_or(Command::Serve(ConfigArg { config: None }));
     let result = actix_rt::System::new().block_on(run(command));
     match result {
         Ok(code) => code,

@@ -77,7 +77,11 @@ impl Publisher {
     }
 
     /// Publishes an already prepared envelope and waits for the broker's confirm.
-    pub async fn publish_prepared(&self, envelope: &Envelope, body: Vec<u8>) -> Result<(), BrokerError> {
+    pub async fn publish_prepared(
+        &self,
+        envelope: &Envelope,
+        body: Vec<u8>,
+    ) -> Result<(), BrokerError> {
         let exchange = exchange_for(envelope.kind.route());
         self.broker
             .publish(Publish::new(exchange, envelope.user.as_str(), body))

@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 /// Installs the tracing subscriber; later calls are no-ops (tests start many gateways).
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if std::io::stderr().is_terminal() {
         builder.pretty().try_init()
     } else {

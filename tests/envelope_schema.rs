@@ -141,10 +141,10 @@ fn generated_envelopes_agree() {
 
     let schema = validator();
     let text = prop_oneof![
-        Just(String::new()),
-        Just(" ".to_string()),
-        Just("a\tb".to_string()),
-        "[a-z0-9@./]{1,12}",
+        1 => Just(String::new()),
+        1 => Just(" ".to_string()),
+        1 => Just("a\tb".to_string()),
+        9 => "[a-z0-9@./]{1,12}",
     ];
     let scalar = prop_oneof![
         Just(Value::Null),
@@ -153,10 +153,25 @@ fn generated_envelopes_agree() {
         text.clone().prop_map(Value::from),
     ];
     let key = prop_oneof![
-        Just("name"), Just("data"), Just("path"), Just("deviceId"), Just("platform"),
-        Just("primary"), Just("secondary"), Just("template"), Just("transactional_message_id"),
-        Just("channel"), Just("to"), Just("identifiers"), Just("message_data"), Just("id"),
-        Just("email"), Just("body"), Just("subject"), Just("from"), Just("timestamp"),
+        Just("name"),
+        Just("data"),
+        Just("path"),
+        Just("deviceId"),
+        Just("platform"),
+        Just("primary"),
+        Just("secondary"),
+        Just("template"),
+        Just("transactional_message_id"),
+        Just("channel"),
+        Just("to"),
+        Just("identifiers"),
+        Just("message_data"),
+        Just("id"),
+        Just("email"),
+        Just("body"),
+        Just("subject"),
+        Just("from"),
+        Just("timestamp"),
     ]
     .prop_map(str::to_string);
     let value = scalar.prop_recursive(2, 16, 4, move |inner| {
@@ -168,8 +183,15 @@ fn generated_envelopes_agree() {
         ]
     });
     let kind = prop_oneof![
-        Just("identify"), Just("track"), Just("transactional"), Just("page"), Just("delete"),
-        Just("addDevice"), Just("deleteDevice"), Just("merge"), Just("nope"),
+        Just("identify"),
+        Just("track"),
+        Just("transactional"),
+        Just("page"),
+        Just("delete"),
+        Just("addDevice"),
+        Just("deleteDevice"),
+        Just("merge"),
+        Just("nope"),
     ];
     let envelope = (kind, text, proptest::option::of(value)).prop_map(|(kind, user, payload)| {
         let mut v = json!({"type": kind, "userId": user});
@@ -182,12 +204,17 @@ fn generated_envelopes_agree() {
         cases: 4000,
         ..Config::default()
     });
+    let valid = std::sync::atomic::AtomicUsize::new(0);
     runner
         .run(&envelope, |sample| {
             let rust = Envelope::from_value(&sample).is_ok();
             let by_schema = schema.is_valid(&sample);
             prop_assert_eq!(rust, by_schema, "disagree on {}", sample);
+            valid.fetch_add(usize::from(rust), std::sync::atomic::Ordering::Relaxed);
             Ok(())
         })
         .unwrap();
+    // Both verdicts are well represented, so the agreement means something.
+    let valid = valid.into_inner();
+    assert!((400..3600).contains(&valid), "{valid} of 4000 valid");
 }

@@ -4,7 +4,8 @@
 
 mod common;
 
-use actix_web::{App, HttpRequest, HttpResponse, http::Method, test, web};
+use actix_web::test as web_test;
+use actix_web::{App, HttpRequest, HttpResponse, http::Method, web};
 use cio_gateway::broker::{self, Topology};
 use cio_gateway::http::{self, AppState, openapi::OPENAPI_JSON};
 use serde_json::Value;
@@ -58,7 +59,10 @@ fn document_is_openapi_3_and_references_resolve() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in METHODS {
             if let Some(op) = item.get(method) {
-                assert!(op["operationId"].is_string(), "{method} {path} has no operationId");
+                assert!(
+                    op["operationId"].is_string(),
+                    "{method} {path} has no operationId"
+                );
                 assert!(
                     op["responses"].as_object().is_some_and(|r| !r.is_empty()),
                     "{method} {path} documents no response"
@@ -103,9 +107,11 @@ async fn every_registered_route_is_documented_and_every_documented_one_exists() 
         ("GATEWAY__INGEST__TOKEN", "ingest-secret"),
         ("GATEWAY__ADMIN__TOKEN", "admin-secret"),
     ]);
-    let broker = broker::connect("memory://", Topology::new(2)).await.unwrap();
+    let broker = broker::connect("memory://", Topology::new(2))
+        .await
+        .unwrap();
     let state = AppState::new(Arc::new(settings), broker);
-    let app = test::init_service(
+    let app = web_test::init_service(
         App::new()
             .app_data(web::Data::new(state))
             .configure(http::configure)
@@ -118,27 +124,39 @@ async fn every_registered_route_is_documented_and_every_documented_one_exists() 
     .await;
 
     // The registered paths, from the resource map the unmatched request sees.
-    let response = test::call_service(&app, test::TestRequest::get().uri("/__no_such_route").to_request()).await;
+    let response = web_test::call_service(
+        &app,
+        web_test::TestRequest::get()
+            .uri("/__no_such_route")
+            .to_request(),
+    )
+    .await;
     assert!(response.headers().contains_key(UNMATCHED));
-    let body = test::read_body(response).await;
+    let body = web_test::read_body(response).await;
     let registered_paths = patterns(&String::from_utf8_lossy(&body));
-    assert!(registered_paths.contains("/healthz"), "{registered_paths:?}");
+    assert!(
+        registered_paths.contains("/healthz"),
+        "{registered_paths:?}"
+    );
 
     let documented = documented();
     let documented_paths: BTreeSet<String> = documented.iter().map(|(p, _)| p.clone()).collect();
     let undocumented: Vec<_> = registered_paths.difference(&documented_paths).collect();
-    assert!(undocumented.is_empty(), "registered but not in docs/openapi.yaml: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "registered but not in docs/openapi.yaml: {undocumented:?}"
+    );
 
     // Which methods each path answers: anything but "no such route" / 405 means registered.
     let mut registered = BTreeSet::new();
     for path in &registered_paths {
         for method in METHODS {
-            let request = test::TestRequest::default()
+            let request = web_test::TestRequest::default()
                 .method(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap())
                 .uri(&concrete(path))
                 .insert_header(("authorization", "Bearer wrong"))
                 .to_request();
-            let response = test::call_service(&app, request).await;
+            let response = web_test::call_service(&app, request).await;
             let unmatched = response.headers().contains_key(UNMATCHED)
                 || response.status() == actix_web::http::StatusCode::METHOD_NOT_ALLOWED;
             if !unmatched {
@@ -147,28 +165,42 @@ async fn every_registered_route_is_documented_and_every_documented_one_exists() 
         }
     }
     let undocumented: Vec<_> = registered.difference(&documented).collect();
-    assert!(undocumented.is_empty(), "answered but not documented: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "answered but not documented: {undocumented:?}"
+    );
     let missing: Vec<_> = documented.difference(&registered).collect();
-    assert!(missing.is_empty(), "documented but not registered: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "documented but not registered: {missing:?}"
+    );
 }
 
 #[actix_rt::test]
 async fn the_document_is_served() {
     let settings = common::settings(&[]);
-    let broker = broker::connect("memory://", Topology::new(2)).await.unwrap();
+    let broker = broker::connect("memory://", Topology::new(2))
+        .await
+        .unwrap();
     let state = AppState::new(Arc::new(settings), broker);
-    let app = test::init_service(
+    let app = web_test::init_service(
         App::new()
             .app_data(web::Data::new(state))
             .configure(http::configure),
     )
     .await;
-    let response = test::call_service(&app, test::TestRequest::get().uri("/openapi.json").to_request()).await;
+    let response = web_test::call_service(
+        &app,
+        web_test::TestRequest::get()
+            .uri("/openapi.json")
+            .to_request(),
+    )
+    .await;
     assert!(response.status().is_success());
     assert_eq!(
         response.headers().get("content-type").unwrap(),
         "application/json"
     );
-    let body: Value = serde_json::from_slice(&test::read_body(response).await).unwrap();
+    let body: Value = serde_json::from_slice(&web_test::read_body(response).await).unwrap();
     assert_eq!(body, served());
 }

@@ -37,10 +37,15 @@ fn topology_with_tap() -> Topology {
 }
 
 async fn producer(vhost: &TestVhost) -> SharedBroker {
-    broker::connect(&vhost.url, topology_with_tap()).await.expect("test producer connects")
+    broker::connect(&vhost.url, topology_with_tap())
+        .await
+        .expect("test producer connects")
 }
 
-fn gateway_env<'a>(vhost: &'a TestVhost, sandbox: &'a RunningSandbox) -> Vec<(&'static str, String)> {
+fn gateway_env<'a>(
+    vhost: &'a TestVhost,
+    sandbox: &'a RunningSandbox,
+) -> Vec<(&'static str, String)> {
     vec![
         ("GATEWAY__BROKER__URL", vhost.url.clone()),
         ("GATEWAY__BROKER__PARTITIONS", PARTITIONS.to_string()),
@@ -59,7 +64,9 @@ fn gateway_env<'a>(vhost: &'a TestVhost, sandbox: &'a RunningSandbox) -> Vec<(&'
 
 async fn start_gateway(vars: &[(&'static str, String)]) -> Gateway {
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Gateway::start(common::settings(&pairs)).await.expect("gateway starts")
+    Gateway::start(common::settings(&pairs))
+        .await
+        .expect("gateway starts")
 }
 
 /// The n-th message of a user: identify, track and transactional interleaved.
@@ -109,7 +116,11 @@ fn assert_ordered(user: &str, seqs: &[u64], n: u64) {
             first.push(*s);
         }
     }
-    assert_eq!(first, (0..n).collect::<Vec<_>>(), "user {user}: lost or reordered: {seqs:?}");
+    assert_eq!(
+        first,
+        (0..n).collect::<Vec<_>>(),
+        "user {user}: lost or reordered: {seqs:?}"
+    );
     for pair in seqs.windows(2) {
         assert!(
             pair[1] == pair[0] + 1 || pair[1] <= pair[0],
@@ -118,7 +129,11 @@ fn assert_ordered(user: &str, seqs: &[u64], n: u64) {
             pair[1]
         );
     }
-    assert_eq!(seqs.last(), Some(&(n - 1)), "user {user}: does not end at the newest");
+    assert_eq!(
+        seqs.last(),
+        Some(&(n - 1)),
+        "user {user}: does not end at the newest"
+    );
 }
 
 async fn publish_all(publisher: &Publisher, users: usize, per_user: u32) -> usize {
@@ -160,16 +175,30 @@ async fn ordered_exactly_once_under_503s_and_429s() {
         depth(&vhost, PROCESSED_TAP) >= published as u64
     })
     .await;
-    assert!(done, "processed {} of {published}", depth(&vhost, PROCESSED_TAP));
+    assert!(
+        done,
+        "processed {} of {published}",
+        depth(&vhost, PROCESSED_TAP)
+    );
 
     let stats = sandbox.sandbox.stats();
-    assert!(stats.injected_failures > 0, "the sandbox injected no 503: {stats:?}");
-    assert!(stats.rate_limited > 0, "the sandbox answered no 429: {stats:?}");
+    assert!(
+        stats.injected_failures > 0,
+        "the sandbox injected no 503: {stats:?}"
+    );
+    assert!(
+        stats.rate_limited > 0,
+        "the sandbox answered no 429: {stats:?}"
+    );
     for u in 0..users {
         let user = format!("user-{u}");
         let seqs = delivered_seqs(&sandbox.sandbox.records_for(&user));
         // Nothing crashed: every message exactly once, in order.
-        assert_eq!(seqs, (0..per_user as u64).collect::<Vec<_>>(), "user {user}");
+        assert_eq!(
+            seqs,
+            (0..per_user as u64).collect::<Vec<_>>(),
+            "user {user}"
+        );
     }
     assert_eq!(depth(&vhost, DLQ_QUEUE), 0);
     assert_eq!(depth(&vhost, PROCESSED_TAP), published as u64);
@@ -191,7 +220,11 @@ async fn rejected_user_is_dead_lettered_and_others_proceed() {
     let published = publish_all(&Publisher::new(producer.clone()), 5, 4).await;
     // Unparseable bodies and an unknown template are invalid, and do not stop the gateway.
     producer
-        .publish(Publish::new(TRACK_EXCHANGE, "user-9", b"{not json".to_vec()))
+        .publish(Publish::new(
+            TRACK_EXCHANGE,
+            "user-9",
+            b"{not json".to_vec(),
+        ))
         .await
         .unwrap();
     Publisher::new(producer.clone())
@@ -228,7 +261,11 @@ async fn rejected_user_is_dead_lettered_and_others_proceed() {
         let body: Value = serde_json::from_slice(&d.body).unwrap();
         assert_eq!(body["status"], "failed");
         assert!(body["attempts"].is_u64() && body["processingTime"].is_u64());
-        assert!(d.headers.contains_key("x-original-exchange"), "{:?}", d.headers);
+        assert!(
+            d.headers.contains_key("x-original-exchange"),
+            "{:?}",
+            d.headers
+        );
         assert!(d.headers.contains_key("x-original-routing-key"));
         let kind = body["errorKind"].as_str().unwrap().to_string();
         if kind == "invalid" && body.get("raw").is_some() {
@@ -273,10 +310,18 @@ async fn recovers_when_rabbitmq_closes_all_connections() {
         depth(&vhost, PROCESSED_TAP) >= published
     })
     .await;
-    assert!(done, "processed {} of {published}", depth(&vhost, PROCESSED_TAP));
+    assert!(
+        done,
+        "processed {} of {published}",
+        depth(&vhost, PROCESSED_TAP)
+    );
     for u in 0..users {
         let user = format!("user-{u}");
-        assert_ordered(&user, &delivered_seqs(&sandbox.sandbox.records_for(&user)), per_user as u64);
+        assert_ordered(
+            &user,
+            &delivered_seqs(&sandbox.sandbox.records_for(&user)),
+            per_user as u64,
+        );
     }
     assert_eq!(depth(&vhost, DLQ_QUEUE), 0);
     assert!(

@@ -66,7 +66,10 @@ fn setup(language: &str) {
 
 /// Runs an example; returns the correlation ids it printed as confirmed.
 fn run_example(mut cmd: Command, vhost: &TestVhost) -> Vec<String> {
-    let out = cmd.env("AMQP_URL", &vhost.url).output().expect("the example runs");
+    let out = cmd
+        .env("AMQP_URL", &vhost.url)
+        .output()
+        .expect("the example runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -84,7 +87,10 @@ fn run_example(mut cmd: Command, vhost: &TestVhost) -> Vec<String> {
 }
 
 /// Everything in the partition queues: partition -> deliveries (routing key, envelope).
-async fn drain_partitions(broker: &SharedBroker, expected: usize) -> BTreeMap<u16, Vec<(String, Envelope)>> {
+async fn drain_partitions(
+    broker: &SharedBroker,
+    expected: usize,
+) -> BTreeMap<u16, Vec<(String, Envelope)>> {
     let mut found: BTreeMap<u16, Vec<(String, Envelope)>> = BTreeMap::new();
     let mut streams = Vec::new();
     for p in 0..PARTITIONS {
@@ -98,10 +104,15 @@ async fn drain_partitions(broker: &SharedBroker, expected: usize) -> BTreeMap<u1
     let mut total = 0;
     while total < expected && tokio::time::Instant::now() < deadline {
         for (p, stream) in &mut streams {
-            while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
+            while let Ok(Some(d)) =
+                tokio::time::timeout(Duration::from_millis(50), stream.next()).await
+            {
                 let envelope = Envelope::parse(&d.body).expect("the example's envelope parses");
                 d.acker.ack().await.unwrap();
-                found.entry(*p).or_default().push((d.routing_key.clone(), envelope));
+                found
+                    .entry(*p)
+                    .or_default()
+                    .push((d.routing_key.clone(), envelope));
                 total += 1;
             }
         }
@@ -127,7 +138,10 @@ async fn tap_properties(vhost: &TestVhost) -> Vec<(Option<u8>, Option<String>)> 
         let props = &message.delivery.properties;
         out.push((
             *props.delivery_mode(),
-            props.content_type().as_ref().map(|c| c.as_str().to_string()),
+            props
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str().to_string()),
         ));
     }
     let _ = connection.close(200, "done".into()).await;
@@ -136,7 +150,9 @@ async fn tap_properties(vhost: &TestVhost) -> Vec<(Option<u8>, Option<String>)> 
 
 async fn check(language: &str, example: Command, kind: MessageType) {
     let vhost = TestVhost::new(&format!("producers-{language}"));
-    let broker = broker::connect(&vhost.url, topology()).await.expect("topology declared");
+    let broker = broker::connect(&vhost.url, topology())
+        .await
+        .expect("topology declared");
     let users = ["alice", "bob", "carol", "dave", "erin"];
     let per_user = 3;
     let mut example = example;
@@ -148,7 +164,11 @@ async fn check(language: &str, example: Command, kind: MessageType) {
     example.args(["--payload", r#"{"name": "step", "plan": "pro"}"#]);
     let ids = run_example(example, &vhost);
     let expected = users.len() * per_user;
-    assert_eq!(ids.len(), expected, "{language}: one confirmed line per envelope");
+    assert_eq!(
+        ids.len(),
+        expected,
+        "{language}: one confirmed line per envelope"
+    );
 
     let partitions = drain_partitions(&broker, expected).await;
     let mut seen_ids = BTreeSet::new();
@@ -156,7 +176,11 @@ async fn check(language: &str, example: Command, kind: MessageType) {
     let mut order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for (p, deliveries) in &partitions {
         for (routing_key, envelope) in deliveries {
-            assert_eq!(routing_key, envelope.user.as_str(), "{language}: routing key = userId");
+            assert_eq!(
+                routing_key,
+                envelope.user.as_str(),
+                "{language}: routing key = userId"
+            );
             assert_eq!(envelope.kind, kind);
             let previous = partition_of.insert(routing_key.clone(), *p);
             assert!(
@@ -170,9 +194,16 @@ async fn check(language: &str, example: Command, kind: MessageType) {
                 .push(envelope.timestamp.unwrap());
         }
     }
-    assert_eq!(seen_ids, ids.iter().cloned().collect(), "{language}: every envelope arrived once");
+    assert_eq!(
+        seen_ids,
+        ids.iter().cloned().collect(),
+        "{language}: every envelope arrived once"
+    );
     for (user, stamps) in order {
-        assert!(stamps.is_sorted(), "{language}: {user}'s messages out of order: {stamps:?}");
+        assert!(
+            stamps.is_sorted(),
+            "{language}: {user}'s messages out of order: {stamps:?}"
+        );
     }
 
     let props = tap_properties(&vhost).await;

@@ -4,7 +4,9 @@
 
 mod common;
 
-use cio_gateway::broker::topology::{BindingSpec, DLQ_QUEUE, PROCESSED_EXCHANGE, QueueKind, QueueSpec};
+use cio_gateway::broker::topology::{
+    BindingSpec, DLQ_QUEUE, PROCESSED_EXCHANGE, QueueKind, QueueSpec,
+};
 use cio_gateway::broker::{self, Topology};
 use cio_gateway::publisher::Publisher;
 use cio_gateway::sandbox::{self, Faults, SandboxConfig};
@@ -55,7 +57,10 @@ async fn sigkill_of_one_replica_loses_nothing_and_keeps_order() {
         ..Faults::default()
     });
     let mut topology = Topology::new(4);
-    topology.queues.push(QueueSpec { name: TAP.into(), kind: QueueKind::Classic });
+    topology.queues.push(QueueSpec {
+        name: TAP.into(),
+        kind: QueueKind::Classic,
+    });
     topology.queue_bindings.push(BindingSpec {
         source: PROCESSED_EXCHANGE.into(),
         destination: TAP.into(),
@@ -102,13 +107,25 @@ async fn sigkill_of_one_replica_loses_nothing_and_keeps_order() {
         let seqs: Vec<u64> = records
             .iter()
             .filter(|r| !r.duplicate)
-            .filter_map(|r| r.body.pointer("/attributes/seq").or(r.body.pointer("/data/seq")))
+            .filter_map(|r| {
+                r.body
+                    .pointer("/attributes/seq")
+                    .or(r.body.pointer("/data/seq"))
+            })
             .filter_map(|v| v.as_u64())
             .collect();
         // Events carry their ULID as `id`: Customer.io (and the sandbox) drop resends.
-        assert_eq!(seqs, (0..per_user as u64).collect::<Vec<_>>(), "user {user}");
+        assert_eq!(
+            seqs,
+            (0..per_user as u64).collect::<Vec<_>>(),
+            "user {user}"
+        );
         let ids: BTreeSet<_> = records.iter().filter_map(|r| r.event_id.clone()).collect();
-        assert_eq!(ids.len(), per_user as usize, "user {user}: every event has its id");
+        assert_eq!(
+            ids.len(),
+            per_user as usize,
+            "user {user}: every event has its id"
+        );
     }
     assert_eq!(depth(DLQ_QUEUE), 0);
     assert!(

@@ -65,13 +65,23 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
                 None => return,
             },
         };
+        let deadline = tokio::time::Instant::now() + limits.linger;
+        // Wait for a free request slot and the request budget before cutting the batch:
+        // while Customer.io's limit holds us back, operations keep joining it.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        client.spend_track_budget().await;
         let mut size = ENVELOPE_BYTES + CustomerIo::v2_operation_size(&first.0);
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + limits.linger;
         while batch.len() < limits.max_ops {
-            let next = tokio::select! {
-                job = rx.recv() => job,
-                _ = tokio::time::sleep_until(deadline) => None,
+            let next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    job = rx.recv() => job,
+                    _ = tokio::time::sleep_until(deadline) => None,
+                },
             };
             let Some(job) = next else { break };
             let op_size = CustomerIo::v2_operation_size(&job.0) + 1;
@@ -82,9 +92,6 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
             size += op_size;
             batch.push(job);
         }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let client = client.clone();
         tokio::spawn(async move {
             send_batch(&client, batch).await;
@@ -96,7 +103,7 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
 async fn send_batch(client: &CustomerIo, batch: Vec<Job>) {
     let (calls, waiters): (Vec<TrackCall>, Vec<_>) = batch.into_iter().unzip();
     metrics::histogram!("cio_gateway_batch_size").record(calls.len() as f64);
-    match client.batch(&calls).await {
+    match client.batch_prepaid(&calls).await {
         Ok(results) => {
             for (waiter, result) in waiters.into_iter().zip(results) {
                 let _ = waiter.send(result.map_err(Failure::from));

@@ -51,9 +51,16 @@ impl Handler<DeadLetter> for DlqActor {
     fn handle(&mut self, letter: DeadLetter, _: &mut Context<Self>) -> Self::Result {
         let broker = self.broker.clone();
         Box::pin(async move {
-            let message = Publish::new(DLQ_EXCHANGE, &letter.original_routing_key, dead_letter_body(&letter))
-                .header(HEADER_ORIGINAL_EXCHANGE, letter.original_exchange.clone())
-                .header(HEADER_ORIGINAL_ROUTING_KEY, letter.original_routing_key.clone());
+            let message = Publish::new(
+                DLQ_EXCHANGE,
+                &letter.original_routing_key,
+                dead_letter_body(&letter),
+            )
+            .header(HEADER_ORIGINAL_EXCHANGE, letter.original_exchange.clone())
+            .header(
+                HEADER_ORIGINAL_ROUTING_KEY,
+                letter.original_routing_key.clone(),
+            );
             broker.publish(message).await?;
             metrics::counter!("cio_gateway_dead_letters_total", "error_kind" => letter.kind.as_str())
                 .increment(1);

@@ -25,11 +25,11 @@ pub use batcher::{BatchLimits, TrackSender};
 pub use dedup::Dedup;
 pub use dlq::{DlqActor, dead_letter_body};
 pub use identify::IdentifyActor;
+pub use reporting::{Reporting, start_reporting};
 pub use retry::Backoff;
 pub use shard::{ShardActor, ShardDeps};
 pub use track::TrackActor;
 pub use transactional::TransactionalActor;
-pub use reporting::{Reporting, start_reporting};
 pub use warehouse::WarehouseActor;
 pub use webhook::WebhookActor;
 

@@ -232,9 +232,9 @@ impl ShardActor {
     }
 
     fn forget_if_idle(&self, user: &UserId) {
-        let removed = self
-            .lanes
-            .remove_if(user, |_, lane| lane.state == LaneState::Idle && lane.pending.is_empty());
+        let removed = self.lanes.remove_if(user, |_, lane| {
+            lane.state == LaneState::Idle && lane.pending.is_empty()
+        });
         if removed.is_some() {
             metrics::gauge!("cio_gateway_active_users").decrement(1.0);
         }
@@ -259,10 +259,15 @@ impl ShardActor {
                 match &done.result {
                     Ok(()) => lane.pending.pop_front().map(|p| (p, None)),
                     Err(failure) => match failure.kind {
-                        FailureKind::Retryable { retry_after } if attempts < self.deps.max_attempts => {
+                        FailureKind::Retryable { retry_after }
+                            if attempts < self.deps.max_attempts =>
+                        {
                             lane.state = LaneState::Waiting;
                             let delay = self.deps.backoff.delay(attempts, retry_after);
-                            let kind = lane.pending.front().map_or("unknown", |p| p.envelope.kind.as_str());
+                            let kind = lane
+                                .pending
+                                .front()
+                                .map_or("unknown", |p| p.envelope.kind.as_str());
                             metrics::counter!("cio_gateway_delivery_retries_total", "type" => kind)
                                 .increment(1);
                             tracing::debug!(%user, attempts, ?delay, error = %failure.message, "retrying");
@@ -270,15 +275,18 @@ impl ShardActor {
                             ctx.run_later(delay, move |act, ctx| act.retry(user, ctx));
                             return;
                         }
-                        FailureKind::Retryable { .. } => {
-                            lane.pending.pop_front().map(|p| (p, Some(ErrorKind::Exhausted)))
-                        }
-                        FailureKind::Rejected => {
-                            lane.pending.pop_front().map(|p| (p, Some(ErrorKind::Rejected)))
-                        }
-                        FailureKind::Invalid => {
-                            lane.pending.pop_front().map(|p| (p, Some(ErrorKind::Invalid)))
-                        }
+                        FailureKind::Retryable { .. } => lane
+                            .pending
+                            .pop_front()
+                            .map(|p| (p, Some(ErrorKind::Exhausted))),
+                        FailureKind::Rejected => lane
+                            .pending
+                            .pop_front()
+                            .map(|p| (p, Some(ErrorKind::Rejected))),
+                        FailureKind::Invalid => lane
+                            .pending
+                            .pop_front()
+                            .map(|p| (p, Some(ErrorKind::Invalid))),
                     },
                 }
             }
@@ -343,7 +351,9 @@ impl ShardActor {
         self.settles.spawn(async move {
             match dlq.send(letter).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "dead letter not confirmed; left unacked"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "dead letter not confirmed; left unacked")
+                }
                 Err(e) => tracing::error!(error = %e, "DLQ actor unavailable; left unacked"),
             }
         });
@@ -440,4 +450,3 @@ impl Handler<Drain> for ShardActor {
         })
     }
 }
-

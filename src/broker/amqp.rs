@@ -127,7 +127,12 @@ async fn declare_on(channel: &Channel, topology: &Topology) -> Result<(), Broker
             ExchangeKind::ConsistentHash => lapin::ExchangeKind::Custom("x-consistent-hash".into()),
         };
         channel
-            .exchange_declare(exchange.name.as_str().into(), kind, durable, FieldTable::default())
+            .exchange_declare(
+                exchange.name.as_str().into(),
+                kind,
+                durable,
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| {
                 let text = e.to_string();
@@ -143,13 +148,19 @@ async fn declare_on(channel: &Channel, topology: &Topology) -> Result<(), Broker
         let mut args = FieldTable::default();
         match queue.kind {
             QueueKind::Quorum { single_active } => {
-                args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
                 if single_active {
                     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
                 }
             }
             QueueKind::Classic => {
-                args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("classic".into()),
+                );
             }
         }
         channel
@@ -257,7 +268,11 @@ impl Drop for CloseOnDrop {
 impl Broker for AmqpBroker {
     async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
         let live = self.live().await?;
-        let channel = live.connection.create_channel().await.map_err(unavailable)?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
         let result = declare_on(&channel, topology).await;
         let _ = channel.close(200, "declared".into()).await;
         result
@@ -297,7 +312,11 @@ impl Broker for AmqpBroker {
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
         let live = self.live().await?;
-        let channel = live.connection.create_channel().await.map_err(unavailable)?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
@@ -321,7 +340,11 @@ impl Broker for AmqpBroker {
 
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
         let live = self.live().await?;
-        let channel = live.connection.create_channel().await.map_err(unavailable)?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
         let declared = channel
             .queue_declare(
                 queue.into(),

@@ -50,10 +50,12 @@ impl MemoryQueue {
         let mut state = self.state.lock();
         let mut back: Vec<(u64, Message)> = tags
             .into_iter()
-            .filter_map(|tag| state.unacked.remove(&tag).map(|(_, mut m)| {
-                m.redelivered = true;
-                (tag, m)
-            }))
+            .filter_map(|tag| {
+                state.unacked.remove(&tag).map(|(_, mut m)| {
+                    m.redelivered = true;
+                    (tag, m)
+                })
+            })
             .collect();
         back.sort_by_key(|(tag, _)| *tag);
         for item in back.into_iter().rev() {
@@ -316,7 +318,11 @@ mod tests {
         let topology = Topology::new(4);
         broker.declare(&topology).await.unwrap();
         for i in 0..3 {
-            let exchange = if i % 2 == 0 { IDENTIFY_EXCHANGE } else { TRACK_EXCHANGE };
+            let exchange = if i % 2 == 0 {
+                IDENTIFY_EXCHANGE
+            } else {
+                TRACK_EXCHANGE
+            };
             broker
                 .publish(Publish::new(exchange, "user-7", vec![i]))
                 .await
@@ -343,7 +349,12 @@ mod tests {
         assert_eq!(again.body, vec![1]);
         assert!(again.redelivered);
         assert_eq!(stream.next().await.unwrap().body, vec![2]);
-        assert!(broker.publish(Publish::new("customerio.processed", "x", vec![])).await.is_err());
+        assert!(
+            broker
+                .publish(Publish::new("customerio.processed", "x", vec![]))
+                .await
+                .is_err()
+        );
         assert_eq!(broker.queue_len(DLQ_QUEUE).await.unwrap(), 0);
     }
 }

@@ -181,6 +181,22 @@ impl CustomerIo {
     ///   that status, the others `Retryable`, as nothing of the request was accepted;
     /// - any other non-2xx is the outer `Err`.
     pub async fn batch(&self, calls: &[TrackCall]) -> Result<Vec<Result<(), CioError>>, CioError> {
+        self.spend_track_budget().await;
+        self.batch_prepaid(calls).await
+    }
+
+    /// Waits until one Track request fits the budget and spends it. A batcher calls this
+    /// before it cuts a batch, so operations keep joining while it waits.
+    pub async fn spend_track_budget(&self) {
+        self.inner.track_budget.acquire().await;
+    }
+
+    /// [`CustomerIo::batch`] for a request whose budget [`CustomerIo::spend_track_budget`]
+    /// already spent.
+    pub async fn batch_prepaid(
+        &self,
+        calls: &[TrackCall],
+    ) -> Result<Vec<Result<(), CioError>>, CioError> {
         let mut results: Vec<Result<(), CioError>> = Vec::with_capacity(calls.len());
         let mut ops = Vec::with_capacity(calls.len());
         // Request position -> input position.
@@ -212,7 +228,7 @@ impl CustomerIo {
         }
         let url = format!("{}/batch", self.inner.urls.track_v2);
         let answer = self
-            .execute(Api::TrackV2, Method::POST, url, Some(body))
+            .execute_prepaid(Api::TrackV2, Method::POST, url, Some(body))
             .await?;
         let failed = op_errors(&answer.body, positions.len());
         match answer.status {
@@ -394,15 +410,28 @@ impl CustomerIo {
         url: String,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, CioError> {
+        match api {
+            Api::TrackV1 | Api::TrackV2 => self.inner.track_budget.acquire().await,
+            Api::App => self.inner.app_budget.acquire().await,
+        }
+        self.execute_prepaid(api, method, url, body).await
+    }
+
+    /// Sends and reads the whole answer; the caller spent the budget.
+    async fn execute_prepaid(
+        &self,
+        api: Api,
+        method: Method,
+        url: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, CioError> {
         let inner = &self.inner;
         let mut builder = inner.http.request(method.clone(), &url);
         match api {
             Api::TrackV1 | Api::TrackV2 => {
-                inner.track_budget.acquire().await;
                 builder = builder.basic_auth(&inner.site_id, Some(&inner.api_key));
             }
             Api::App => {
-                inner.app_budget.acquire().await;
                 let key = inner.app_api_key.as_deref().unwrap_or_default();
                 builder = builder.bearer_auth(key);
             }

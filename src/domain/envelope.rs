@@ -122,12 +122,14 @@ impl Envelope {
 
     pub fn from_value(value: &Value) -> Result<Self, ParseError> {
         let obj = object(value).map_err(|_| {
-            ParseError::new("", format!("envelope must be an object, got {}", json_kind(value)))
+            ParseError::new(
+                "",
+                format!("envelope must be an object, got {}", json_kind(value)),
+            )
         })?;
         let kind = match obj.get("type") {
-            Some(Value::String(s)) => MessageType::parse(s).ok_or_else(|| {
-                ParseError::new("type", format!("unknown type {s:?}"))
-            })?,
+            Some(Value::String(s)) => MessageType::parse(s)
+                .ok_or_else(|| ParseError::new("type", format!("unknown type {s:?}")))?,
             Some(other) => {
                 return Err(ParseError::new(
                     "type",
@@ -171,7 +173,11 @@ impl Envelope {
     }
 }
 
-fn parse_operation(kind: MessageType, payload: &Value, user: &UserId) -> Result<Operation, ParseError> {
+fn parse_operation(
+    kind: MessageType,
+    payload: &Value,
+    user: &UserId,
+) -> Result<Operation, ParseError> {
     Ok(match kind {
         MessageType::Identify => Operation::Identify(Attributes::parse_person(payload)?),
         MessageType::Track => Operation::Track(Event::parse(payload)?),
@@ -284,12 +290,20 @@ mod tests {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
                 proptest::collection::hash_map(
-                    prop_oneof![Just("name".to_string()), Just("data".to_string()),
-                        Just("path".to_string()), Just("deviceId".to_string()),
-                        Just("platform".to_string()), Just("primary".to_string()),
-                        Just("template".to_string()), ".{0,8}"],
-                    inner, 0..5)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                    prop_oneof![
+                        Just("name".to_string()),
+                        Just("data".to_string()),
+                        Just("path".to_string()),
+                        Just("deviceId".to_string()),
+                        Just("platform".to_string()),
+                        Just("primary".to_string()),
+                        Just("template".to_string()),
+                        ".{0,8}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }

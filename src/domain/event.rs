@@ -111,7 +111,10 @@ impl Device {
         let id = required_str(obj, "deviceId")?.to_string();
         let platform = required_str(obj, "platform")?.to_string();
         if !matches!(platform.as_str(), "ios" | "android") {
-            return Err(ParseError::new("platform", "must be \"ios\" or \"android\""));
+            return Err(ParseError::new(
+                "platform",
+                "must be \"ios\" or \"android\"",
+            ));
         }
         Ok(Self {
             id,
@@ -173,7 +176,10 @@ pub(crate) fn object(value: &Value) -> Result<&Map<String, Value>, ParseError> {
         .ok_or_else(|| ParseError::new("", format!("must be an object, got {}", kind(value))))
 }
 
-pub(crate) fn required_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, ParseError> {
+pub(crate) fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, ParseError> {
     match obj.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
         Some(Value::String(_)) => Err(ParseError::new(key, "must not be empty")),

@@ -133,11 +133,13 @@ mod tests {
 
     #[test]
     fn template_forms() {
-        let r = TransactionalRequest::parse(&json!({"transactional_message_id": 7}), &user()).unwrap();
+        let r =
+            TransactionalRequest::parse(&json!({"transactional_message_id": 7}), &user()).unwrap();
         assert_eq!(r.template, TemplateRef::Id(json!(7)));
         assert_eq!(r.identifiers.value, "42");
-        let r = TransactionalRequest::parse(&json!({"template": "welcome", "channel": "sms"}), &user())
-            .unwrap();
+        let r =
+            TransactionalRequest::parse(&json!({"template": "welcome", "channel": "sms"}), &user())
+                .unwrap();
         assert_eq!(r.template, TemplateRef::Named("welcome".into()));
         assert_eq!(r.channel, Channel::Sms);
         assert!(TransactionalRequest::parse(&json!({"to": "a@b.c"}), &user()).is_err());
@@ -147,7 +149,9 @@ mod tests {
         );
         let inline = json!({"body": "hi", "subject": "s", "from": "a@b.c", "to": "x@y.z"});
         assert_eq!(
-            TransactionalRequest::parse(&inline, &user()).unwrap().template,
+            TransactionalRequest::parse(&inline, &user())
+                .unwrap()
+                .template,
             TemplateRef::Inline
         );
     }

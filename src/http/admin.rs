@@ -35,8 +35,8 @@ async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> HttpResponse {
-    if let Err(response) = auth::admin(&req, &state) {
-        return response;
+    if let Some(refusal) = auth::admin_refusal(&req, &state) {
+        return refusal;
     }
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     match dlq::list(&state.broker, limit).await {
@@ -46,8 +46,8 @@ async fn list(
 }
 
 async fn replay(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    if let Err(response) = auth::admin(&req, &state) {
-        return response;
+    if let Some(refusal) = auth::admin_refusal(&req, &state) {
+        return refusal;
     }
     let selection = match parse_selection(&body) {
         Ok(s) => s,

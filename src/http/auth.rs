@@ -14,17 +14,18 @@ use actix_web::{HttpRequest, HttpResponse, http::header};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-/// Checks the ingestion token; `Err` is the response to send instead.
-pub fn ingest(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+/// Checks the ingestion token; `Some` is the response to send instead.
+pub fn ingest_refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     let local_open = state.settings.is_local_mode() && peer_is_loopback(req);
-    check(req, state.settings.ingest.token.as_ref(), local_open)
+    check(req, state.settings.ingest.token.as_ref(), local_open).err()
 }
 
-/// Checks the admin token; `Err` is the response to send instead.
-pub fn admin(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
-    check(req, state.settings.admin.token.as_ref(), false)
+/// Checks the admin token; `Some` is the response to send instead.
+pub fn admin_refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
+    check(req, state.settings.admin.token.as_ref(), false).err()
 }
 
+#[allow(clippy::result_large_err)] // private, and Err is what the caller returns at once
 fn check(
     req: &HttpRequest,
     token: Option<&Secret>,

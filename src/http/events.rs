@@ -39,8 +39,8 @@ fn item_error(index: Option<usize>, field: &str, reason: impl Into<String>) -> V
 }
 
 async fn ingest(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    if let Err(response) = auth::ingest(&req, &state) {
-        return response;
+    if let Some(refusal) = auth::ingest_refusal(&req, &state) {
+        return refusal;
     }
     let items = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Array(items)) => items,

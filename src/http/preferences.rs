@@ -27,14 +27,21 @@ fn prelude(
     req: &HttpRequest,
     state: &AppState,
     id: &str,
-) -> Result<(UserId, Arc<PreferenceService>), HttpResponse> {
-    auth::ingest(req, state)?;
+) -> Result<(UserId, Arc<PreferenceService>), Box<HttpResponse>> {
+    if let Some(refusal) = auth::ingest_refusal(req, state) {
+        return Err(Box::new(refusal));
+    }
     let user = UserId::parse(id).map_err(|e| {
-        HttpResponse::BadRequest().json(json!({"errors": [{"field": "id", "reason": e.reason}]}))
+        Box::new(
+            HttpResponse::BadRequest()
+                .json(json!({"errors": [{"field": "id", "reason": e.reason}]})),
+        )
     })?;
     let service = state.preferences.clone().ok_or_else(|| {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"error": "the preferences store is not running"}))
+        Box::new(
+            HttpResponse::ServiceUnavailable()
+                .json(json!({"error": "the preferences store is not running"})),
+        )
     })?;
     Ok((user, service))
 }
@@ -68,7 +75,7 @@ async fn get_preferences(
 ) -> HttpResponse {
     let (user, service) = match prelude(&req, &state, &id) {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match service.get(&user).await {
         Ok(stored) => HttpResponse::Ok().json(view(&stored)),
@@ -103,7 +110,7 @@ async fn change(
 ) -> HttpResponse {
     let (user, service) = match prelude(&req, &state, &id) {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -135,7 +142,7 @@ async fn sync_user(
 ) -> HttpResponse {
     let (user, service) = match prelude(&req, &state, &id) {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match service.sync_user(&user).await {
         Ok(synced) => HttpResponse::Accepted().json(json!({

@@ -38,7 +38,15 @@ impl SqliteStore {
             .await?;
         let mut migrator = sqlx::migrate!("migrations/preferences/sqlite");
         migrator.dangerous_set_table_name(sql::MIGRATIONS_TABLE);
-        migrator.run(&pool).await?;
+        // SQLite has no migration lock: two gateways of one process (tests, `demo`) opening
+        // the same file would both apply version 1. Serialise here; a process racing us from
+        // outside is caught by the retry, which finds the migration applied.
+        static MIGRATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _guard = MIGRATING.lock().await;
+        if let Err(first) = migrator.run(&pool).await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            migrator.run(&pool).await.map_err(|_| first)?;
+        }
         Ok(Self { pool })
     }
 }

@@ -30,6 +30,8 @@ pub struct Record {
     pub duplicate: bool,
     /// What an App API send answered.
     pub delivery_id: Option<String>,
+    /// When the sandbox accepted it, in ms since the epoch: delivery latency is measured here.
+    pub received_at_ms: i64,
 }
 
 /// An operation about to be recorded (everything but the sequence number and dedup flag).
@@ -59,6 +61,7 @@ impl Ledger {
     /// Records operations atomically, so a batch's records are consecutive.
     pub(crate) fn accept_all(&mut self, ops: Vec<Accepted>) -> usize {
         let mut duplicates = 0;
+        let received_at_ms = chrono::Utc::now().timestamp_millis();
         for op in ops {
             let duplicate = match &op.event_id {
                 Some(id) => !self.event_ids.insert(id.clone()),
@@ -78,6 +81,7 @@ impl Ledger {
                 event_id: op.event_id,
                 duplicate,
                 delivery_id: op.delivery_id,
+                received_at_ms,
             });
         }
         if self.records.len() > MAX_RECORDS {

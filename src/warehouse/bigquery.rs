@@ -2,7 +2,8 @@
 //! best-effort de-duplication drops a batch written twice. Any `insertErrors` fail the whole
 //! batch (it is retried; `skipInvalidRows` is off, so nothing of it was stored). The JSON
 //! columns `identifiers` and `raw` are sent as JSON text, which BigQuery accepts for `JSON`
-//! and `STRING` columns alike. Schema: `deploy/bigquery/delivery_events.json`.
+//! and `STRING` columns alike; the campaign/action/... ids as integers, as the schema in
+//! `deploy/bigquery/delivery_events.json` declares them.
 
 use super::{Sink, SinkError};
 use crate::config::BigQuerySettings;
@@ -11,6 +12,18 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::time::Duration;
+
+/// Columns of type `JSON`, sent as JSON text.
+const JSON_COLUMNS: [&str; 2] = ["identifiers", "raw"];
+/// Columns of type `INTEGER`. Customer.io sends these ids as numbers; one that is not (it
+/// would fail the whole batch, forever) is sent as null; `raw` still holds it.
+const INTEGER_COLUMNS: [&str; 5] = [
+    "campaign_id",
+    "action_id",
+    "broadcast_id",
+    "newsletter_id",
+    "transactional_message_id",
+];
 
 pub struct BigQuerySink {
     client: reqwest::Client,
@@ -51,9 +64,17 @@ impl BigQuerySink {
             .iter()
             .map(|row| {
                 let mut value = serde_json::to_value(row).unwrap_or_default();
-                for column in ["identifiers", "raw"] {
+                for column in JSON_COLUMNS {
                     if let Some(v) = value.get_mut(column).filter(|v| !v.is_null()) {
                         *v = Value::String(v.to_string());
+                    }
+                }
+                for column in INTEGER_COLUMNS {
+                    if let Some(v) = value.get_mut(column) {
+                        *v = v
+                            .as_str()
+                            .and_then(|s| s.parse::<i64>().ok())
+                            .map_or(Value::Null, Value::from);
                     }
                 }
                 json!({"insertId": row.event_id, "json": value})
@@ -119,5 +140,47 @@ impl Sink for BigQuerySink {
             }
             _ => Ok(rows.len()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ReportingEvent;
+
+    #[test]
+    fn rows_match_the_deployed_schema() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/bigquery/delivery_events.json"
+        );
+        let schema: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let event = ReportingEvent::from_value(json!({"event_id": "e1", "object_type": "email",
+            "metric": "sent", "timestamp": 1_700_000_000,
+            "data": {"customer_id": "1", "campaign_id": 23, "action_id": "not-a-number",
+                "identifiers": {"id": "1"}}}))
+        .unwrap();
+        let body = BigQuerySink::request_body(&[Row::new(&event, chrono::Utc::now())]);
+        let row = body["rows"][0]["json"].as_object().unwrap();
+        assert_eq!(row.len(), schema.len());
+        for column in &schema {
+            let name = column["name"].as_str().unwrap();
+            let value = row.get(name).unwrap_or_else(|| panic!("no column {name}"));
+            match column["type"].as_str().unwrap() {
+                "INTEGER" => {
+                    assert!(INTEGER_COLUMNS.contains(&name), "{name}");
+                    assert!(value.is_i64() || value.is_null(), "{name}: {value}");
+                }
+                "JSON" => assert!(JSON_COLUMNS.contains(&name) && !value.is_object(), "{name}"),
+                _ => assert!(value.is_string() || value.is_null(), "{name}: {value}"),
+            }
+            if column["mode"] == "REQUIRED" {
+                assert!(!value.is_null(), "{name} is required");
+            }
+        }
+        assert_eq!(row["campaign_id"], 23);
+        assert_eq!(row["action_id"], Value::Null);
+        assert_eq!(body["rows"][0]["insertId"], "e1");
     }
 }

@@ -75,6 +75,7 @@ impl FileSink {
 
     fn write_day(&self, day: NaiveDate, rows: &[&Row]) -> Result<usize, SinkError> {
         let dir = self.root.join(format!("dt={}", day.format("%Y-%m-%d")));
+        // Directories appear with the first row, so an unused sink leaves no trace.
         if !dir.is_dir() {
             fs::create_dir_all(&dir)?;
             sync_dir(&self.root)?;
@@ -180,14 +181,6 @@ impl Sink for FileSink {
         "file"
     }
 
-    async fn prepare(&self) -> Result<(), SinkError> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || fs::create_dir_all(root))
-            .await
-            .map_err(std::io::Error::other)??;
-        Ok(())
-    }
-
     async fn write(&self, rows: &[Row]) -> Result<usize, SinkError> {
         let rows = rows.to_vec();
         let this = Self {
@@ -238,7 +231,6 @@ mod tests {
     async fn partitions_by_utc_day_and_skips_duplicates_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let sink = FileSink::new(dir.path(), 1 << 20);
-        sink.prepare().await.unwrap();
         let day1 = 1_700_000_000; // 2023-11-14
         let day2 = day1 + 86_400;
         let n = sink

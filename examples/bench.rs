@@ -1,0 +1,468 @@
+//! The benchmarks of issue 7, measured in one run on this machine, each beside its baseline.
+//!
+//!   cargo build --release --bins --examples && target/release/examples/bench
+//!
+//! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest, `rabbitmqctl` on PATH); every phase runs in
+//! a vhost of its own, removed afterwards. The gateway runs as its own process (the release
+//! binary next to this one) so its memory can be read from /proc.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use cio_gateway::broker::{self, SharedBroker, Topology};
+use cio_gateway::publisher::Publisher;
+use cio_gateway::sandbox::{self, RunningSandbox, SandboxConfig};
+use clap::Parser;
+use common::TestVhost;
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u16 = 8;
+const SECRET: &str = "bench-secret";
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Envelopes per delivery run.
+    #[arg(long, default_value_t = 100_000)]
+    envelopes: usize,
+    /// Distinct users they are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Webhook requests per ingestion run.
+    #[arg(long, default_value_t = 20_000)]
+    webhooks: usize,
+    /// Concurrent webhook requests.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    actix_rt::System::new().block_on(run(args))
+}
+
+struct Row {
+    what: String,
+    figure: String,
+    baseline: String,
+    ratio: String,
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    println!(
+        "machine: {} cores; {} envelopes over {} users",
+        num_cpus(),
+        args.envelopes,
+        args.users
+    );
+
+    // Baseline: a bare lapin consumer that only acks the same messages.
+    let ceiling = bare_consumer_rate(&args).await?;
+    println!("bare lapin consume+ack: {ceiling:.0} msg/s");
+
+    // The gateway with an unlimited sandbox, then with Customer.io's 100 req/s Track budget.
+    for (label, budget) in [("unlimited", None), ("100 req/s budget", Some(100))] {
+        let run = delivery_run(&args, budget).await?;
+        println!(
+            "gateway {label}: {:.0} env/s, p50 {} ms, p99 {} ms, {:.1} ops/request",
+            run.rate, run.p50, run.p99, run.ops_per_request
+        );
+        rows.push(Row {
+            what: format!("delivery, {label} (envelopes/s)"),
+            figure: format!("{:.0}", run.rate),
+            baseline: format!("{ceiling:.0} (bare consumer)"),
+            ratio: format!("{:.0}%", 100.0 * run.rate / ceiling),
+        });
+        rows.push(Row {
+            what: format!("latency publish -> Customer.io, {label} (p50 / p99 ms)"),
+            figure: format!("{} / {}", run.p50, run.p99),
+            baseline: "-".into(),
+            ratio: format!("{:.1} ops per request", run.ops_per_request),
+        });
+        if budget.is_none() {
+            rows.push(Row {
+                what: "gateway RSS after 10k users (MiB)".into(),
+                figure: format!("{:.1}", run.rss_small),
+                baseline: "-".into(),
+                ratio: "-".into(),
+            });
+            rows.push(Row {
+                what: "gateway RSS after 100k more distinct users (MiB); peak".into(),
+                figure: format!("{:.1}; peak {:.1}", run.rss_large, run.rss_peak),
+                baseline: format!("{:.1} (10k users)", run.rss_small),
+                ratio: format!("{:.2}x", run.rss_large / run.rss_small),
+            });
+            let (gw_rps, gw_p99) = (run.webhook_rps, run.webhook_p99);
+            let (bare_rps, bare_p99) = bare_webhook_handler(&args).await?;
+            rows.push(Row {
+                what: "webhook ingestion, signed + durable publish (req/s; p99 ms)".into(),
+                figure: format!("{gw_rps:.0}; p99 {gw_p99:.1}"),
+                baseline: format!("{bare_rps:.0}; p99 {bare_p99:.1} (bare actix-web 200)"),
+                ratio: format!("{:.0}%", 100.0 * gw_rps / bare_rps),
+            });
+        }
+    }
+
+    println!("\n| measure | cio-gateway | baseline (same run) | ratio |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.what, r.figure, r.baseline, r.ratio
+        );
+    }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The n-th envelope: users in turn, identify and track mixed (transactional sends are one
+/// App API request each and would measure the App budget, not the pipeline).
+fn envelope(n: usize, users: usize, offset: usize) -> Value {
+    let user = format!("user-{}", offset + n % users);
+    let now = chrono::Utc::now().timestamp_millis();
+    let id = ulid::Ulid::new().to_string();
+    if n % 4 == 0 {
+        json!({"type": "identify", "userId": user, "timestamp": now, "correlationId": id,
+            "payload": {"plan": "pro", "n": n, "sent_ms": now}})
+    } else {
+        json!({"type": "track", "userId": user, "timestamp": now, "correlationId": id,
+            "payload": {"name": "page_viewed", "data": {"n": n, "sent_ms": now}}})
+    }
+}
+
+async fn publish(broker: &SharedBroker, count: usize, users: usize, offset: usize) {
+    let publisher = Publisher::new(broker.clone());
+    let mut sent = futures::stream::iter(0..count)
+        .map(|n| {
+            let publisher = publisher.clone();
+            async move { publisher.publish(envelope(n, users, offset)).await }
+        })
+        .buffer_unordered(512);
+    while let Some(result) = sent.next().await {
+        result.expect("published");
+    }
+}
+
+async fn bare_consumer_rate(args: &Args) -> anyhow::Result<f64> {
+    let vhost = TestVhost::new("bench-baseline");
+    let producer = broker::connect(&vhost.url, Topology::new(PARTITIONS)).await?;
+    publish(&producer, args.envelopes, args.users, 0).await;
+    producer.close().await;
+
+    let connection = lapin::Connection::connect(&vhost.url, Default::default()).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for queue in Topology::new(PARTITIONS).partition_queues() {
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(500, BasicQosOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                Default::default(),
+            )
+            .await?;
+        let expected = vhost.queue_depths().get(&queue).copied().unwrap_or(0);
+        tasks.push(tokio::spawn(async move {
+            let mut acked = 0;
+            while acked < expected {
+                let Some(Ok(delivery)) = consumer.next().await else {
+                    break;
+                };
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                acked += 1;
+            }
+            drop(channel);
+            acked
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await?;
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let _ = connection.close(200, "done".into()).await;
+    Ok(rate)
+}
+
+struct DeliveryRun {
+    rate: f64,
+    p50: i64,
+    p99: i64,
+    ops_per_request: f64,
+    rss_small: f64,
+    rss_large: f64,
+    rss_peak: f64,
+    webhook_rps: f64,
+    webhook_p99: f64,
+}
+
+/// Kills the gateway on drop, even when the bench fails.
+struct GatewayProcess(Child, u16);
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl GatewayProcess {
+    fn start(vhost: &TestVhost, sandbox: &RunningSandbox, track_rps: u32) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let binary = std::env::current_exe()?
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join("cio-gateway"))
+            .filter(|p| p.exists())
+            .ok_or_else(|| {
+                anyhow::anyhow!("build the gateway first: cargo build --release --bins --examples")
+            })?;
+        let data = std::env::temp_dir().join(format!("cio-bench-{}", ulid::Ulid::new()));
+        let child = Command::new(binary)
+            .arg("serve")
+            .env("GATEWAY__BROKER__URL", &vhost.url)
+            .env("GATEWAY__BROKER__PARTITIONS", PARTITIONS.to_string())
+            .env("GATEWAY__HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("GATEWAY__CUSTOMERIO__TRACK_URL", sandbox.track_url())
+            .env("GATEWAY__CUSTOMERIO__APP_URL", sandbox.app_url())
+            .env("GATEWAY__CUSTOMERIO__TRACK_RPS", track_rps.to_string())
+            .env("GATEWAY__WEBHOOKS__SIGNING_SECRETS", SECRET)
+            .env("GATEWAY__APP__DATA_DIR", data.display().to_string())
+            .env(
+                "GATEWAY__WAREHOUSE__PATH",
+                data.join("warehouse").display().to_string(),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self(child, port))
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.1);
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("gateway not ready")
+    }
+
+    /// (current RSS, peak RSS) in MiB, from /proc.
+    fn memory(&self) -> (f64, f64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+async fn wait_accepted(
+    sandbox: &RunningSandbox,
+    count: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while sandbox.sandbox.stats().accepted_ops < count {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {count} delivered",
+            sandbox.sandbox.stats().accepted_ops
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn delivery_run(args: &Args, budget: Option<u32>) -> anyhow::Result<DeliveryRun> {
+    let vhost = TestVhost::new("bench-delivery");
+    let sandbox = sandbox::spawn(SandboxConfig {
+        rps: budget,
+        ..SandboxConfig::default()
+    })
+    .await?;
+    let producer = broker::connect(&vhost.url, Topology::new(PARTITIONS)).await?;
+    // Throughput: drain a backlog, from the first operation Customer.io accepts to the last.
+    publish(&producer, args.envelopes, args.users, 0).await;
+    let gateway = GatewayProcess::start(&vhost, &sandbox, budget.unwrap_or(1_000_000))?;
+    wait_accepted(&sandbox, args.envelopes as u64, Duration::from_secs(600)).await?;
+    let records = sandbox.sandbox.records();
+    let first = records.iter().map(|r| r.received_at_ms).min().unwrap_or(0);
+    let last = records.iter().map(|r| r.received_at_ms).max().unwrap_or(0);
+    let rate = records.len() as f64 / ((last - first).max(1) as f64 / 1000.0);
+    let ops_per_request = records.len() as f64 / sandbox.sandbox.stats().requests.max(1) as f64;
+    let (rss_small, _) = gateway.memory();
+
+    // Latency: a steady stream at a quarter of that rate, publish to acceptance.
+    sandbox.sandbox.reset();
+    let paced = (args.envelopes / 5).max(1000);
+    let per_second = (rate / 4.0).clamp(100.0, 20_000.0);
+    let publisher = Publisher::new(producer.clone());
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for n in 0..paced {
+        let due = started + Duration::from_secs_f64(n as f64 / per_second);
+        tokio::time::sleep_until(due.into()).await;
+        let publisher = publisher.clone();
+        let envelope = envelope(n, args.users, 0);
+        pending.push(tokio::spawn(
+            async move { publisher.publish(envelope).await },
+        ));
+    }
+    for p in pending {
+        p.await??;
+    }
+    wait_accepted(&sandbox, paced as u64, Duration::from_secs(600)).await?;
+    // v2 operations carry identify attributes and event properties under `attributes`.
+    let mut latencies: Vec<i64> = sandbox
+        .sandbox
+        .records()
+        .iter()
+        .filter_map(|r| {
+            let sent = r
+                .body
+                .pointer("/attributes/sent_ms")
+                .and_then(Value::as_i64)?;
+            Some(r.received_at_ms - sent)
+        })
+        .collect();
+    let (p50, p99) = percentiles(&mut latencies);
+
+    let mut run = DeliveryRun {
+        rate,
+        p50,
+        p99,
+        ops_per_request,
+        rss_small,
+        rss_large: 0.0,
+        rss_peak: 0.0,
+        webhook_rps: 0.0,
+        webhook_p99: 0.0,
+    };
+    if budget.is_none() {
+        // Memory: 100k distinct new users, one envelope each; idle users' lanes are evicted.
+        sandbox.sandbox.reset();
+        publish(&producer, 100_000, 100_000, 1_000_000).await;
+        wait_accepted(&sandbox, 100_000, Duration::from_secs(600)).await?;
+        let (rss, peak) = gateway.memory();
+        run.rss_large = rss;
+        run.rss_peak = peak;
+        gateway.wait_ready().await?;
+        let (rps, p99) = webhook_load(
+            &format!("http://127.0.0.1:{}/webhooks/customerio", gateway.1),
+            args,
+        )
+        .await?;
+        run.webhook_rps = rps;
+        run.webhook_p99 = p99;
+    }
+    producer.close().await;
+    drop(gateway);
+    Ok(run)
+}
+
+fn percentiles(values: &mut [i64]) -> (i64, i64) {
+    if values.is_empty() {
+        return (0, 0);
+    }
+    values.sort_unstable();
+    let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
+    (at(0.50), at(0.99))
+}
+
+fn signed_webhook(n: usize) -> (String, String, Vec<u8>) {
+    let body = serde_json::to_vec(&json!({"event_id": ulid::Ulid::new().to_string(),
+        "object_type": "email", "metric": "delivered", "timestamp": chrono::Utc::now().timestamp(),
+        "data": {"customer_id": format!("user-{n}"), "delivery_id": format!("d-{n}"),
+            "recipient": "someone@example.com", "identifiers": {"id": format!("user-{n}")}}}))
+    .expect("json");
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(format!("v0:{timestamp}:").as_bytes());
+    mac.update(&body);
+    (timestamp, hex::encode(mac.finalize().into_bytes()), body)
+}
+
+/// Requests/s and p99 (ms) of `args.webhooks` signed POSTs, `args.concurrency` at a time.
+async fn webhook_load(url: &str, args: &Args) -> anyhow::Result<(f64, f64)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let requests: Vec<_> = (0..args.webhooks).map(signed_webhook).collect();
+    let started = Instant::now();
+    let mut latencies: Vec<i64> = futures::stream::iter(requests)
+        .map(|(timestamp, signature, body)| {
+            let client = client.clone();
+            async move {
+                let sent = Instant::now();
+                let response = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("X-CIO-Timestamp", timestamp)
+                    .header("X-CIO-Signature", signature)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("request sent");
+                assert!(
+                    response.status().is_success(),
+                    "webhook answered {}",
+                    response.status()
+                );
+                sent.elapsed().as_micros() as i64
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    let (_, p99) = percentiles(&mut latencies);
+    Ok((rate, p99 as f64 / 1000.0))
+}
+
+/// The same load against an actix-web handler that reads the body and answers 200.
+async fn bare_webhook_handler(args: &Args) -> anyhow::Result<(f64, f64)> {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let server = HttpServer::new(|| {
+        App::new().route(
+            "/webhooks/customerio",
+            web::post().to(|_body: web::Bytes| async { HttpResponse::Ok().finish() }),
+        )
+    })
+    .workers(2)
+    .bind("127.0.0.1:0")?;
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    let result = webhook_load(&format!("http://{addr}/webhooks/customerio"), args).await;
+    handle.stop(false).await;
+    result
+}

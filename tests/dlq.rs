@@ -1,0 +1,349 @@
+//! Dead-letter tooling (issue 5) against the real RabbitMQ: five rejected messages in
+//! `customerio.dlq`; `cio-gateway dlq list` twice shows all five both times (reading loses
+//! nothing); `show` finds one; `replay --correlation-id X` delivers X once and leaves four; the
+//! admin routes peek and replay the same way; `purge` needs `--yes`.
+
+mod common;
+
+use actix_web::test as web_test;
+use actix_web::{App, web};
+use cio_gateway::app::Gateway;
+use cio_gateway::broker::topology::DLQ_QUEUE;
+use cio_gateway::broker::{self, SharedBroker, Topology};
+use cio_gateway::http::{self, AppState};
+use cio_gateway::publisher::Publisher;
+use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
+use common::{TestVhost, eventually};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+const ADMIN: &str = "admin-secret";
+const PARTITIONS: &str = "4";
+
+async fn start_gateway(
+    vhost: &TestVhost,
+    sandbox: &RunningSandbox,
+    data: &tempfile::TempDir,
+) -> Gateway {
+    let vars: Vec<(&str, String)> = vec![
+        ("GATEWAY__BROKER__URL", vhost.url.clone()),
+        ("GATEWAY__BROKER__PARTITIONS", PARTITIONS.into()),
+        ("GATEWAY__HTTP__ADDR", "127.0.0.1:0".into()),
+        ("GATEWAY__APP__DATA_DIR", data.path().display().to_string()),
+        ("GATEWAY__ADMIN__TOKEN", ADMIN.into()),
+        ("GATEWAY__CUSTOMERIO__TRACK_URL", sandbox.track_url()),
+        ("GATEWAY__CUSTOMERIO__APP_URL", sandbox.app_url()),
+        ("GATEWAY__CUSTOMERIO__TRACK_RPS", "1000".into()),
+        ("GATEWAY__DELIVERY__BACKOFF_BASE_MS", "5".into()),
+        ("GATEWAY__DELIVERY__BACKOFF_MAX_MS", "100".into()),
+        ("GATEWAY__SHUTDOWN__DRAIN_SECS", "5".into()),
+    ];
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Gateway::start(common::settings(&pairs))
+        .await
+        .expect("gateway starts")
+}
+
+/// Runs the built binary against the test's vhost.
+async fn cli(vhost: &TestVhost, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_cio-gateway"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("AMQP_URL", &vhost.url)
+        .env("GATEWAY__BROKER__PARTITIONS", PARTITIONS)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("the binary runs")
+}
+
+fn json_out(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn correlation_ids(listing: &Value) -> BTreeSet<String> {
+    listing["deadLetters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["correlationId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn dlq_len(broker: &SharedBroker) -> u32 {
+    broker.queue_len(DLQ_QUEUE).await.unwrap()
+}
+
+#[actix_rt::test]
+async fn list_show_replay_and_purge_without_losing_a_message() {
+    let vhost = TestVhost::new("dlq-tooling");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let users: Vec<String> = (0..5).map(|i| format!("dlq-user-{i}")).collect();
+    sandbox.sandbox.set_faults(Faults {
+        fail_users: users
+            .iter()
+            .map(|u| (u.clone(), 400))
+            .collect::<BTreeMap<_, _>>(),
+        ..Faults::default()
+    });
+    let data = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&vhost, &sandbox, &data).await;
+    let producer = broker::connect(&vhost.url, Topology::new(4)).await.unwrap();
+
+    // Five messages Customer.io rejects (400): dead-lettered as `rejected`.
+    let publisher = Publisher::new(producer.clone());
+    let mut ids = Vec::new();
+    for user in &users {
+        let id = ulid::Ulid::new().to_string();
+        publisher
+            .publish(json!({"type": "track", "userId": user, "correlationId": id,
+                "payload": {"name": "order_failed", "data": {"n": 1}}}))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let mut in_dlq = 0;
+    for _ in 0..300 {
+        in_dlq = dlq_len(&producer).await;
+        if in_dlq == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(in_dlq, 5, "the five rejected messages are dead letters");
+    // From now on Customer.io accepts them.
+    sandbox.sandbox.set_faults(Faults::default());
+
+    // `list` twice: the same five, and still five in the queue.
+    let all: BTreeSet<String> = ids.iter().cloned().collect();
+    for round in 0..2 {
+        let listing = json_out(&cli(&vhost, &["dlq", "list", "--json"]).await);
+        assert_eq!(listing["total"], 5, "round {round}: {listing}");
+        assert_eq!(correlation_ids(&listing), all, "round {round}");
+        for letter in listing["deadLetters"].as_array().unwrap() {
+            assert_eq!(letter["errorKind"], "rejected");
+            assert_eq!(letter["originalExchange"], "customerio.track");
+            assert_eq!(letter["originalRoutingKey"], letter["userId"]);
+        }
+        assert_eq!(
+            dlq_len(&producer).await,
+            5,
+            "round {round}: listing removed nothing"
+        );
+    }
+    // The table form, with a limit.
+    let table = cli(&vhost, &["dlq", "list", "--limit", "2"]).await;
+    assert!(table.status.success());
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("CORRELATION ID"), "{table}");
+    assert!(table.contains("2 of 5 dead letter(s)"), "{table}");
+    assert_eq!(dlq_len(&producer).await, 5);
+
+    // `show` one in full.
+    let x = &ids[2];
+    let shown = json_out(&cli(&vhost, &["dlq", "show", "--correlation-id", x]).await);
+    assert_eq!(shown["correlationId"], x.as_str());
+    assert_eq!(shown["body"]["status"], "failed");
+    assert_eq!(shown["body"]["payload"]["name"], "order_failed");
+    let missing = cli(&vhost, &["dlq", "show", "--correlation-id", "no-such-id"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(dlq_len(&producer).await, 5);
+
+    // `replay` X: delivered once, four left.
+    let report = json_out(&cli(&vhost, &["dlq", "replay", "--correlation-id", x]).await);
+    assert_eq!(report["replayed"], json!([x]), "{report}");
+    assert_eq!(report["remaining"], 4);
+    let user_x = &users[2];
+    let delivered = eventually(Duration::from_secs(30), || {
+        sandbox
+            .sandbox
+            .records_for(user_x)
+            .iter()
+            .any(|r| r.event_id.as_deref() == Some(x.as_str()))
+    })
+    .await;
+    assert!(delivered, "the replayed message reached Customer.io");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deliveries = sandbox
+        .sandbox
+        .records_for(user_x)
+        .iter()
+        .filter(|r| r.event_id.as_deref() == Some(x.as_str()) && !r.duplicate)
+        .count();
+    assert_eq!(deliveries, 1, "delivered exactly once");
+    for (user, id) in users.iter().zip(&ids).filter(|(_, id)| *id != x) {
+        assert!(
+            !sandbox
+                .sandbox
+                .records_for(user)
+                .iter()
+                .any(|r| r.event_id.as_deref() == Some(id.as_str())),
+            "{id} was not replayed"
+        );
+    }
+    assert_eq!(dlq_len(&producer).await, 4);
+    let listing = json_out(&cli(&vhost, &["dlq", "list", "--json"]).await);
+    assert!(!correlation_ids(&listing).contains(x));
+    assert_eq!(listing["total"], 4);
+
+    // Bad replay requests.
+    let neither = cli(&vhost, &["dlq", "replay"]).await;
+    assert_eq!(neither.status.code(), Some(2));
+    let unknown = cli(&vhost, &["dlq", "replay", "--correlation-id", "no-such-id"]).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(dlq_len(&producer).await, 4);
+
+    // The admin routes.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", gateway.addr);
+    let response = http.get(format!("{base}/admin/dlq")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let listing: Value = http
+        .get(format!("{base}/admin/dlq?limit=2"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listing["total"], 4);
+    assert_eq!(listing["deadLetters"].as_array().unwrap().len(), 2);
+    // In one process, back to back: every peek has put everything back before it answers.
+    for round in 0..5 {
+        let listing: Value = http
+            .get(format!("{base}/admin/dlq"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listing["total"], 4, "round {round}");
+        assert_eq!(
+            listing["deadLetters"].as_array().unwrap().len(),
+            4,
+            "round {round}"
+        );
+        assert_eq!(dlq_len(&producer).await, 4, "round {round}");
+    }
+    let replay = |body: Value| {
+        http.post(format!("{base}/admin/dlq/replay"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+    };
+    let response = replay(json!({"count": 1})).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["replayed"].as_array().unwrap().len(), 1);
+    assert_eq!(report["remaining"], 3);
+    let replayed = report["replayed"][0].as_str().unwrap().to_string();
+    let user_r = &users[ids.iter().position(|i| *i == replayed).unwrap()];
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            sandbox
+                .sandbox
+                .records_for(user_r)
+                .iter()
+                .any(|r| r.event_id.as_deref() == Some(replayed.as_str()))
+        })
+        .await
+    );
+    assert_eq!(
+        replay(json!({"correlationId": "no-such-id"}))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    assert_eq!(
+        replay(json!({"count": 0})).await.unwrap().status().as_u16(),
+        400
+    );
+    assert_eq!(
+        replay(json!({"everything": true}))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        400
+    );
+    assert_eq!(dlq_len(&producer).await, 3);
+
+    // `purge` only with --yes.
+    let refused = cli(&vhost, &["dlq", "purge"]).await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(dlq_len(&producer).await, 3);
+    let purged = json_out(&cli(&vhost, &["dlq", "purge", "--yes"]).await);
+    assert_eq!(purged["purged"], 3);
+    assert_eq!(dlq_len(&producer).await, 0);
+    let listing = json_out(&cli(&vhost, &["dlq", "list", "--json"]).await);
+    assert_eq!(listing["total"], 0);
+
+    gateway.shutdown().await;
+    producer.close().await;
+    sandbox.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_cli_refuses_the_in_process_broker() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cio-gateway"))
+        .args(["dlq", "list"])
+        .env_remove("AMQP_URL")
+        .env("GATEWAY__BROKER__URL", "memory://")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs RabbitMQ"));
+}
+
+#[actix_rt::test]
+async fn admin_routes_are_off_without_a_token() {
+    let settings = common::settings(&[]);
+    let broker = broker::connect("memory://", Topology::new(2))
+        .await
+        .unwrap();
+    let state = AppState::new(Arc::new(settings), broker);
+    let app = web_test::init_service(
+        App::new()
+            .app_data(web::Data::new(state))
+            .configure(http::configure),
+    )
+    .await;
+    let response = web_test::call_service(
+        &app,
+        web_test::TestRequest::get()
+            .uri("/admin/dlq")
+            .insert_header(("authorization", "Bearer anything"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 404);
+    let response = web_test::call_service(
+        &app,
+        web_test::TestRequest::post()
+            .uri("/admin/dlq/replay")
+            .set_json(json!({"count": 1}))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 404);
+}
