@@ -159,7 +159,6 @@ async fn bare_consumer_rate(args: &Args) -> anyhow::Result<f64> {
     producer.close().await;
 
     let connection = lapin::Connection::connect(&vhost.url, Default::default()).await?;
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for queue in Topology::new(PARTITIONS).partition_queues() {
         let channel = connection.create_channel().await?;
@@ -173,24 +172,41 @@ async fn bare_consumer_rate(args: &Args) -> anyhow::Result<f64> {
             )
             .await?;
         let expected = vhost.queue_depths().get(&queue).copied().unwrap_or(0);
+        // Acks are pipelined (many in flight), as the gateway's are: this is the ceiling of
+        // consuming these queues on this machine, not of one-at-a-time acking.
         tasks.push(tokio::spawn(async move {
-            let mut acked = 0;
-            while acked < expected {
-                let Some(Ok(delivery)) = consumer.next().await else {
-                    break;
-                };
-                delivery.ack(BasicAckOptions::default()).await.expect("ack");
-                acked += 1;
+            let mut acks = futures::stream::FuturesUnordered::new();
+            let (mut received, mut first, mut last) = (0u64, None, Instant::now());
+            while received < expected {
+                tokio::select! {
+                    Some(_) = acks.next(), if !acks.is_empty() => {}
+                    delivery = consumer.next() => {
+                        let Some(Ok(delivery)) = delivery else { break };
+                        first.get_or_insert_with(Instant::now);
+                        received += 1;
+                        acks.push(async move { delivery.ack(BasicAckOptions::default()).await });
+                    }
+                }
             }
+            while acks.next().await.is_some() {}
+            last = last.max(Instant::now());
             drop(channel);
-            acked
+            (received, first, last)
         }));
     }
-    let mut total = 0;
+    let (mut total, mut first, mut last) = (0, None::<Instant>, None::<Instant>);
     for task in tasks {
-        total += task.await?;
+        let (n, f, l) = task.await?;
+        total += n;
+        first = match (first, f) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last = Some(last.map_or(l, |x: Instant| x.max(l)));
     }
-    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let started = first.unwrap_or_else(Instant::now);
+    let finished = last.unwrap_or_else(Instant::now);
+    let rate = total as f64 / (finished - started).as_secs_f64().max(1e-3);
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
 }

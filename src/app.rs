@@ -174,7 +174,27 @@ fn print_banner(gateway: &Gateway, local: bool) {
             format!("{:?}", s.customerio.region).to_lowercase()
         }
     );
-    println!("  warehouse   {:?} sink", s.warehouse.sink);
+    let sink = format!("{:?}", s.warehouse.sink).to_lowercase();
+    match s.warehouse.sink {
+        crate::config::SinkKind::File => println!(
+            "  warehouse   file sink under {}",
+            s.warehouse.path.display()
+        ),
+        _ => println!("  warehouse   {sink}"),
+    }
+    let postgres = s
+        .preferences
+        .database_url
+        .as_ref()
+        .is_some_and(|u| u.expose().starts_with("postgres"));
+    println!(
+        "  preferences {}",
+        if postgres {
+            "PostgreSQL".to_string()
+        } else {
+            format!("SQLite under {}", s.app.data_dir.display())
+        }
+    );
     if local {
         println!("try:");
         println!(

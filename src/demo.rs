@@ -82,7 +82,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     };
 
     println!("\nwhat Customer.io (the sandbox) received, per user, in order:");
-    println!("{:<8} {}", "user", "operations");
+    println!("user     operations");
     for user in USERS {
         let ops: Vec<String> = sandbox
             .records_for(user)

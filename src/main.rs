@@ -7,10 +7,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging();
     let command = cli
         .command
         .unwrap_or(Command::Serve(ConfigArg { config: None }));
+    // The demo prints its own story; only problems are worth a log line there.
+    telemetry::init_logging(if matches!(command, Command::Demo) {
+        "warn"
+    } else {
+        "info"
+    });
     let result = actix_rt::System::new().block_on(run(command));
     match result {
         Ok(code) => code,

@@ -262,23 +262,22 @@ impl Broker for MemoryBroker {
                         state.active_consumer = Some(id);
                     }
                     let mine = state.unacked.values().filter(|(o, _)| *o == id).count();
-                    if state.active_consumer == Some(id) && mine < prefetch as usize {
-                        if let Some((tag, message)) = state.ready.pop_front() {
-                            state.unacked.insert(tag, (id, message.clone()));
-                            drop(state);
-                            let delivery = Delivery {
-                                body: message.body,
-                                exchange: message.exchange,
-                                routing_key: message.routing_key,
-                                headers: message.headers,
-                                redelivered: message.redelivered,
-                                acker: Acker::Memory(MemoryAcker {
-                                    queue: queue.clone(),
-                                    tag,
-                                }),
-                            };
-                            return Some((delivery, queue));
-                        }
+                    let may_take = state.active_consumer == Some(id) && mine < prefetch as usize;
+                    if may_take && let Some((tag, message)) = state.ready.pop_front() {
+                        state.unacked.insert(tag, (id, message.clone()));
+                        drop(state);
+                        let delivery = Delivery {
+                            body: message.body,
+                            exchange: message.exchange,
+                            routing_key: message.routing_key,
+                            headers: message.headers,
+                            redelivered: message.redelivered,
+                            acker: Acker::Memory(MemoryAcker {
+                                queue: queue.clone(),
+                                tag,
+                            }),
+                        };
+                        return Some((delivery, queue));
                     }
                 }
                 notified.await;

@@ -97,15 +97,11 @@ impl TransactionalRequest {
             },
             Some(v) => PersonRef::parse(&v).map_err(|e| e.within("identifiers"))?,
         };
-        if let Some(data) = body.get("message_data") {
-            if !data.is_object() {
-                return Err(ParseError::new("message_data", "must be an object"));
-            }
+        if body.get("message_data").is_some_and(|d| !d.is_object()) {
+            return Err(ParseError::new("message_data", "must be an object"));
         }
-        if let Some(to) = body.get("to") {
-            if !to.is_string() {
-                return Err(ParseError::new("to", "must be a string"));
-            }
+        if body.get("to").is_some_and(|to| !to.is_string()) {
+            return Err(ParseError::new("to", "must be a string"));
         }
         Ok(Self {
             channel,
