@@ -31,7 +31,7 @@ impl Gateway {
     /// Starts everything; must run inside an actix `System` (the actors live there).
     pub async fn start(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let topology = Topology::new(settings.broker.partitions);
+        let topology = Topology::for_settings(&settings);
         let broker = connect_with_retry(settings.broker.url.expose(), topology).await?;
         let state = AppState::new(settings.clone(), broker.clone());
         let preferences = PreferenceService::open(&settings, state.publisher.clone())

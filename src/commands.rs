@@ -40,7 +40,7 @@ pub async fn publish(
     }
     let broker = broker::connect(
         settings.broker.url.expose(),
-        Topology::new(settings.broker.partitions),
+        Topology::for_settings(&settings),
     )
     .await?;
     let id = Publisher::new(broker.clone()).publish(envelope).await?;
@@ -50,7 +50,7 @@ pub async fn publish(
 }
 
 pub async fn topology(settings: Settings) -> anyhow::Result<ExitCode> {
-    let topology = Topology::new(settings.broker.partitions);
+    let topology = Topology::for_settings(&settings);
     if settings.is_memory_broker() {
         println!("# broker.url is memory://: nothing declared; this is the topology for RabbitMQ");
     } else {
@@ -87,7 +87,7 @@ pub async fn dlq(settings: Settings, action: DlqAction) -> anyhow::Result<ExitCo
     };
     let broker = broker::connect(
         settings.broker.url.expose(),
-        Topology::new(settings.broker.partitions),
+        Topology::for_settings(&settings),
     )
     .await?;
     let outcome = dlq_action(&broker, action, selection).await;

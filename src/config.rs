@@ -204,11 +204,6 @@ addr = "127.0.0.1:8080"
 signing_secrets = []
 tolerance_secs = 300
 
-[webhooks.rules]
-"email.bounced" = "suppress"
-"email.spammed" = "suppress"
-"*.unsubscribed" = "unsubscribe"
-
 [warehouse]
 sink = "file"
 path = "./data/warehouse"
@@ -240,6 +235,13 @@ drain_secs = 25
 [user_source]
 [templates]
 "#;
+
+/// What the gateway does about reporting events unless `webhooks.rules` says otherwise.
+pub const DEFAULT_WEBHOOK_RULES: [(&str, &str); 3] = [
+    ("email.bounced", "suppress"),
+    ("email.spammed", "suppress"),
+    ("*.unsubscribed", "unsubscribe"),
+];
 
 /// Conventional secret names and the keys they fill.
 const CONVENTIONAL_ENV: [(&str, &str); 5] = [
@@ -286,7 +288,12 @@ impl Settings {
         let environment_layer = config::Config::builder()
             .set_override("app.environment", environment.clone())?
             .build()?;
+        let default_rules: config::Map<String, String> = DEFAULT_WEBHOOK_RULES
+            .iter()
+            .map(|(pattern, action)| (pattern.to_string(), action.to_string()))
+            .collect();
         let mut builder = config::Config::builder()
+            .set_default("webhooks.rules", default_rules)?
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(environment_layer)
             .add_source(config::File::from(dir.join("default.toml")).required(false))

@@ -96,7 +96,27 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The topology for the default webhook rules.
     pub fn new(partitions: u16) -> Self {
+        let rules = crate::config::DEFAULT_WEBHOOK_RULES.map(|(pattern, _)| pattern);
+        Self::with_action_patterns(partitions, &rules)
+    }
+
+    /// The topology a gateway with these settings declares.
+    pub fn for_settings(settings: &crate::config::Settings) -> Self {
+        let patterns: Vec<&str> = settings
+            .webhooks
+            .rules
+            .iter()
+            .filter(|(_, action)| action.as_str() != "none")
+            .map(|(pattern, _)| pattern.as_str())
+            .collect();
+        Self::with_action_patterns(settings.broker.partitions, &patterns)
+    }
+
+    /// Reporting events reach the actions queue only when a rule may act on them, so the
+    /// broker stores most events (opens, clicks, deliveries) once, for the warehouse alone.
+    pub fn with_action_patterns(partitions: u16, rule_patterns: &[&str]) -> Self {
         let exchange = |name: &str, kind| ExchangeSpec {
             name: name.to_string(),
             kind,
@@ -139,9 +159,14 @@ impl Topology {
             kind: QueueKind::Classic,
         });
         queue_bindings.push(bind(DLQ_EXCHANGE, DLQ_QUEUE, ""));
-        for name in [WEBHOOKS_WAREHOUSE_QUEUE, WEBHOOKS_ACTIONS_QUEUE] {
-            queues.push(quorum(name, false));
-            queue_bindings.push(bind(WEBHOOKS_EXCHANGE, name, "#"));
+        queues.push(quorum(WEBHOOKS_WAREHOUSE_QUEUE, false));
+        queue_bindings.push(bind(WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE, "#"));
+        queues.push(quorum(WEBHOOKS_ACTIONS_QUEUE, false));
+        let mut keys: Vec<String> = rule_patterns.iter().map(|p| topic_pattern(p)).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            queue_bindings.push(bind(WEBHOOKS_EXCHANGE, WEBHOOKS_ACTIONS_QUEUE, &key));
         }
 
         Self {
@@ -185,9 +210,30 @@ impl Topology {
     }
 }
 
+/// A rule pattern (`*` = any run of characters) as an AMQP topic binding key. A segment that
+/// is exactly `*` is one word in both; anything else with a `*` widens to `#` (all events):
+/// the actions queue may receive more than the rules act on, never less.
+fn topic_pattern(rule: &str) -> String {
+    let segments: Vec<&str> = rule.split('.').collect();
+    let exact = segments.len() == 2 && segments.iter().all(|s| *s == "*" || !s.contains('*'));
+    if exact {
+        rule.to_string()
+    } else {
+        "#".to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rule_patterns_become_topic_keys() {
+        assert_eq!(topic_pattern("email.bounced"), "email.bounced");
+        assert_eq!(topic_pattern("*.unsubscribed"), "*.unsubscribed");
+        assert_eq!(topic_pattern("*"), "#");
+        assert_eq!(topic_pattern("em*.bounced"), "#");
+    }
 
     #[test]
     fn every_partition_is_bound_once() {
