@@ -253,5 +253,8 @@ async fn every_200_is_stored_while_rabbitmq_connections_drop() {
          answers, answers {by_status:?}, {retries} retries, {:.1?}",
         started.elapsed()
     );
-    gateway.shutdown().await;
+    // DEBUG-PROBE
+    let t = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), gateway.shutdown()).await;
+    eprintln!("PROBE shutdown: {r:?} after {:?}", t.elapsed());
 }
