@@ -36,7 +36,7 @@ pub use webhook::WebhookActor;
 use crate::broker::{SharedBroker, Topology};
 use crate::config::{Settings, TrackApi};
 use crate::customerio::CustomerIo;
-use actix::{Addr, Supervisor};
+use actix::{Addr, Arbiter, Supervisor};
 use messages::Drain;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +44,8 @@ use std::time::Duration;
 /// The running delivery pipeline.
 pub struct Pipeline {
     shards: Vec<Addr<ShardActor>>,
+    /// Threads the shards run on, one per core: parsing and lane bookkeeping spread out.
+    arbiters: Vec<Arbiter>,
 }
 
 impl Pipeline {
@@ -89,14 +91,19 @@ impl Pipeline {
             max_attempts: delivery.max_attempts,
             prefetch: settings.broker.prefetch,
         });
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let shards = Topology::new(settings.broker.partitions)
             .partition_queues()
-            .map(|queue| {
+            .zip(arbiters.iter().cycle())
+            .map(|(queue, arbiter)| {
                 let deps = deps.clone();
-                Supervisor::start(move |_| ShardActor::new(queue, deps))
+                Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                    ShardActor::new(queue, deps)
+                })
             })
             .collect();
-        Self { shards }
+        Self { shards, arbiters }
     }
 
     pub fn is_running(&self) -> bool {
@@ -108,5 +115,13 @@ impl Pipeline {
     pub async fn drain(&self, deadline: Duration) -> bool {
         let all = futures::future::join_all(self.shards.iter().map(|s| s.send(Drain)));
         tokio::time::timeout(deadline, all).await.is_ok()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
     }
 }
