@@ -39,6 +39,9 @@ struct Args {
     /// Concurrent webhook requests.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Only the webhook ingestion run, against a gateway started for it (for profiling).
+    #[arg(long)]
+    webhooks_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +57,17 @@ struct Row {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.webhooks_only {
+        let vhost = TestVhost::new("bench-webhooks");
+        let sandbox = sandbox::spawn(SandboxConfig::default()).await?;
+        let gateway = GatewayProcess::start(&vhost, &sandbox, 1_000_000)?;
+        gateway.wait_ready().await?;
+        println!("gateway pid {}", gateway.0.id());
+        let url = format!("http://127.0.0.1:{}/webhooks/customerio", gateway.1);
+        let (rps, p99) = webhook_load(&url, &args).await?;
+        println!("webhook ingestion: {rps:.0} req/s, p99 {p99:.1} ms");
+        return Ok(());
+    }
     let mut rows = Vec::new();
     println!(
         "machine: {} cores; {} envelopes over {} users",
@@ -130,7 +144,7 @@ fn envelope(n: usize, users: usize, offset: usize) -> Value {
     let user = format!("user-{}", offset + n % users);
     let now = chrono::Utc::now().timestamp_millis();
     let id = ulid::Ulid::new().to_string();
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         json!({"type": "identify", "userId": user, "timestamp": now, "correlationId": id,
             "payload": {"plan": "pro", "n": n, "sent_ms": now}})
     } else {

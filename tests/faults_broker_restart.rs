@@ -24,7 +24,7 @@ use cio_gateway::sandbox::{self, Faults, SandboxConfig};
 use common::{TestVhost, eventually};
 use faults::{
     assert_all_processed, check_users, depth, gateway_env, mixed_kind, producer, publish_range,
-    publish_users, start_gateway,
+    publish_users, shutdown_within, start_gateway,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -166,6 +166,6 @@ async fn gateway_recovers_from_a_rabbitmq_restart_mid_stream() {
         sent.len(),
         started.elapsed()
     );
-    gateway.shutdown().await;
+    shutdown_within(gateway, Duration::from_secs(15)).await;
     producer.close().await;
 }

@@ -19,9 +19,9 @@ use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
 use common::{TestVhost, eventually};
 use faults::{
     ChildGateway, PARTITIONS, Sent, TAP, assert_all_processed, assert_ordered,
-    assert_repeats_are_harmless, check_all_users, collect, correlation_id, delivered_seqs, depth,
-    envelope, eventually_async, gateway_env, producer, publish_range, publish_range_with,
-    queue_depths, seq_of, start_gateway, user_name,
+    assert_repeats_are_harmless, collect, correlation_id, delivered_seqs, depth, envelope,
+    eventually_async, gateway_env, producer, publish_range, publish_range_with, queue_depths,
+    seq_of, shutdown_within, start_gateway, user_name,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,7 +87,7 @@ async fn half_the_requests_fail_with_503_then_customerio_recovers() {
         stats.requests,
         started.elapsed()
     );
-    gateway.shutdown().await;
+    shutdown_within(gateway, Duration::from_secs(15)).await;
     producer.close().await;
 }
 
@@ -173,7 +173,7 @@ async fn customerio_slower_than_the_timeout() {
         stats.accepted_ops,
         started.elapsed()
     );
-    gateway.shutdown().await;
+    shutdown_within(gateway, Duration::from_secs(15)).await;
     producer.close().await;
 }
 
@@ -221,7 +221,7 @@ async fn publish_with_poison(
         for u in 0..users {
             let user = user_name(u);
             n += 1;
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 let k = poisoned.len();
                 broker
                     .publish(Publish::new(TRACK_EXCHANGE, &user, poison(k, &user)))
@@ -308,7 +308,7 @@ async fn a_poison_message_every_100_is_dead_lettered_alone() {
         poisoned.len(),
         started.elapsed()
     );
-    gateway.shutdown().await;
+    shutdown_within(gateway, Duration::from_secs(15)).await;
     producer.close().await;
 }
 

@@ -17,7 +17,7 @@ use cio_gateway::broker::topology::DLQ_QUEUE;
 use cio_gateway::domain::webhook::sign;
 use cio_gateway::sandbox::{self, SandboxConfig};
 use common::{TestVhost, eventually};
-use faults::{close_connections, depth, gateway_env, start_gateway};
+use faults::{close_connections, depth, gateway_env, shutdown_within, start_gateway};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -271,14 +271,5 @@ async fn every_200_is_stored_while_rabbitmq_connections_drop() {
          answers, answers {by_status:?}, {retries} retries, {:.1?}",
         started.elapsed()
     );
-    // DEBUG-PROBE
-    let init = tracing_subscriber::fmt()
-        .with_env_filter("cio_gateway=debug,lapin=info")
-        .try_init();
-    eprintln!("PROBE init {init:?}");
-    tracing::warn!("PROBE tracing works");
-    eprintln!("PROBE start shutdown");
-    let t = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(20), gateway.shutdown()).await;
-    eprintln!("PROBE shutdown: {r:?} after {:?}", t.elapsed());
+    shutdown_within(gateway, Duration::from_secs(15)).await;
 }

@@ -17,6 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+/// How long `close` waits for RabbitMQ's `close-ok`. Past it the connection is dropped (RabbitMQ
+/// requeues whatever was unacked when the socket goes), so a shutdown never hangs on it: after
+/// forced connection closes, lapin 4.12 was seen waiting for `close-ok` forever.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub struct AmqpBroker {
     url: String,
     topology: Topology,
@@ -367,7 +372,13 @@ impl Broker for AmqpBroker {
     async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         if let Some(live) = self.live.lock().await.take() {
-            let _ = live.connection.close(200, "shutdown".into()).await;
+            let close = live.connection.close(200, "shutdown".into());
+            if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+                tracing::warn!(
+                    timeout = ?CLOSE_TIMEOUT,
+                    "RabbitMQ did not confirm closing the connection; dropping it"
+                );
+            }
         }
         self.set_connected(false);
     }

@@ -84,6 +84,17 @@ pub async fn start_gateway(vars: &[(&'static str, String)]) -> Gateway {
         .expect("gateway starts")
 }
 
+/// `Gateway::shutdown`, which must finish within `limit` (its drain deadline plus a margin).
+pub async fn shutdown_within(gateway: Gateway, limit: Duration) {
+    let started = std::time::Instant::now();
+    let done = tokio::time::timeout(limit, gateway.shutdown()).await;
+    assert!(
+        done.is_ok(),
+        "the gateway did not shut down within {limit:?} ({:?})",
+        started.elapsed()
+    );
+}
+
 /// The gateway binary as a child process (`serve`), killed on drop if still running.
 /// Its log goes to a file, shown by [`ChildGateway::log`] when a test fails.
 pub struct ChildGateway {
