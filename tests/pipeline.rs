@@ -4,153 +4,52 @@
 //! carries its position `seq` in its payload, so what the sandbox received tells order and loss.
 
 mod common;
+#[path = "common/faults.rs"]
+mod faults;
 
-use cio_gateway::app::Gateway;
-use cio_gateway::broker::topology::{
-    BindingSpec, DLQ_QUEUE, PROCESSED_EXCHANGE, QueueKind, QueueSpec, TRACK_EXCHANGE,
-};
-use cio_gateway::broker::{self, Publish, SharedBroker, Topology};
+use cio_gateway::broker::Publish;
+use cio_gateway::broker::topology::{DLQ_QUEUE, TRACK_EXCHANGE};
 use cio_gateway::publisher::Publisher;
-use cio_gateway::sandbox::{self, Faults, Record, RunningSandbox, SandboxConfig};
-use common::{TestVhost, eventually};
+use cio_gateway::sandbox::{self, Faults, Sandbox, SandboxConfig};
+use common::TestVhost;
+use faults::{
+    TAP as PROCESSED_TAP, assert_ordered, delivered_seqs, depth, eventually_async, gateway_env,
+    producer, publish_range, start_gateway,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-const PROCESSED_TAP: &str = "test.processed";
-const PARTITIONS: u16 = 4;
-
-/// The gateway's topology plus a queue that taps `customerio.processed` for the test.
-fn topology_with_tap() -> Topology {
-    let mut t = Topology::new(PARTITIONS);
-    t.queues.push(QueueSpec {
-        name: PROCESSED_TAP.into(),
-        kind: QueueKind::Classic,
-    });
-    t.queue_bindings.push(BindingSpec {
-        source: PROCESSED_EXCHANGE.into(),
-        destination: PROCESSED_TAP.into(),
-        routing_key: String::new(),
-    });
-    t
-}
-
-async fn producer(vhost: &TestVhost) -> SharedBroker {
-    broker::connect(&vhost.url, topology_with_tap())
-        .await
-        .expect("test producer connects")
-}
-
-fn gateway_env<'a>(
-    vhost: &'a TestVhost,
-    sandbox: &'a RunningSandbox,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("GATEWAY__BROKER__URL", vhost.url.clone()),
-        ("GATEWAY__BROKER__PARTITIONS", PARTITIONS.to_string()),
-        ("GATEWAY__HTTP__ADDR", "127.0.0.1:0".into()),
-        ("GATEWAY__CUSTOMERIO__TRACK_URL", sandbox.track_url()),
-        ("GATEWAY__CUSTOMERIO__APP_URL", sandbox.app_url()),
-        ("GATEWAY__CUSTOMERIO__TRACK_RPS", "1000".into()),
-        ("GATEWAY__CUSTOMERIO__APP_RPS", "1000".into()),
-        ("GATEWAY__DELIVERY__BACKOFF_BASE_MS", "5".into()),
-        ("GATEWAY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
-        ("GATEWAY__DELIVERY__MAX_ATTEMPTS", "30".into()),
-        ("GATEWAY__SHUTDOWN__DRAIN_SECS", "5".into()),
-        ("GATEWAY__TEMPLATES__WELCOME", "7".into()),
-    ]
-}
-
-async fn start_gateway(vars: &[(&'static str, String)]) -> Gateway {
-    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Gateway::start(common::settings(&pairs))
-        .await
-        .expect("gateway starts")
-}
-
-/// The n-th message of a user: identify, track and transactional interleaved.
-fn envelope(user: &str, seq: u32) -> Value {
-    let correlation_id = ulid::Ulid::new().to_string();
-    match seq % 5 {
-        0 | 1 => json!({"type": "identify", "userId": user, "correlationId": correlation_id,
-            "payload": {"seq": seq, "plan": "pro"}}),
-        2 | 3 => json!({"type": "track", "userId": user, "correlationId": correlation_id,
-            "payload": {"name": "step", "data": {"seq": seq}}}),
-        _ => json!({"type": "transactional", "userId": user, "correlationId": correlation_id,
-            "payload": {"template": "welcome", "to": format!("{user}@example.com"),
-                "message_data": {"seq": seq}}}),
-    }
-}
-
-/// The `seq` a sandbox record carries, wherever its operation keeps it.
-fn seq_of(record: &Record) -> Option<u64> {
-    let body = &record.body;
-    [
-        body.pointer("/attributes/seq"),
-        body.pointer("/seq"),
-        body.pointer("/data/seq"),
-        body.pointer("/message_data/seq"),
-    ]
-    .into_iter()
-    .flatten()
-    .find_map(Value::as_u64)
-}
-
-/// What Customer.io keeps of a user's stream: events with an already seen `id` are dropped.
-fn delivered_seqs(records: &[Record]) -> Vec<u64> {
-    records
-        .iter()
-        .filter(|r| !r.duplicate)
-        .filter_map(seq_of)
-        .collect()
-}
-
-/// Order holds when the first deliveries are exactly 0..n, and any repeat is a replay that
-/// resends from an earlier point onwards (it never jumps ahead), ending at the newest.
-fn assert_ordered(user: &str, seqs: &[u64], n: u64) {
-    let mut first = Vec::new();
-    let mut seen = BTreeSet::new();
-    for s in seqs {
-        if seen.insert(*s) {
-            first.push(*s);
-        }
-    }
-    assert_eq!(
-        first,
-        (0..n).collect::<Vec<_>>(),
-        "user {user}: lost or reordered: {seqs:?}"
-    );
-    for pair in seqs.windows(2) {
-        assert!(
-            pair[1] == pair[0] + 1 || pair[1] <= pair[0],
-            "user {user}: jumped from {} to {}: {seqs:?}",
-            pair[0],
-            pair[1]
-        );
-    }
-    assert_eq!(
-        seqs.last(),
-        Some(&(n - 1)),
-        "user {user}: does not end at the newest"
-    );
-}
-
+/// Publishes `per_user` messages to each of `users` users, interleaved; returns how many.
 async fn publish_all(publisher: &Publisher, users: usize, per_user: u32) -> usize {
-    // Interleaved across users, in order within each user.
-    let mut count = 0;
-    for seq in 0..per_user {
-        let sends = (0..users).map(|u| publisher.publish(envelope(&format!("user-{u}"), seq)));
-        for result in futures::future::join_all(sends).await {
-            result.expect("published with confirm");
-            count += 1;
-        }
-    }
-    count
+    publish_range(publisher, users, 0, per_user as u64)
+        .await
+        .len()
 }
 
-fn depth(vhost: &TestVhost, queue: &str) -> u64 {
-    vhost.queue_depths().get(queue).copied().unwrap_or(0)
+/// Waits until the sandbox has every `seq` of every user at least once. (The processed tap is
+/// no measure of that after a connection loss: a redelivered message is processed again.)
+async fn wait_all_delivered(
+    sandbox: &Sandbox,
+    users: usize,
+    per_user: u64,
+    timeout: Duration,
+) -> bool {
+    common::eventually(timeout, || {
+        (0..users).all(|u| {
+            let seqs: BTreeSet<u64> = delivered_seqs(&sandbox.records_for(&format!("user-{u}")))
+                .into_iter()
+                .collect();
+            seqs.len() as u64 == per_user
+        })
+    })
+    .await
+}
+
+/// Waits until `queue` holds at least `n` messages.
+async fn wait_depth(vhost: &TestVhost, queue: &str, n: u64, timeout: Duration) -> bool {
+    eventually_async(timeout, || async { depth(vhost, queue).await >= n }).await
 }
 
 #[actix_rt::test]
@@ -165,20 +64,29 @@ async fn ordered_exactly_once_under_503s_and_429s() {
     // A request budget below what the gateway may send makes the sandbox answer 429s too.
     sandbox.sandbox.set_rps(Some(150));
     let producer = producer(&vhost).await;
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox)).await;
+    let gateway = start_gateway(&gateway_env(
+        &vhost,
+        &sandbox.track_url(),
+        &sandbox.app_url(),
+        &[],
+    ))
+    .await;
 
     let (users, per_user) = (200, 50);
     let published = publish_all(&Publisher::new(producer.clone()), users, per_user).await;
     assert_eq!(published, users * per_user as usize);
 
-    let done = eventually(Duration::from_secs(240), || {
-        depth(&vhost, PROCESSED_TAP) >= published as u64
-    })
+    let done = wait_depth(
+        &vhost,
+        PROCESSED_TAP,
+        published as u64,
+        Duration::from_secs(240),
+    )
     .await;
     assert!(
         done,
         "processed {} of {published}",
-        depth(&vhost, PROCESSED_TAP)
+        depth(&vhost, PROCESSED_TAP).await
     );
 
     let stats = sandbox.sandbox.stats();
@@ -200,8 +108,8 @@ async fn ordered_exactly_once_under_503s_and_429s() {
             "user {user}"
         );
     }
-    assert_eq!(depth(&vhost, DLQ_QUEUE), 0);
-    assert_eq!(depth(&vhost, PROCESSED_TAP), published as u64);
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0);
+    assert_eq!(depth(&vhost, PROCESSED_TAP).await, published as u64);
     gateway.shutdown().await;
     producer.close().await;
 }
@@ -215,7 +123,13 @@ async fn rejected_user_is_dead_lettered_and_others_proceed() {
         ..Faults::default()
     });
     let producer = producer(&vhost).await;
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox)).await;
+    let gateway = start_gateway(&gateway_env(
+        &vhost,
+        &sandbox.track_url(),
+        &sandbox.app_url(),
+        &[],
+    ))
+    .await;
 
     let published = publish_all(&Publisher::new(producer.clone()), 5, 4).await;
     // Unparseable bodies and an unknown template are invalid, and do not stop the gateway.
@@ -234,16 +148,16 @@ async fn rejected_user_is_dead_lettered_and_others_proceed() {
         .unwrap();
     let user0 = 4; // every message of user-0 is rejected
     let expected_dead = user0 + 2;
-    let settled = eventually(Duration::from_secs(60), || {
-        depth(&vhost, DLQ_QUEUE) == expected_dead
-            && depth(&vhost, PROCESSED_TAP) == (published as u64 - user0)
+    let settled = eventually_async(Duration::from_secs(60), || async {
+        depth(&vhost, DLQ_QUEUE).await == expected_dead
+            && depth(&vhost, PROCESSED_TAP).await == (published as u64 - user0)
     })
     .await;
     assert!(
         settled,
         "dlq {} processed {}",
-        depth(&vhost, DLQ_QUEUE),
-        depth(&vhost, PROCESSED_TAP)
+        depth(&vhost, DLQ_QUEUE).await,
+        depth(&vhost, PROCESSED_TAP).await
     );
     for u in 1..5 {
         let seqs = delivered_seqs(&sandbox.sandbox.records_for(&format!("user-{u}")));
@@ -294,27 +208,44 @@ async fn recovers_when_rabbitmq_closes_all_connections() {
         ..Faults::default()
     });
     let producer = producer(&vhost).await;
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox)).await;
+    let gateway = start_gateway(&gateway_env(
+        &vhost,
+        &sandbox.track_url(),
+        &sandbox.app_url(),
+        &[],
+    ))
+    .await;
     let (users, per_user) = (50, 20);
     let published = publish_all(&Publisher::new(producer.clone()), users, per_user).await as u64;
 
-    let midway = eventually(Duration::from_secs(60), || {
-        depth(&vhost, PROCESSED_TAP) >= published / 4
-    })
-    .await;
-    assert!(midway);
-    vhost.close_connections();
-    let producer = producer_after_close(&vhost).await;
+    assert!(
+        wait_depth(
+            &vhost,
+            PROCESSED_TAP,
+            published / 4,
+            Duration::from_secs(60)
+        )
+        .await
+    );
+    faults::close_connections(&vhost).await;
+    // The test's own connection was closed too; it reconnects like any client.
+    producer.close().await;
+    let producer = faults::producer(&vhost).await;
 
-    let done = eventually(Duration::from_secs(120), || {
-        depth(&vhost, PROCESSED_TAP) >= published
-    })
+    let done = wait_all_delivered(
+        &sandbox.sandbox,
+        users,
+        per_user as u64,
+        Duration::from_secs(120),
+    )
     .await;
     assert!(
         done,
-        "processed {} of {published}",
-        depth(&vhost, PROCESSED_TAP)
+        "not everything delivered: tap {} of {published}",
+        depth(&vhost, PROCESSED_TAP).await
     );
+    // Every message was processed at least once (repeats are redeliveries after the close).
+    assert!(wait_depth(&vhost, PROCESSED_TAP, published, Duration::from_secs(30)).await);
     for u in 0..users {
         let user = format!("user-{u}");
         assert_ordered(
@@ -323,16 +254,11 @@ async fn recovers_when_rabbitmq_closes_all_connections() {
             per_user as u64,
         );
     }
-    assert_eq!(depth(&vhost, DLQ_QUEUE), 0);
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0);
     assert!(
-        eventually(Duration::from_secs(10), || gateway.state.is_ready()).await,
+        common::eventually(Duration::from_secs(10), || gateway.state.is_ready()).await,
         "ready again after reconnecting"
     );
     gateway.shutdown().await;
     producer.close().await;
-}
-
-/// The test's own connection was closed too; it reconnects like any client.
-async fn producer_after_close(vhost: &TestVhost) -> SharedBroker {
-    producer(vhost).await
 }

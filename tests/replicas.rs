@@ -99,7 +99,24 @@ async fn sigkill_of_one_replica_loses_nothing_and_keeps_order() {
     assert!(depth(TAP) < total, "the kill must land mid-run");
     let before_kill = sandbox.sandbox.stats();
 
-    let done = eventually(Duration::from_secs(120), || depth(TAP) >= total).await;
+    // Every event reaches the sandbox (the tap alone is no measure: a message redelivered
+    // after the kill is processed again), then every one has its processed event.
+    let all_delivered = || {
+        (0..users).all(|u| {
+            let ids: BTreeSet<_> = sandbox
+                .sandbox
+                .records_for(&format!("user-{u}"))
+                .into_iter()
+                .filter_map(|r| r.event_id)
+                .collect();
+            ids.len() == per_user as usize
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(120), all_delivered).await,
+        "not everything delivered"
+    );
+    let done = eventually(Duration::from_secs(30), || depth(TAP) >= total).await;
     assert!(done, "processed {} of {total}", depth(TAP));
     for u in 0..users {
         let user = format!("user-{u}");

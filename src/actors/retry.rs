@@ -3,6 +3,10 @@
 use rand::Rng;
 use std::time::Duration;
 
+/// The longest Customer.io's Retry-After is obeyed for one wait. Ten such waits stay well
+/// inside RabbitMQ's 30-minute delivery acknowledgement timeout.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     pub base: Duration,
@@ -17,9 +21,9 @@ impl Backoff {
             .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
         let ceiling = exp.min(self.max);
         let jittered = rand::rng().random_range(Duration::ZERO..=ceiling);
-        // Customer.io's Retry-After is a floor, capped so a delivery is never held for long.
+        // Customer.io's Retry-After is a floor (capped, so a delivery is never held for long).
         match retry_after {
-            Some(after) => jittered.max(after.min(self.max)),
+            Some(after) => jittered.max(after.min(MAX_RETRY_AFTER)),
             None => jittered,
         }
     }
@@ -42,9 +46,7 @@ mod tests {
             assert!(d <= ceiling);
         }
         assert!(b.delay(1, Some(Duration::from_secs(1))) >= Duration::from_secs(1));
-        assert_eq!(
-            b.delay(1, Some(Duration::from_secs(600))),
-            Duration::from_secs(2)
-        );
+        assert!(b.delay(1, Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+        assert_eq!(b.delay(1, Some(Duration::from_secs(600))), MAX_RETRY_AFTER);
     }
 }
