@@ -1,8 +1,9 @@
 //! Reporting webhooks at full speed while RabbitMQ drops the gateway's connection (issue 7).
 //!
 //! Signed events, each with its own `event_id`, 32 requests at a time (bounded: until 500 more
-//! were sent after the second close, at most 20000), and the vhost's connections closed twice
-//! mid-stream. A 200 promises the event is durably in RabbitMQ, so
+//! were sent after the last close, at most 40000), and the vhost's connections closed six times
+//! mid-stream (more closes, more chances to hit a race; one found lapin leaving an ack
+//! unresolved forever, which stalled the warehouse consumer). A 200 promises the event is durably in RabbitMQ, so
 //! every event answered 200 must end up in the warehouse (the file sink, de-duplicated on
 //! `event_id`), exactly once; every other answer must be one Customer.io retries (503). Then
 //! Customer.io's retries are played: every refused event is posted again until it gets its
@@ -27,12 +28,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Requests go on until TAIL were started after the second close; never more than this.
-const MAX_REQUESTS: usize = 20_000;
+/// Requests go on until TAIL were started after the last close; never more than this.
+const MAX_REQUESTS: usize = 40_000;
 const TAIL: usize = 500;
-/// The connections are closed once this many, then once that many requests were answered.
-const FIRST_CLOSE: usize = 500;
-const SECOND_CLOSE: usize = 2000;
+/// The connections are closed CLOSES times, each after CLOSE_EVERY more answers.
+const CLOSES: usize = 6;
+const CLOSE_EVERY: usize = 600;
 const CONCURRENCY: usize = 32;
 const SECRET: &str = "s1";
 
@@ -131,26 +132,26 @@ async fn every_200_is_stored_while_rabbitmq_connections_drop() {
         .unwrap();
 
     // Requests, CONCURRENCY at a time, in the background, until TAIL more were started after
-    // the second close (at most MAX_REQUESTS); `answered` counts the answers.
+    // the last close (at most MAX_REQUESTS); `answered` counts the answers.
     let answered = Arc::new(AtomicUsize::new(0));
     let closes = Arc::new(AtomicUsize::new(0));
     let posting = {
         let (client, addr) = (client.clone(), addr.clone());
         let (answered, closes) = (answered.clone(), closes.clone());
-        let started_at_second_close = Arc::new(AtomicUsize::new(usize::MAX));
+        let started_at_last_close = Arc::new(AtomicUsize::new(usize::MAX));
         tokio::spawn(async move {
             futures::stream::iter(0..MAX_REQUESTS)
                 .take_while(move |n| {
                     let n = *n;
-                    if closes.load(Ordering::Relaxed) >= 2 {
-                        let _ = started_at_second_close.compare_exchange(
+                    if closes.load(Ordering::Relaxed) >= CLOSES {
+                        let _ = started_at_last_close.compare_exchange(
                             usize::MAX,
                             n,
                             Ordering::Relaxed,
                             Ordering::Relaxed,
                         );
                     }
-                    let mark = started_at_second_close.load(Ordering::Relaxed);
+                    let mark = started_at_last_close.load(Ordering::Relaxed);
                     futures::future::ready(mark == usize::MAX || n < mark + TAIL)
                 })
                 .map(|n| {
@@ -168,9 +169,10 @@ async fn every_200_is_stored_while_rabbitmq_connections_drop() {
                 .await
         })
     };
-    // The connection drops twice while requests are coming in.
+    // The connection drops CLOSES times while requests are coming in.
     let mut closed_at = Vec::new();
-    for after in [FIRST_CLOSE, SECOND_CLOSE] {
+    for _ in 0..CLOSES {
+        let after = closed_at.last().copied().unwrap_or(0) + CLOSE_EVERY;
         let reached = eventually(Duration::from_secs(60), || {
             answered.load(Ordering::Relaxed) >= after
         })

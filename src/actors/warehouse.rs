@@ -206,8 +206,10 @@ async fn write(sink: SharedSink, batch: Vec<(Row, Acker)>) -> Result<usize, Refu
             );
             for (_, acker) in &batch {
                 if let Err(e) = acker.ack().await {
-                    // Redelivered and skipped as a duplicate by the sink.
+                    // The channel is gone: the rest return to the queue with it, and are
+                    // skipped as duplicates by the sink when redelivered.
                     tracing::warn!(error = %e, "ack after warehouse write failed");
+                    break;
                 }
             }
             Ok(new)

@@ -246,12 +246,19 @@ fn into_delivery(d: lapin::message::Delivery) -> Delivery {
 /// after the queues took the unacked deliveries back, so awaiting the close awaits the requeue.
 struct CloseOnDrop(Option<Channel>);
 
+/// Closes a consumer's channel, giving up after [`CLOSE_TIMEOUT`] (the connection is gone then,
+/// and RabbitMQ requeues with it).
+async fn close_consumer(channel: Channel) {
+    let close = channel.close(200, "consumer stopped".into());
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+}
+
 impl super::StreamGuard for CloseOnDrop {
     fn release(&mut self) -> futures::future::BoxFuture<'static, ()> {
         let channel = self.0.take();
         Box::pin(async move {
             if let Some(channel) = channel {
-                let _ = channel.close(200, "consumer stopped".into()).await;
+                close_consumer(channel).await;
             }
         })
     }
@@ -262,9 +269,7 @@ impl Drop for CloseOnDrop {
         if let Some(channel) = self.0.take()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
-            handle.spawn(async move {
-                let _ = channel.close(200, "consumer stopped".into()).await;
-            });
+            handle.spawn(close_consumer(channel));
         }
     }
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 pub use amqp::AmqpBroker;
 pub use memory::MemoryBroker;
@@ -92,8 +93,14 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// How long settling one delivery may take. RabbitMQ does not answer acks, so lapin resolves
+/// one as soon as the frame is written, but an ack raced with a channel's death can stay
+/// unresolved for good (lapin 4.12 drops its resolver): past this, it counts as failed and the
+/// delivery as returned to its queue, which it is when the channel goes.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Settles one delivery. Cheap to clone; settling twice or after the stream died is an error,
-/// never a panic.
+/// never a panic or a hang.
 #[derive(Clone)]
 pub enum Acker {
     Amqp(lapin::Acker),
@@ -103,11 +110,9 @@ pub enum Acker {
 impl Acker {
     pub async fn ack(&self) -> Result<(), BrokerError> {
         match self {
-            Acker::Amqp(a) => a
-                .ack(lapin::options::BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(|e| BrokerError::Unavailable(e.to_string())),
+            Acker::Amqp(a) => {
+                settle_within(a.ack(lapin::options::BasicAckOptions::default()), "ack").await
+            }
             Acker::Memory(a) => a.ack(),
         }
     }
@@ -115,16 +120,28 @@ impl Acker {
     /// Returns the message to its queue for another consumer or a later attempt.
     pub async fn requeue(&self) -> Result<(), BrokerError> {
         match self {
-            Acker::Amqp(a) => a
-                .nack(lapin::options::BasicNackOptions {
+            Acker::Amqp(a) => {
+                let requeue = lapin::options::BasicNackOptions {
                     requeue: true,
                     multiple: false,
-                })
-                .await
-                .map(drop)
-                .map_err(|e| BrokerError::Unavailable(e.to_string())),
+                };
+                settle_within(a.nack(requeue), "requeue").await
+            }
             Acker::Memory(a) => a.requeue(),
         }
+    }
+}
+
+async fn settle_within(
+    settle: impl Future<Output = lapin::Result<bool>>,
+    what: &str,
+) -> Result<(), BrokerError> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settle).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
+        Err(_) => Err(BrokerError::Unavailable(format!(
+            "{what} not written within {SETTLE_TIMEOUT:?} (channel gone?)"
+        ))),
     }
 }
 

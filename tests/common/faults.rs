@@ -78,6 +78,7 @@ pub fn gateway_env(
 
 /// An in-process gateway (inside the test's actix `System`).
 pub async fn start_gateway(vars: &[(&'static str, String)]) -> Gateway {
+    crate::common::init_test_logging();
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Gateway::start(crate::common::settings(&pairs))
         .await

@@ -11,6 +11,17 @@ use std::time::Duration;
 pub const AMQP_HOST: &str = "127.0.0.1:5672";
 pub const PG_HOST: &str = "127.0.0.1";
 
+/// Logs of in-process gateways, shown by the test harness, when `TEST_LOG` holds a filter
+/// (e.g. `TEST_LOG=cio_gateway=debug`); silent otherwise.
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", ulid::Ulid::new()).to_lowercase()
 }
