@@ -304,7 +304,7 @@ check "RabbitMQ definitions: the gateway's topology for 8 partitions" \
 import json, sys
 d = json.load(open(sys.argv[1]))
 ex = {e["name"]: e["type"] for e in d["exchanges"]}
-assert ex["customerio.partitioner"] == "x-consistent-hash", ex
+assert ex["customerio.partitioner"] == "x-modulus-hash", ex
 parts = [q for q in d["queues"] if q["name"].startswith("customerio.partition.")]
 assert len(parts) == 8
 for q in parts:
@@ -315,12 +315,12 @@ for e in d["exchanges"] + d["queues"]:
     assert e["durable"] and not e["auto_delete"] and e["vhost"] == "/", e
 PY
 
-check "RabbitmqCluster example enables rabbitmq_consistent_hash_exchange" \
+check "RabbitmqCluster example enables rabbitmq_sharding" \
   python3 - "$ROOT/deploy/rabbitmq/rabbitmqcluster.yaml" <<'PY'
 import sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))
 assert doc["apiVersion"] == "rabbitmq.com/v1beta1" and doc["kind"] == "RabbitmqCluster"
-assert "rabbitmq_consistent_hash_exchange" in doc["spec"]["rabbitmq"]["additionalPlugins"]
+assert "rabbitmq_sharding" in doc["spec"]["rabbitmq"]["additionalPlugins"]
 PY
 
 check "BigQuery schema: the warehouse row columns of CONTRACT section 7" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure RabbitMQ (with the consistent-hash exchange) and PostgreSQL are installed and
-# running on this machine, as the test suite needs them. Idempotent.
+# Makes sure RabbitMQ (with the x-modulus-hash exchange of rabbitmq_sharding) and PostgreSQL
+# are installed and running on this machine, as the test suite needs them. Idempotent.
 set -euo pipefail
 
 need_install=()
@@ -19,7 +19,7 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   rabbitmq-server -detached
 fi
 rabbitmqctl -q await_startup --timeout 120
-rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null
+rabbitmq-plugins -q enable rabbitmq_sharding >/dev/null
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
   echo "starting PostgreSQL"

@@ -60,7 +60,7 @@ fn definitions_file_matches_the_declared_topology() {
         String::from_utf8_lossy(&declared.stderr)
     );
     let printed = String::from_utf8_lossy(&declared.stdout);
-    assert!(printed.contains("customerio.partitioner") && printed.contains("x-consistent-hash"));
+    assert!(printed.contains("customerio.partitioner") && printed.contains("x-modulus-hash"));
 
     let export = Command::new("rabbitmqctl")
         .args(["-q", "export_definitions", "-"])

@@ -129,7 +129,7 @@ async fn declare_on(channel: &Channel, topology: &Topology) -> Result<(), Broker
         let kind = match exchange.kind {
             ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-            ExchangeKind::ConsistentHash => lapin::ExchangeKind::Custom("x-consistent-hash".into()),
+            ExchangeKind::ModulusHash => lapin::ExchangeKind::Custom("x-modulus-hash".into()),
         };
         channel
             .exchange_declare(

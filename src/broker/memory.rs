@@ -1,5 +1,5 @@
 //! The in-process broker of local mode: the same routing, confirm and ack semantics as the
-//! RabbitMQ topology, kept in memory. Consistent hashing becomes a stable hash of the routing
+//! RabbitMQ topology, kept in memory. The modulus-hash exchange is a stable hash of the routing
 //! key over the bound queues; single-active-consumer is honoured (one stream per queue at a time).
 
 use super::topology::{ExchangeKind, Topology};
@@ -130,8 +130,8 @@ impl MemoryBroker {
                     .into_iter()
                     .filter(|(_, pattern, _)| topic_matches(pattern, routing_key))
                     .collect(),
-                ExchangeKind::ConsistentHash if bindings.is_empty() => bindings,
-                ExchangeKind::ConsistentHash => {
+                ExchangeKind::ModulusHash if bindings.is_empty() => bindings,
+                ExchangeKind::ModulusHash => {
                     let mut hasher = std::collections::hash_map::DefaultHasher::new();
                     routing_key.hash(&mut hasher);
                     let index = (hasher.finish() % bindings.len() as u64) as usize;

@@ -65,7 +65,7 @@ pub enum BrokerError {
     #[error("no queue is bound to receive messages on exchange {0:?}")]
     Unroutable(String),
     #[error(
-        "RabbitMQ has no x-consistent-hash exchange type; enable it with: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"
+        "RabbitMQ has no x-modulus-hash exchange type; enable it with: rabbitmq-plugins enable rabbitmq_sharding"
     )]
     PluginMissing,
     #[error("broker: {0}")]

@@ -2,10 +2,16 @@
 //! and compared with `deploy/rabbitmq/definitions.json` in the tests.
 //!
 //! Producers publish to three fanout exchanges with the user id as routing key. All three are
-//! bound into one consistent-hash exchange, which keeps the routing key and so sends every
-//! message of a user to the same partition queue, whatever exchange it came through. Each
-//! partition is a quorum queue with single-active-consumer: one replica at a time consumes it,
-//! which is what keeps a user's order across replicas.
+//! bound into one `x-modulus-hash` exchange (plugin `rabbitmq_sharding`), which keeps the
+//! routing key and so sends every message of a user to the same partition queue, whatever
+//! exchange it came through. Each partition is a quorum queue with single-active-consumer: one
+//! replica at a time consumes it, which is what keeps a user's order across replicas.
+//!
+//! Why modulus and not `x-consistent-hash`: a user must keep their partition across a RabbitMQ
+//! restart, or messages queued before it race newer ones in another partition. The modulus
+//! exchange is stateless (`phash2(routing key) rem N`, over the bound queues in name order), so
+//! its mapping is the same after every boot; the consistent-hash exchange keeps its ring in RAM
+//! and rebuilds it at boot in binding-recovery order (3.10.8 here: `0,1,2,3` became `0,2,3,1`).
 
 use crate::domain::Route;
 use serde::Serialize;
@@ -44,8 +50,8 @@ pub fn partition_queue(index: u16) -> String {
 pub enum ExchangeKind {
     Fanout,
     Topic,
-    #[serde(rename = "x-consistent-hash")]
-    ConsistentHash,
+    #[serde(rename = "x-modulus-hash")]
+    ModulusHash,
 }
 
 impl ExchangeKind {
@@ -53,7 +59,7 @@ impl ExchangeKind {
         match self {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
-            ExchangeKind::ConsistentHash => "x-consistent-hash",
+            ExchangeKind::ModulusHash => "x-modulus-hash",
         }
     }
 }
@@ -136,7 +142,7 @@ impl Topology {
             .iter()
             .map(|name| exchange(name, ExchangeKind::Fanout))
             .collect();
-        exchanges.push(exchange(PARTITIONER_EXCHANGE, ExchangeKind::ConsistentHash));
+        exchanges.push(exchange(PARTITIONER_EXCHANGE, ExchangeKind::ModulusHash));
         exchanges.push(exchange(PROCESSED_EXCHANGE, ExchangeKind::Fanout));
         exchanges.push(exchange(DLQ_EXCHANGE, ExchangeKind::Fanout));
         exchanges.push(exchange(WEBHOOKS_EXCHANGE, ExchangeKind::Topic));
@@ -150,8 +156,9 @@ impl Topology {
         let mut queue_bindings = Vec::new();
         for index in 0..partitions {
             let name = partition_queue(index);
-            // Binding key "1" is the partition's weight on the hash ring: all equal.
-            queue_bindings.push(bind(PARTITIONER_EXCHANGE, &name, "1"));
+            // The modulus exchange ignores binding keys; one key for all keeps the bound
+            // queues ordered by name alone, which is the order it indexes them in.
+            queue_bindings.push(bind(PARTITIONER_EXCHANGE, &name, ""));
             queues.push(quorum(&name, true));
         }
         queues.push(QueueSpec {
