@@ -64,8 +64,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         gateway.wait_ready().await?;
         println!("gateway pid {}", gateway.0.id());
         let url = format!("http://127.0.0.1:{}/webhooks/customerio", gateway.1);
+        let cpu = CpuMeter::start(gateway.0.id());
         let (rps, p99) = webhook_load(&url, &args).await?;
         println!("webhook ingestion: {rps:.0} req/s, p99 {p99:.1} ms");
+        println!("CPU per request: {}", cpu.per_request(args.webhooks));
         return Ok(());
     }
     let mut rows = Vec::new();
@@ -113,12 +115,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ratio: format!("{:.2}x", run.rss_large / run.rss_small),
             });
             let (gw_rps, gw_p99) = (run.webhook_rps, run.webhook_p99);
+            let cpu = CpuMeter::start(std::process::id());
             let (bare_rps, bare_p99) = bare_webhook_handler(&args).await?;
+            let bare_cpu = cpu.per_request(args.webhooks);
             rows.push(Row {
                 what: "webhook ingestion, signed + durable publish (req/s; p99 ms)".into(),
                 figure: format!("{gw_rps:.0}; p99 {gw_p99:.1}"),
                 baseline: format!("{bare_rps:.0}; p99 {bare_p99:.1} (bare actix-web 200)"),
                 ratio: format!("{:.0}%", 100.0 * gw_rps / bare_rps),
+            });
+            rows.push(Row {
+                what: "webhook ingestion, CPU per request (µs)".into(),
+                figure: run.webhook_cpu.clone(),
+                baseline: format!("{bare_cpu} (bare: handler and load generator share a process)"),
+                ratio: "-".into(),
             });
         }
     }
@@ -235,6 +245,83 @@ struct DeliveryRun {
     rss_peak: f64,
     webhook_rps: f64,
     webhook_p99: f64,
+    webhook_cpu: String,
+}
+
+/// CPU time (user + system, from /proc) that the gateway, RabbitMQ and this process (the load
+/// generator and sandbox) spend during one phase: on a shared machine, what bounds a rate.
+struct CpuMeter {
+    pids: [(&'static str, Option<u32>); 3],
+    start: [f64; 3],
+}
+
+impl CpuMeter {
+    fn start(gateway: u32) -> Self {
+        let rabbitmq = pid_of("beam.smp");
+        let pids = [
+            ("gateway", Some(gateway)),
+            ("RabbitMQ", rabbitmq),
+            ("load generator", Some(std::process::id())),
+        ];
+        let start = pids.map(|(_, pid)| cpu_seconds(pid));
+        Self { pids, start }
+    }
+
+    /// "gateway 123, RabbitMQ 130, load generator 36": microseconds per request.
+    fn per_request(&self, requests: usize) -> String {
+        let parts: Vec<String> = self
+            .pids
+            .iter()
+            .zip(self.start)
+            .filter(|((_, pid), _)| pid.is_some())
+            .map(|((name, pid), start)| {
+                let micros = (cpu_seconds(*pid) - start) * 1e6 / requests.max(1) as f64;
+                format!("{name} {micros:.0}")
+            })
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// utime + stime of a process, in seconds (0 if it is gone).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The first process whose command name is `name`.
+fn pid_of(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
 }
 
 /// Kills the gateway on drop, even when the bench fails.
@@ -395,6 +482,7 @@ async fn delivery_run(args: &Args, budget: Option<u32>) -> anyhow::Result<Delive
         rss_peak: 0.0,
         webhook_rps: 0.0,
         webhook_p99: 0.0,
+        webhook_cpu: String::new(),
     };
     if budget.is_none() {
         // Memory: 100k distinct new users, one envelope each; idle users' lanes are evicted.
@@ -405,6 +493,7 @@ async fn delivery_run(args: &Args, budget: Option<u32>) -> anyhow::Result<Delive
         run.rss_large = rss;
         run.rss_peak = peak;
         gateway.wait_ready().await?;
+        let cpu = CpuMeter::start(gateway.0.id());
         let (rps, p99) = webhook_load(
             &format!("http://127.0.0.1:{}/webhooks/customerio", gateway.1),
             args,
@@ -412,6 +501,7 @@ async fn delivery_run(args: &Args, budget: Option<u32>) -> anyhow::Result<Delive
         .await?;
         run.webhook_rps = rps;
         run.webhook_p99 = p99;
+        run.webhook_cpu = cpu.per_request(args.webhooks);
     }
     producer.close().await;
     drop(gateway);
