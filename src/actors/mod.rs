@@ -9,6 +9,7 @@
 //! ```
 
 mod batcher;
+mod consumer;
 mod dedup;
 mod dlq;
 mod identify;

@@ -12,6 +12,7 @@
 //! order. An attempt still in flight from the old generation keeps its lane busy until it
 //! reports back, so no user ever has two attempts at once.
 
+use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::messages::{AttemptDone, DeadLetter, Deliver, Drain, ErrorKind, Failure, FailureKind};
 use super::retry::Backoff;
 use super::{Dedup, DlqActor, IdentifyActor, TrackActor, TransactionalActor};
@@ -84,7 +85,7 @@ pub struct ShardActor {
     generation: u64,
     lanes: DashMap<UserId, Lane>,
     settles: TaskTracker,
-    reconnect_delay: Duration,
+    resubscribe: Resubscribe,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
 }
@@ -97,31 +98,10 @@ impl ShardActor {
             generation: 0,
             lanes: DashMap::new(),
             settles: TaskTracker::new(),
-            reconnect_delay: Duration::from_millis(200),
+            resubscribe: Resubscribe::default(),
             draining: false,
             drained: Vec::new(),
         }
-    }
-
-    fn consume(&mut self, ctx: &mut Context<Self>) {
-        let broker = self.deps.broker.clone();
-        let queue = self.queue.clone();
-        let prefetch = self.deps.prefetch;
-        let connect = async move { broker.consume(&queue, prefetch).await };
-        ctx.spawn(connect.into_actor(self).map(|result, act, ctx| match result {
-            Ok(stream) => {
-                act.reconnect_delay = Duration::from_millis(200);
-                tracing::info!(queue = %act.queue, generation = act.generation, "consuming");
-                ctx.add_stream(stream);
-            }
-            Err(e) => {
-                let delay = act.reconnect_delay;
-                act.reconnect_delay = (delay * 2).min(Duration::from_secs(5));
-                tracing::warn!(queue = %act.queue, error = %e, ?delay, "cannot consume, will retry");
-                // Stopping hands control to the supervisor, which restarts us.
-                ctx.run_later(delay, |_, ctx| ctx.stop());
-            }
-        }));
     }
 
     fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
@@ -405,14 +385,18 @@ impl Actor for ShardActor {
             lane.state != LaneState::Idle
         });
         if !self.draining {
-            self.consume(ctx);
+            let (broker, queue) = (self.deps.broker.clone(), self.queue.clone());
+            let prefetch = self.deps.prefetch;
+            consumer::subscribe(self, ctx, broker, queue, prefetch, async { Ok(()) });
         }
     }
 }
 
-impl Supervised for ShardActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        tracing::warn!(queue = %self.queue, "partition consumer restarting");
+impl Supervised for ShardActor {}
+
+impl QueueConsumer for ShardActor {
+    fn resubscribe(&mut self) -> &mut Resubscribe {
+        &mut self.resubscribe
     }
 }
 
@@ -422,10 +406,7 @@ impl StreamHandler<Delivery> for ShardActor {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        if !self.draining {
-            tracing::warn!(queue = %self.queue, "partition stream ended (connection lost?)");
-            ctx.stop();
-        }
+        consumer::stream_ended(ctx, &self.queue, self.draining);
     }
 }
 

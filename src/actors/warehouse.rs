@@ -10,6 +10,7 @@
 //! dead-lettered to `customerio.dlq` with `errorKind: invalid` instead of blocking the batch.
 
 use super::DlqActor;
+use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::messages::{DeadLetter, Drain, ErrorKind};
 use crate::broker::topology::WEBHOOKS_WAREHOUSE_QUEUE;
 use crate::broker::{Acker, Delivery, SharedBroker};
@@ -32,7 +33,7 @@ pub struct WarehouseActor {
     /// A write failed; the next attempt waits for its timer.
     backing_off: bool,
     retry_delay: Duration,
-    reconnect_delay: Duration,
+    resubscribe: Resubscribe,
     draining: bool,
 }
 
@@ -60,36 +61,9 @@ impl WarehouseActor {
             flush_timer: None,
             backing_off: false,
             retry_delay: Duration::from_millis(200),
-            reconnect_delay: Duration::from_millis(200),
+            resubscribe: Resubscribe::default(),
             draining: false,
         }
-    }
-
-    /// Prepares the sink (schema, directories), then consumes; on error the supervisor retries.
-    fn connect(&mut self, ctx: &mut Context<Self>) {
-        let sink = self.sink.clone();
-        let broker = self.broker.clone();
-        let prefetch = self.prefetch;
-        let start = async move {
-            sink.prepare().await.map_err(|e| e.to_string())?;
-            broker
-                .consume(WEBHOOKS_WAREHOUSE_QUEUE, prefetch)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        ctx.wait(start.into_actor(self).map(|result, act, ctx| match result {
-            Ok(stream) => {
-                act.reconnect_delay = Duration::from_millis(200);
-                tracing::info!(queue = WEBHOOKS_WAREHOUSE_QUEUE, sink = act.sink.name(), "consuming");
-                ctx.add_stream(stream);
-            }
-            Err(e) => {
-                let delay = act.reconnect_delay;
-                act.reconnect_delay = (delay * 2).min(Duration::from_secs(5));
-                tracing::warn!(sink = act.sink.name(), error = %e, ?delay, "warehouse not ready, will retry");
-                ctx.run_later(delay, |_, ctx| ctx.stop());
-            }
-        }));
     }
 
     fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
@@ -227,17 +201,23 @@ impl Actor for WarehouseActor {
         self.flush_timer = None;
         self.backing_off = false;
         if !self.draining {
-            self.connect(ctx);
+            // The sink is prepared (schema, directories) before anything is taken from the queue.
+            let sink = self.sink.clone();
+            let ready = async move {
+                let prepared = sink.prepare().await;
+                prepared.map_err(|e| format!("preparing the {} sink: {e}", sink.name()))
+            };
+            let (broker, queue) = (self.broker.clone(), WEBHOOKS_WAREHOUSE_QUEUE.to_string());
+            consumer::subscribe(self, ctx, broker, queue, self.prefetch, ready);
         }
     }
 }
 
-impl Supervised for WarehouseActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        tracing::warn!(
-            queue = WEBHOOKS_WAREHOUSE_QUEUE,
-            "warehouse consumer restarting"
-        );
+impl Supervised for WarehouseActor {}
+
+impl QueueConsumer for WarehouseActor {
+    fn resubscribe(&mut self) -> &mut Resubscribe {
+        &mut self.resubscribe
     }
 }
 
@@ -251,13 +231,7 @@ impl StreamHandler<Delivery> for WarehouseActor {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        if !self.draining {
-            tracing::warn!(
-                queue = WEBHOOKS_WAREHOUSE_QUEUE,
-                "stream ended (connection lost?)"
-            );
-            ctx.stop();
-        }
+        consumer::stream_ended(ctx, WEBHOOKS_WAREHOUSE_QUEUE, self.draining);
     }
 }
 

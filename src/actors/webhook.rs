@@ -10,6 +10,7 @@
 //! An unparseable body (the edge validated it, so this is a bug or a foreign publisher) is
 //! acked with an error log here; the warehouse actor dead-letters its copy of it.
 
+use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::messages::Drain;
 use crate::broker::topology::WEBHOOKS_ACTIONS_QUEUE;
 use crate::broker::{Delivery, SharedBroker};
@@ -32,7 +33,7 @@ pub struct WebhookActor {
     publisher: Publisher,
     rules: Arc<Rules>,
     done: Arc<Mutex<LruCache<EventId, ()>>>,
-    reconnect_delay: Duration,
+    resubscribe: Resubscribe,
     retry_delay: Duration,
     draining: bool,
 }
@@ -54,28 +55,10 @@ impl WebhookActor {
             done: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(DONE_CAPACITY).expect("not zero"),
             ))),
-            reconnect_delay: Duration::from_millis(200),
+            resubscribe: Resubscribe::default(),
             retry_delay: Duration::from_millis(200),
             draining: false,
         }
-    }
-
-    fn consume(&mut self, ctx: &mut Context<Self>) {
-        let broker = self.broker.clone();
-        let connect = async move { broker.consume(WEBHOOKS_ACTIONS_QUEUE, PREFETCH).await };
-        ctx.wait(connect.into_actor(self).map(|result, act, ctx| match result {
-            Ok(stream) => {
-                act.reconnect_delay = Duration::from_millis(200);
-                tracing::info!(queue = WEBHOOKS_ACTIONS_QUEUE, "consuming");
-                ctx.add_stream(stream);
-            }
-            Err(e) => {
-                let delay = act.reconnect_delay;
-                act.reconnect_delay = (delay * 2).min(Duration::from_secs(5));
-                tracing::warn!(queue = WEBHOOKS_ACTIONS_QUEUE, error = %e, ?delay, "cannot consume, will retry");
-                ctx.run_later(delay, |_, ctx| ctx.stop());
-            }
-        }));
     }
 
     fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
@@ -175,17 +158,17 @@ impl Actor for WebhookActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if !self.draining {
-            self.consume(ctx);
+            let (broker, queue) = (self.broker.clone(), WEBHOOKS_ACTIONS_QUEUE.to_string());
+            consumer::subscribe(self, ctx, broker, queue, PREFETCH, async { Ok(()) });
         }
     }
 }
 
-impl Supervised for WebhookActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        tracing::warn!(
-            queue = WEBHOOKS_ACTIONS_QUEUE,
-            "webhook actions consumer restarting"
-        );
+impl Supervised for WebhookActor {}
+
+impl QueueConsumer for WebhookActor {
+    fn resubscribe(&mut self) -> &mut Resubscribe {
+        &mut self.resubscribe
     }
 }
 
@@ -199,13 +182,7 @@ impl StreamHandler<Delivery> for WebhookActor {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        if !self.draining {
-            tracing::warn!(
-                queue = WEBHOOKS_ACTIONS_QUEUE,
-                "stream ended (connection lost?)"
-            );
-            ctx.stop();
-        }
+        consumer::stream_ended(ctx, WEBHOOKS_ACTIONS_QUEUE, self.draining);
     }
 }
 
