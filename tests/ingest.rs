@@ -13,7 +13,6 @@ use cio_gateway::http::{self, AppState};
 use cio_gateway::sandbox::{self, Record, RunningSandbox, SandboxConfig};
 use common::{TestVhost, eventually};
 use serde_json::{Value, json};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,7 +246,7 @@ async fn accepted_after_confirms_and_delivered_in_order() {
     );
 
     // The broker is unreachable for this gateway: 503, not 202.
-    let outage = Unreachable::new(&setup.vhost);
+    let outage = setup.vhost.outage();
     let broker = setup.gateway.broker().clone();
     assert!(eventually(Duration::from_secs(20), || !broker.is_connected()).await);
     let (status, body) = setup
@@ -258,43 +257,6 @@ async fn accepted_after_confirms_and_delivered_in_order() {
     assert_eq!(body["failed"], json!([0]));
     drop(outage);
     setup.stop().await;
-}
-
-/// Makes the test's vhost unusable for the guest user and drops its connections; restores
-/// the permissions when dropped. Other tests keep their RabbitMQ.
-struct Unreachable<'a>(&'a TestVhost);
-
-impl<'a> Unreachable<'a> {
-    fn new(vhost: &'a TestVhost) -> Self {
-        let out = Command::new("rabbitmqctl")
-            .args(["-q", "clear_permissions", "-p", &vhost.name, "guest"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        vhost.close_connections();
-        Self(vhost)
-    }
-}
-
-impl Drop for Unreachable<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "set_permissions",
-                "-p",
-                &self.0.name,
-                "guest",
-                ".*",
-                ".*",
-                ".*",
-            ])
-            .output();
-    }
 }
 
 #[actix_rt::test]

@@ -398,50 +398,13 @@ async fn put_and_patch_reach_customer_io_as_identifies() {
     setup.stop().await;
 }
 
-/// Makes the test's vhost unusable for the guest user (not the whole RabbitMQ: other tests
-/// run beside this one) and drops its connections; restores the permissions when dropped.
-struct Unreachable<'a>(&'a TestVhost);
-
-impl<'a> Unreachable<'a> {
-    fn new(vhost: &'a TestVhost) -> Self {
-        let out = Command::new("rabbitmqctl")
-            .args(["-q", "clear_permissions", "-p", &vhost.name, "guest"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        vhost.close_connections();
-        Self(vhost)
-    }
-}
-
-impl Drop for Unreachable<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "set_permissions",
-                "-p",
-                &self.0.name,
-                "guest",
-                ".*",
-                ".*",
-                ".*",
-            ])
-            .output();
-    }
-}
-
 #[actix_rt::test]
 async fn a_change_while_rabbitmq_is_down_is_stored_and_synced_when_it_returns() {
     let setup = Setup::start("prefs-outage", &[]).await;
     use reqwest::Method;
     let broker = setup.gateway.broker().clone();
 
-    let outage = Unreachable::new(&setup.vhost);
+    let outage = setup.vhost.outage();
     assert!(
         eventually(Duration::from_secs(20), || !broker.is_connected()).await,
         "the gateway noticed the lost connection"

@@ -45,45 +45,55 @@ impl TestVhost {
     pub fn new(prefix: &str) -> Self {
         let name = unique(prefix);
         run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &name]));
-        run(Command::new("rabbitmqctl").args([
+        let vhost = Self {
+            url: format!("amqp://guest:guest@{AMQP_HOST}/{name}"),
+            name,
+        };
+        run(&mut vhost.grant_guest());
+        vhost
+    }
+
+    /// The command giving the guest user full permissions on this vhost.
+    fn grant_guest(&self) -> Command {
+        let mut command = Command::new("rabbitmqctl");
+        command.args([
             "-q",
             "set_permissions",
             "-p",
-            &name,
+            &self.name,
             "guest",
             ".*",
             ".*",
             ".*",
+        ]);
+        command
+    }
+
+    /// Makes this vhost unusable for the guest user (not the whole RabbitMQ: other tests run
+    /// beside this one) and drops its connections, until the returned guard is dropped.
+    pub fn outage(&self) -> Outage<'_> {
+        run(Command::new("rabbitmqctl").args([
+            "-q",
+            "clear_permissions",
+            "-p",
+            &self.name,
+            "guest",
         ]));
-        let url = format!("amqp://guest:guest@{AMQP_HOST}/{name}");
-        Self { name, url }
+        self.close_connections();
+        Outage(self)
     }
 
     /// `rabbitmqctl list_queues` for this vhost: name -> ready messages.
     pub fn queue_depths(&self) -> BTreeMap<String, u64> {
-        let out = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "list_queues",
-                "-p",
-                &self.name,
-                "--no-table-headers",
-                "name",
-                "messages",
-            ])
-            .output()
-            .expect("rabbitmqctl runs");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let mut parts = l.split_whitespace();
-                Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
-            })
-            .collect()
+        self.list_queues("messages")
     }
 
     /// `rabbitmqctl list_queues` for this vhost: name -> consumers.
     pub fn consumer_counts(&self) -> BTreeMap<String, u64> {
+        self.list_queues("consumers")
+    }
+
+    fn list_queues(&self, column: &str) -> BTreeMap<String, u64> {
         let out = Command::new("rabbitmqctl")
             .args([
                 "-q",
@@ -92,7 +102,7 @@ impl TestVhost {
                 &self.name,
                 "--no-table-headers",
                 "name",
-                "consumers",
+                column,
             ])
             .output()
             .expect("rabbitmqctl runs");
@@ -114,6 +124,17 @@ impl TestVhost {
             &self.name,
             "test: forced close",
         ]));
+    }
+}
+
+/// A vhost made unusable by [`TestVhost::outage`]; the guest user's permissions come back
+/// when it is dropped, however the test ends.
+pub struct Outage<'a>(&'a TestVhost);
+
+impl Drop for Outage<'_> {
+    fn drop(&mut self) {
+        // Not `run`: a panic while the test is already panicking would abort.
+        let _ = self.0.grant_guest().output();
     }
 }
 
