@@ -21,6 +21,13 @@ use tokio::sync::Mutex;
 /// requeues whatever was unacked when the socket goes), so a shutdown never hangs on it: after
 /// forced connection closes, lapin 4.12 was seen waiting for `close-ok` forever.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting (and declaring the topology) may take before it counts as failed: a
+/// node still booting can accept the socket and not answer, and the watchdog must try again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a publish may wait for its confirm. Far above a healthy broker's milliseconds;
+/// past it the message counts as not stored (the caller retries or answers 503), so no caller
+/// waits forever on a confirm lost with a dying channel.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct AmqpBroker {
     url: String,
@@ -68,6 +75,19 @@ impl AmqpBroker {
             return Ok(live.clone());
         }
         self.set_connected(false);
+        let live = tokio::time::timeout(CONNECT_TIMEOUT, self.open())
+            .await
+            .map_err(|_| {
+                BrokerError::Unavailable(format!("no connection within {CONNECT_TIMEOUT:?}"))
+            })??;
+        *guard = Some(live.clone());
+        self.set_connected(true);
+        tracing::info!("connected to RabbitMQ");
+        Ok(live)
+    }
+
+    /// A new connection with the topology declared and a confirm-mode publishing channel.
+    async fn open(&self) -> Result<Live, BrokerError> {
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .map_err(unavailable)?;
@@ -79,14 +99,10 @@ impl AmqpBroker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(unavailable)?;
-        let live = Live {
+        Ok(Live {
             connection: Arc::new(connection),
             publisher,
-        };
-        *guard = Some(live.clone());
-        self.set_connected(true);
-        tracing::info!("connected to RabbitMQ");
-        Ok(live)
+        })
     }
 
     fn set_connected(&self, up: bool) {
@@ -294,22 +310,28 @@ impl Broker for AmqpBroker {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_headers(to_field_table(&message.headers));
-        let confirm = live
-            .publisher
-            .basic_publish(
-                message.exchange.as_str().into(),
-                ShortString::from(message.routing_key.as_str()),
-                BasicPublishOptions {
-                    mandatory: message.mandatory,
-                    ..Default::default()
-                },
-                &message.body,
-                properties,
-            )
+        let confirmed = async {
+            live.publisher
+                .basic_publish(
+                    message.exchange.as_str().into(),
+                    ShortString::from(message.routing_key.as_str()),
+                    BasicPublishOptions {
+                        mandatory: message.mandatory,
+                        ..Default::default()
+                    },
+                    &message.body,
+                    properties,
+                )
+                .await
+                .map_err(unavailable)?
+                .await
+                .map_err(|e| BrokerError::NotConfirmed(e.to_string()))
+        };
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
             .await
-            .map_err(unavailable)?
-            .await
-            .map_err(|e| BrokerError::NotConfirmed(e.to_string()))?;
+            .map_err(|_| {
+                BrokerError::NotConfirmed(format!("no confirm within {CONFIRM_TIMEOUT:?}"))
+            })??;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(message.exchange)),
@@ -386,5 +408,34 @@ impl Broker for AmqpBroker {
             }
         }
         self.set_connected(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts the socket and never speaks AMQP (a node still booting, a black
+    /// hole): connecting gives up after CONNECT_TIMEOUT instead of hanging the watchdog.
+    #[tokio::test]
+    async fn a_silent_peer_fails_the_connection_in_bounded_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let started = std::time::Instant::now();
+        let url = format!("amqp://guest:guest@{addr}/%2f");
+        let result = AmqpBroker::connect(&url, Topology::new(1)).await;
+        assert!(
+            matches!(result, Err(BrokerError::Unavailable(_))),
+            "{:?}",
+            result.err()
+        );
+        assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(5));
+        silent.abort();
     }
 }
