@@ -10,14 +10,13 @@ use actix_web::{App, web};
 use cio_gateway::app::Gateway;
 use cio_gateway::broker::topology::DLQ_QUEUE;
 use cio_gateway::broker::{self, SharedBroker, Topology};
-use cio_gateway::http::{self, AppState};
+use cio_gateway::http;
 use cio_gateway::publisher::Publisher;
 use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
 use common::{TestVhost, eventually};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
 
 const ADMIN: &str = "admin-secret";
@@ -317,11 +316,7 @@ async fn the_cli_refuses_the_in_process_broker() {
 
 #[actix_rt::test]
 async fn admin_routes_are_off_without_a_token() {
-    let settings = common::settings(&[]);
-    let broker = broker::connect("memory://", Topology::new(2))
-        .await
-        .unwrap();
-    let state = AppState::new(Arc::new(settings), broker);
+    let state = common::routes_state(&[]).await;
     let app = web_test::init_service(
         App::new()
             .app_data(web::Data::new(state))

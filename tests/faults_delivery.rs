@@ -16,12 +16,12 @@ use cio_gateway::broker::topology::{DLQ_QUEUE, TRACK_EXCHANGE, partition_queue};
 use cio_gateway::broker::{Publish, SharedBroker};
 use cio_gateway::publisher::Publisher;
 use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
-use common::{TestVhost, eventually};
+use common::{TestVhost, eventually, eventually_async};
 use faults::{
     ChildGateway, PARTITIONS, Sent, TAP, assert_all_processed, assert_ordered,
     assert_repeats_are_harmless, collect, correlation_id, delivered_seqs, depth, envelope,
-    eventually_async, gateway_env, producer, publish_range, publish_range_with, queue_depths,
-    seq_of, shutdown_within, start_gateway, user_name,
+    gateway_env, list_queues, producer, publish_range, publish_range_with, queue_depths, seq_of,
+    shutdown_within, start_gateway, user_name,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -322,26 +322,7 @@ async fn partition_depth(vhost: &TestVhost) -> u64 {
 
 /// `rabbitmqctl list_queues name consumers`: whether every partition has `n` consumers.
 async fn partitions_consumed_by(vhost: &TestVhost, n: u64) -> bool {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "list_queues",
-            "-p",
-            &vhost.name,
-            "--no-table-headers",
-            "name",
-            "consumers",
-        ])
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
-    let counts: BTreeMap<String, u64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
-        })
-        .collect();
+    let counts = list_queues(vhost, "consumers").await;
     (0..PARTITIONS).all(|i| counts.get(&partition_queue(i)) == Some(&n))
 }
 

@@ -8,12 +8,10 @@ mod common;
 use actix_web::test as web_test;
 use actix_web::{App, web};
 use cio_gateway::app::Gateway;
-use cio_gateway::broker::{self, Topology};
-use cio_gateway::http::{self, AppState};
+use cio_gateway::http;
 use cio_gateway::sandbox::{self, Record, RunningSandbox, SandboxConfig};
 use common::{TestVhost, eventually};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
 
 const TOKEN: &str = "ingest-secret";
@@ -313,11 +311,7 @@ async fn the_publish_command_works_against_rabbitmq() {
 #[actix_rt::test]
 async fn without_a_token_the_route_is_off_except_on_loopback_in_local_mode() {
     async fn status(vars: &[(&str, &str)], peer: &str) -> u16 {
-        let settings = common::settings(vars);
-        let broker = broker::connect("memory://", Topology::new(2))
-            .await
-            .unwrap();
-        let state = AppState::new(Arc::new(settings), broker);
+        let state = common::routes_state(vars).await;
         let app = web_test::init_service(
             App::new()
                 .app_data(web::Data::new(state))

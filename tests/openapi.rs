@@ -6,11 +6,9 @@ mod common;
 
 use actix_web::test as web_test;
 use actix_web::{App, HttpRequest, HttpResponse, http::Method, web};
-use cio_gateway::broker::{self, Topology};
-use cio_gateway::http::{self, AppState, openapi::OPENAPI_JSON};
+use cio_gateway::http::{self, openapi::OPENAPI_JSON};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 const UNMATCHED: &str = "x-test-unmatched";
@@ -103,14 +101,11 @@ fn concrete(path: &str) -> String {
 
 #[actix_rt::test]
 async fn every_registered_route_is_documented_and_every_documented_one_exists() {
-    let settings = common::settings(&[
+    let state = common::routes_state(&[
         ("GATEWAY__INGEST__TOKEN", "ingest-secret"),
         ("GATEWAY__ADMIN__TOKEN", "admin-secret"),
-    ]);
-    let broker = broker::connect("memory://", Topology::new(2))
-        .await
-        .unwrap();
-    let state = AppState::new(Arc::new(settings), broker);
+    ])
+    .await;
     let app = web_test::init_service(
         App::new()
             .app_data(web::Data::new(state))
@@ -178,11 +173,7 @@ async fn every_registered_route_is_documented_and_every_documented_one_exists() 
 
 #[actix_rt::test]
 async fn the_document_is_served() {
-    let settings = common::settings(&[]);
-    let broker = broker::connect("memory://", Topology::new(2))
-        .await
-        .unwrap();
-    let state = AppState::new(Arc::new(settings), broker);
+    let state = common::routes_state(&[]).await;
     let app = web_test::init_service(
         App::new()
             .app_data(web::Data::new(state))

@@ -11,10 +11,10 @@ use cio_gateway::broker::Publish;
 use cio_gateway::broker::topology::{DLQ_QUEUE, TRACK_EXCHANGE};
 use cio_gateway::publisher::Publisher;
 use cio_gateway::sandbox::{self, Faults, Sandbox, SandboxConfig};
-use common::TestVhost;
+use common::{TestVhost, eventually_async};
 use faults::{
-    TAP as PROCESSED_TAP, assert_ordered, delivered_seqs, depth, eventually_async, gateway_env,
-    producer, publish_range, start_gateway,
+    TAP as PROCESSED_TAP, assert_ordered, delivered_seqs, depth, gateway_env, producer,
+    publish_range, start_gateway,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};

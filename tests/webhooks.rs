@@ -11,11 +11,10 @@ use cio_gateway::broker::topology::{DLQ_QUEUE, WEBHOOKS_EXCHANGE, WEBHOOKS_WAREH
 use cio_gateway::broker::{Broker, BrokerError, DeliveryStream, Publish, Topology};
 use cio_gateway::domain::webhook::sign;
 use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
-use common::{TestDb, TestVhost, eventually};
+use common::{TestDb, TestVhost, eventually, eventually_async};
 use parking_lot::Mutex;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,24 +160,6 @@ fn count_of(rows: &[(String, Value)], event_id: &str) -> usize {
 /// report every few seconds, so only ever wait for a value, never assert one at once).
 fn depth(vhost: &TestVhost, queue: &str) -> u64 {
     vhost.queue_depths().get(queue).copied().unwrap_or(0)
-}
-
-/// `eventually` for conditions that need `.await`.
-async fn eventually_async<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[actix_rt::test]

@@ -17,7 +17,6 @@ use cio_gateway::sandbox::Record;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -342,8 +341,8 @@ pub fn check_user(user: &str, records: &[Record], n: u64) -> (usize, usize) {
     assert_repeats_are_harmless(user, records)
 }
 
-/// `rabbitmqctl list_queues name messages` for the vhost, without blocking the runtime.
-pub async fn queue_depths(vhost: &TestVhost) -> BTreeMap<String, u64> {
+/// `rabbitmqctl list_queues name <column>` for the vhost, without blocking the runtime.
+pub async fn list_queues(vhost: &TestVhost, column: &str) -> BTreeMap<String, u64> {
     let out = tokio::process::Command::new("rabbitmqctl")
         .args([
             "-q",
@@ -352,7 +351,7 @@ pub async fn queue_depths(vhost: &TestVhost) -> BTreeMap<String, u64> {
             &vhost.name,
             "--no-table-headers",
             "name",
-            "messages",
+            column,
         ])
         .output()
         .await
@@ -364,6 +363,11 @@ pub async fn queue_depths(vhost: &TestVhost) -> BTreeMap<String, u64> {
             Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
         })
         .collect()
+}
+
+/// Ready messages per queue of the vhost.
+pub async fn queue_depths(vhost: &TestVhost) -> BTreeMap<String, u64> {
+    list_queues(vhost, "messages").await
 }
 
 /// Ready plus unacked messages of one queue (0 if unknown).
@@ -385,24 +389,6 @@ pub async fn close_connections(vhost: &TestVhost) {
         .await
         .expect("rabbitmqctl runs");
     assert!(status.success(), "close_all_connections failed");
-}
-
-/// Polls an async condition until it holds or `timeout` passes; returns whether it held.
-pub async fn eventually_async<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Consumes `queue` (acking) until every key in `expected` was seen or `timeout` passes, then

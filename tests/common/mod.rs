@@ -4,6 +4,7 @@
 
 use cio_gateway::config::Settings;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -33,6 +34,14 @@ fn run(cmd: &mut Command) {
         "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The HTTP layer's state over the in-process broker, for tests of the routes alone.
+pub async fn routes_state(vars: &[(&str, &str)]) -> cio_gateway::http::AppState {
+    let broker = cio_gateway::broker::connect("memory://", cio_gateway::broker::Topology::new(2))
+        .await
+        .expect("the in-process broker starts");
+    cio_gateway::http::AppState::new(std::sync::Arc::new(settings(vars)), broker)
 }
 
 /// A RabbitMQ vhost of one test's own, deleted (with everything in it) on drop.
@@ -203,5 +212,23 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls an async condition until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually_async<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
