@@ -211,28 +211,18 @@ async fn list_show_replay_and_purge_without_losing_a_message() {
     let base = format!("http://{}", gateway.addr);
     let response = http.get(format!("{base}/admin/dlq")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 401);
-    let listing: Value = http
-        .get(format!("{base}/admin/dlq?limit=2"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin_listing = |query: &str| {
+        let request = http
+            .get(format!("{base}/admin/dlq{query}"))
+            .bearer_auth(ADMIN);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let listing = admin_listing("?limit=2").await;
     assert_eq!(listing["total"], 4);
     assert_eq!(listing["deadLetters"].as_array().unwrap().len(), 2);
     // In one process, back to back: every peek has put everything back before it answers.
     for round in 0..5 {
-        let listing: Value = http
-            .get(format!("{base}/admin/dlq"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listing = admin_listing("").await;
         assert_eq!(listing["total"], 4, "round {round}");
         assert_eq!(
             listing["deadLetters"].as_array().unwrap().len(),
