@@ -73,5 +73,18 @@ deadline (shutdown.drain_secs, rendered into the config from the same value), th
 for the process to exit. With the defaults: 0 + 25 + 5 = 30.
 */}}
 {{- define "cio-gateway.terminationGracePeriodSeconds" -}}
-{{- add (int .Values.preStopSleepSeconds) (int .Values.config.shutdown.drain_secs) (int .Values.shutdownMarginSeconds) }}
+{{- add (int (include "cio-gateway.preStopSleepSeconds" .)) (int .Values.config.shutdown.drain_secs) (int .Values.shutdownMarginSeconds) }}
+{{- end }}
+
+{{/*
+The preStop pause actually rendered: preStopSleepSeconds where the cluster has the native
+`sleep` lifecycle action (on by default from Kubernetes 1.30), else 0. The image is distroless
+(no /bin/sleep), so an `exec: sleep` fallback would fail at once; older clusters get no pause.
+*/}}
+{{- define "cio-gateway.preStopSleepSeconds" -}}
+{{- if semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version }}
+{{- int .Values.preStopSleepSeconds }}
+{{- else }}
+{{- 0 }}
+{{- end }}
 {{- end }}
