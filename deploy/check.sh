@@ -360,15 +360,20 @@ for e in d["exchanges"] + d["queues"]:
     assert e["durable"] and not e["auto_delete"] and e["vhost"] == "/", e
 PY
 
-check "RabbitmqCluster example enables rabbitmq_sharding" \
+check "RabbitmqCluster example: rabbitmq_sharding, pinned image, consumer_timeout of hours" \
   python3 - "$ROOT/deploy/rabbitmq/rabbitmqcluster.yaml" <<'PY'
-import sys, yaml
+import re, sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))
 assert doc["apiVersion"] == "rabbitmq.com/v1beta1" and doc["kind"] == "RabbitmqCluster"
 assert "rabbitmq_sharding" in doc["spec"]["rabbitmq"]["additionalPlugins"]
+assert re.fullmatch(r"rabbitmq:\d+\.\d+\.\d+(-management)?", doc["spec"]["image"]), doc["spec"]["image"]
+conf = dict(l.split("=", 1) for l in doc["spec"]["rabbitmq"]["additionalConfig"].splitlines()
+            if "=" in l and not l.strip().startswith("#"))
+timeout = int({k.strip(): v.strip() for k, v in conf.items()}["consumer_timeout"])
+assert timeout >= 3600 * 1000, f"consumer_timeout {timeout} ms is under an hour"
 PY
 
-check "BigQuery schema: the warehouse row columns of CONTRACT section 7" \
+check "BigQuery schema: the warehouse row columns the gateway writes" \
   python3 - "$ROOT/deploy/bigquery/delivery_events.json" <<'PY'
 import json, sys
 fields = {f["name"]: (f["type"], f.get("mode", "NULLABLE")) for f in json.load(open(sys.argv[1]))}
