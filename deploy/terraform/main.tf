@@ -1,7 +1,9 @@
 # Google Cloud resources of cio-gateway's BigQuery warehouse sink:
 #   - the dataset and the delivery_events table (schema: ../bigquery/delivery_events.json),
 #   - a service account the gateway runs as, allowed to write to that dataset only,
-#   - Secret Manager secrets for the Customer.io credentials, readable by that account.
+#   - Secret Manager secrets for every key of the chart's Secret (Customer.io credentials,
+#     AMQP_URL, DATABASE_URL, the admin and ingest tokens), readable by that account,
+#   - the Google APIs these need (enabled, never disabled on destroy).
 # Secret *values* are never in Terraform (they would land in its state): add them with
 #   gcloud secrets versions add <id> --data-file=-
 # and sync them into the Kubernetes Secret the Helm chart reads (e.g. External Secrets).
@@ -15,7 +17,27 @@ locals {
     "customerio-api-key"        = "CUSTOMERIO_API_KEY"
     "customerio-app-api-key"    = "CUSTOMERIO_APP_API_KEY"
     "customerio-webhook-secret" = "CUSTOMERIO_WEBHOOK_SECRET"
+    "amqp-url"                  = "AMQP_URL"
+    "database-url"              = "DATABASE_URL"
+    "admin-token"               = "GATEWAY__ADMIN__TOKEN"
+    "ingest-token"              = "GATEWAY__INGEST__TOKEN"
   }
+
+  # The Google APIs the resources below need.
+  services = [
+    "bigquery.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "secretmanager.googleapis.com",
+  ]
+}
+
+resource "google_project_service" "required" {
+  for_each = toset(local.services)
+
+  project            = var.project_id
+  service            = each.value
+  disable_on_destroy = false
 }
 
 resource "google_bigquery_dataset" "customerio" {
@@ -64,6 +86,8 @@ resource "google_bigquery_dataset_iam_member" "gateway_data_editor" {
 
 resource "google_secret_manager_secret" "customerio" {
   for_each = local.secrets
+
+  depends_on = [google_project_service.required]
 
   project   = var.project_id
   secret_id = "${var.secret_prefix}${each.key}"
