@@ -1,7 +1,7 @@
 //! The typed messages the actors exchange, and the one failure type of a delivery attempt.
 
-use crate::broker::{Acker, BrokerError};
 use super::dedup::DedupKey;
+use crate::broker::{Acker, BrokerError};
 use crate::domain::{Envelope, UserId};
 use actix::Message;
 use std::time::Duration;
