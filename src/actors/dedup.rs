@@ -1,13 +1,21 @@
-//! Correlation ids this replica delivered recently: a redelivered envelope found here is not
-//! sent to Customer.io again. Bounded: the oldest ids fall out first.
+//! Messages this replica delivered recently: a redelivered envelope found here is not sent to
+//! Customer.io again. Keyed on (user, message type, correlationId): two users, or a track and
+//! a send, that share an id never swallow each other. Bounded: the oldest keys fall out first.
 
-use crate::domain::CorrelationId;
+use crate::domain::{CorrelationId, Envelope, MessageType, UserId};
 use lru::LruCache;
 use parking_lot::Mutex;
 use std::num::NonZeroUsize;
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    user: UserId,
+    kind: MessageType,
+    id: CorrelationId,
+}
+
 pub struct Dedup {
-    seen: Mutex<LruCache<CorrelationId, ()>>,
+    seen: Mutex<LruCache<DedupKey, ()>>,
 }
 
 impl Dedup {
@@ -18,12 +26,21 @@ impl Dedup {
         }
     }
 
-    pub fn contains(&self, id: &CorrelationId) -> bool {
-        self.seen.lock().contains(id)
+    /// The key of an envelope; none without a correlationId (such messages are not deduplicated).
+    pub fn key_of(envelope: &Envelope) -> Option<DedupKey> {
+        envelope.correlation_id.clone().map(|id| DedupKey {
+            user: envelope.user.clone(),
+            kind: envelope.kind,
+            id,
+        })
     }
 
-    pub fn insert(&self, id: CorrelationId) {
-        self.seen.lock().put(id, ());
+    pub fn contains_envelope(&self, envelope: &Envelope) -> bool {
+        Self::key_of(envelope).is_some_and(|key| self.seen.lock().contains(&key))
+    }
+
+    pub fn insert(&self, key: DedupKey) {
+        self.seen.lock().put(key, ());
     }
 }
 
@@ -31,14 +48,35 @@ impl Dedup {
 mod tests {
     use super::*;
 
+    fn envelope(kind: &str, user: &str, id: &str) -> Envelope {
+        let body = serde_json::json!({
+            "type": kind, "userId": user, "correlationId": id,
+            "payload": {"name": "signed_up"}
+        });
+        Envelope::parse(&serde_json::to_vec(&body).unwrap()).unwrap()
+    }
+
     #[test]
     fn bounded() {
         let d = Dedup::new(2);
-        let id = |s: &str| CorrelationId::parse(s).unwrap();
-        d.insert(id("a"));
-        d.insert(id("b"));
-        d.insert(id("c"));
-        assert!(!d.contains(&id("a")));
-        assert!(d.contains(&id("b")) && d.contains(&id("c")));
+        let (a, b, c) = (
+            envelope("track", "u", "a"),
+            envelope("track", "u", "b"),
+            envelope("track", "u", "c"),
+        );
+        for e in [&a, &b, &c] {
+            d.insert(Dedup::key_of(e).unwrap());
+        }
+        assert!(!d.contains_envelope(&a));
+        assert!(d.contains_envelope(&b) && d.contains_envelope(&c));
+    }
+
+    #[test]
+    fn another_user_or_type_with_the_same_id_is_not_a_duplicate() {
+        let d = Dedup::new(10);
+        d.insert(Dedup::key_of(&envelope("track", "u1", "same")).unwrap());
+        assert!(d.contains_envelope(&envelope("track", "u1", "same")));
+        assert!(!d.contains_envelope(&envelope("track", "u2", "same")));
+        assert!(!d.contains_envelope(&envelope("identify", "u1", "same")));
     }
 }

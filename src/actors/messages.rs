@@ -1,7 +1,8 @@
 //! The typed messages the actors exchange, and the one failure type of a delivery attempt.
 
+use super::dedup::DedupKey;
 use crate::broker::{Acker, BrokerError};
-use crate::domain::{CorrelationId, Envelope, UserId};
+use crate::domain::{Envelope, UserId};
 use actix::Message;
 use std::time::Duration;
 
@@ -104,7 +105,7 @@ pub struct AttemptDone {
     pub user: UserId,
     pub generation: u64,
     /// So a success that arrives after a restart still fills the dedup window.
-    pub correlation_id: Option<CorrelationId>,
+    pub dedup_key: Option<DedupKey>,
     pub result: Result<(), Failure>,
 }
 

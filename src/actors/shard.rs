@@ -127,6 +127,26 @@ impl ShardActor {
         };
         metrics::counter!("cio_gateway_envelopes_received_total", "type" => envelope.kind.as_str())
             .increment(1);
+        if delivery.routing_key != envelope.user.as_str() {
+            // Partitions are chosen by routing key, lanes by userId: a mismatch would split
+            // the user across shards and break their order.
+            let letter = DeadLetter {
+                error: format!(
+                    "routing key {:?} is not the envelope's userId {:?}; publish with the userId as routing key",
+                    delivery.routing_key,
+                    envelope.user.as_str()
+                ),
+                body: delivery.body,
+                original_exchange: delivery.exchange,
+                original_routing_key: delivery.routing_key,
+                kind: ErrorKind::Invalid,
+                attempts: 0,
+                processing_time_ms: received.elapsed().as_millis() as u64,
+                acker: delivery.acker,
+            };
+            self.dead_letter(letter, envelope.kind.as_str());
+            return;
+        }
         let pending = Pending {
             envelope,
             body: delivery.body,
@@ -136,12 +156,7 @@ impl ShardActor {
             attempts: 0,
             received,
         };
-        let already_delivered = pending
-            .envelope
-            .correlation_id
-            .as_ref()
-            .is_some_and(|id| self.deps.dedup.contains(id));
-        if already_delivered {
+        if self.deps.dedup.contains_envelope(&pending.envelope) {
             // A redelivery of something this replica delivered: settle, do not send again.
             self.settle_delivered(pending);
             return;
@@ -177,16 +192,30 @@ impl ShardActor {
             if lane.state != LaneState::Idle {
                 return;
             }
+            // Checked again here: a redelivered copy that queued behind the old generation's
+            // successful attempt must not be sent a second time.
+            if lane
+                .pending
+                .front()
+                .is_some_and(|head| self.deps.dedup.contains_envelope(&head.envelope))
+            {
+                let head = lane.pending.pop_front();
+                drop(guard);
+                if let Some(head) = head {
+                    self.settle_delivered(head);
+                }
+                return self.dispatch(user, ctx);
+            }
             match lane.pending.front_mut() {
                 Some(head) => {
                     head.attempts += 1;
                     lane.state = LaneState::Attempting(generation);
-                    Some((head.envelope.clone(), head.envelope.correlation_id.clone()))
+                    Some((head.envelope.clone(), Dedup::key_of(&head.envelope)))
                 }
                 None => None,
             }
         };
-        let Some((envelope, correlation_id)) = started else {
+        let Some((envelope, dedup_key)) = started else {
             self.forget_if_idle(&user);
             return;
         };
@@ -205,7 +234,7 @@ impl ShardActor {
             me.do_send(AttemptDone {
                 user,
                 generation,
-                correlation_id,
+                dedup_key,
                 result,
             });
         });
@@ -221,8 +250,8 @@ impl ShardActor {
     }
 
     fn attempt_done(&mut self, done: AttemptDone, ctx: &mut Context<Self>) {
-        if let (Ok(()), Some(id)) = (&done.result, &done.correlation_id) {
-            self.deps.dedup.insert(id.clone());
+        if let (Ok(()), Some(key)) = (&done.result, &done.dedup_key) {
+            self.deps.dedup.insert(key.clone());
         }
         let user = done.user;
         let current = done.generation == self.generation;
