@@ -14,7 +14,9 @@ mod signature;
 
 pub use row::Row;
 pub use rules::{Action, Rules, action_correlation_id, action_envelope};
-pub use signature::{SignatureError, SignatureVerifier, sign};
+pub use signature::{
+    FRESH_SECS, Freshness, MAX_FUTURE_SKEW_SECS, SignatureError, SignatureVerifier, sign,
+};
 
 use super::ParseError;
 use super::attributes::kind as json_kind;
