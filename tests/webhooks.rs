@@ -369,7 +369,10 @@ async fn refused_requests_store_nothing() {
     let signature = sign("s1", &old, &body);
     let (status, answer) = post_raw(&gateway, body.clone(), Some((old, signature))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(answer["error"].as_str().unwrap().contains("old"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("old"),
+        "{answer}"
+    );
     // Correctly signed, an hour in the future.
     let ahead = (chrono::Utc::now().timestamp() + 3600).to_string();
     let signature = sign("s1", &ahead, &body);

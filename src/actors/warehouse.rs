@@ -12,7 +12,7 @@
 use super::DlqActor;
 use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::messages::{DeadLetter, Drain, ErrorKind};
-use crate::broker::topology::WEBHOOKS_WAREHOUSE_QUEUE;
+use crate::broker::topology::{WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE};
 use crate::broker::{Acker, Delivery, SharedBroker};
 use crate::domain::{ReportingEvent, Row};
 use crate::http::webhooks::HEADER_RECEIVED_AT;
@@ -73,7 +73,9 @@ impl WarehouseActor {
                 tracing::error!(error = %e, "unparseable webhook event; dead-lettering");
                 let letter = DeadLetter {
                     body: delivery.body,
-                    original_exchange: delivery.exchange,
+                    // Not the delivery's exchange: a replay to the warehouse queue comes through
+                    // the default one, and replay knows only `customerio.webhooks`.
+                    original_exchange: WEBHOOKS_EXCHANGE.to_string(),
                     original_routing_key: delivery.routing_key,
                     error: e.to_string(),
                     kind: ErrorKind::Invalid,
