@@ -70,6 +70,8 @@ pub enum ErrorKind {
     Invalid,
     Rejected,
     Exhausted,
+    /// The warehouse refused the row for good (e.g. a value its column type cannot hold).
+    WarehouseRejected,
 }
 
 impl ErrorKind {
@@ -78,6 +80,7 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::Rejected => "rejected",
             ErrorKind::Exhausted => "exhausted",
+            ErrorKind::WarehouseRejected => "warehouse_rejected",
         }
     }
 }
