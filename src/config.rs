@@ -202,7 +202,7 @@ addr = "127.0.0.1:8080"
 
 [webhooks]
 signing_secrets = []
-tolerance_secs = 300
+tolerance_secs = 604800
 
 [warehouse]
 sink = "file"

@@ -7,7 +7,9 @@
 //! republished envelope was confirmed by RabbitMQ.
 
 use crate::broker::topology::{
-    DLQ_QUEUE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, exchange_for,
+    DLQ_QUEUE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, IDENTIFY_EXCHANGE,
+    TRACK_EXCHANGE, TRANSACTIONAL_EXCHANGE, WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE,
+    exchange_for,
 };
 use crate::broker::{BrokerError, Delivery, DeliveryStream, Publish, SharedBroker};
 use crate::domain::MessageType;
@@ -112,7 +114,25 @@ impl DeadLetter {
             .original_routing_key
             .clone()
             .or_else(|| self.user_id.clone())?;
+        let (exchange, routing_key) = replay_target(&exchange, &routing_key)?;
         Some(Publish::new(&exchange, &routing_key, body))
+    }
+}
+
+/// Where a dead letter may be replayed to, by the exchange it was dead-lettered from. Anyone
+/// able to publish to `customerio.dlq` controls its headers, so replay trusts no exchange name:
+/// only the producer exchanges (the delivery pipeline dead-letters what came through them) and
+/// `customerio.webhooks` (the warehouse dead-letters rows it cannot store) are allowed. A
+/// reporting event goes back to the warehouse queue alone (AMQP's default exchange), never to
+/// the actions queue: a forged dead letter must not become a suppress. Everything else stays in
+/// the queue, and no publish to an undeclared exchange can close the shared publisher channel.
+pub fn replay_target(original_exchange: &str, routing_key: &str) -> Option<(String, String)> {
+    match original_exchange {
+        IDENTIFY_EXCHANGE | TRACK_EXCHANGE | TRANSACTIONAL_EXCHANGE => {
+            Some((original_exchange.to_string(), routing_key.to_string()))
+        }
+        WEBHOOKS_EXCHANGE => Some((String::new(), WEBHOOKS_WAREHOUSE_QUEUE.to_string())),
+        _ => None,
     }
 }
 
@@ -211,7 +231,8 @@ pub enum Selection {
 pub struct ReplayReport {
     /// Republished (confirmed), then removed from the queue; correlation ids, `null` for none.
     pub replayed: Vec<Option<String>>,
-    /// Selected but left in the queue: no original exchange could be told.
+    /// Selected but left in the queue: no original exchange could be told, or it is not one
+    /// replay may publish to (see [`replay_target`]).
     pub skipped: Vec<Option<String>>,
     /// Why the replay stopped early; the rest stays in the queue.
     pub error: Option<String>,
@@ -248,6 +269,10 @@ pub async fn replay(
             continue;
         }
         let Some(message) = letter.original_message() else {
+            tracing::warn!(correlation_id = ?letter.correlation_id,
+                original_exchange = ?letter.original_exchange,
+                "dead letter not replayed: its original exchange is not a replay target");
+            metrics::counter!("cio_gateway_dead_letters_replay_refused_total").increment(1);
             report.skipped.push(letter.correlation_id);
             held.deliveries.push(delivery);
             continue;
@@ -399,5 +424,29 @@ mod tests {
             ..letter
         };
         assert_eq!(raw.original_message().unwrap().body, b"{not json");
+
+        // A reporting event goes back to the warehouse queue only; unknown exchanges nowhere.
+        let webhook = DeadLetter {
+            original_exchange: Some(WEBHOOKS_EXCHANGE.into()),
+            original_routing_key: Some("email.bounced".into()),
+            ..raw.clone()
+        };
+        let message = webhook.original_message().unwrap();
+        assert_eq!(
+            (message.exchange.as_str(), message.routing_key.as_str()),
+            ("", WEBHOOKS_WAREHOUSE_QUEUE)
+        );
+        for exchange in [
+            "customerio.partitioner",
+            "customerio.dlq",
+            "amq.topic",
+            "nope",
+        ] {
+            let forged = DeadLetter {
+                original_exchange: Some(exchange.into()),
+                ..raw.clone()
+            };
+            assert!(forged.original_message().is_none(), "{exchange}");
+        }
     }
 }

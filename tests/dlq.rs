@@ -332,3 +332,83 @@ async fn admin_routes_are_off_without_a_token() {
     .await;
     assert_eq!(response.status().as_u16(), 404);
 }
+
+/// Anyone able to publish to `customerio.dlq` writes the headers a replay reads. A forged dead
+/// letter naming `customerio.webhooks` must not reach the actions queue (a suppress without a
+/// signature), one naming an exchange that does not exist must not break the replay or the
+/// publisher channel, and a genuine one still goes back to its producer exchange.
+#[actix_rt::test]
+async fn replay_publishes_only_to_allowed_exchanges() {
+    use cio_gateway::broker::Publish;
+    use cio_gateway::broker::topology::{
+        DLQ_EXCHANGE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, TRACK_EXCHANGE,
+        WEBHOOKS_ACTIONS_QUEUE, WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE,
+    };
+    use cio_gateway::dlq::{Selection, replay};
+
+    let vhost = TestVhost::new("dlq-allow-list");
+    let broker = broker::connect(&vhost.url, Topology::new(4)).await.unwrap();
+    let letter = |exchange: &str, key: &str, body: Value| {
+        Publish::new(DLQ_EXCHANGE, key, serde_json::to_vec(&body).unwrap())
+            .header(HEADER_ORIGINAL_EXCHANGE, exchange)
+            .header(HEADER_ORIGINAL_ROUTING_KEY, key)
+    };
+    let bounce = json!({"event_id": "forged-1", "object_type": "email", "metric": "bounced",
+        "timestamp": 1_700_000_000, "data": {"customer_id": "victim"}});
+    for message in [
+        letter(WEBHOOKS_EXCHANGE, "email.bounced", bounce),
+        letter(
+            "no.such.exchange",
+            "victim",
+            json!({"type": "track", "userId": "victim",
+            "correlationId": "forged-2", "payload": {"name": "x"}}),
+        ),
+        letter(
+            "customerio.partitioner",
+            "victim",
+            json!({"type": "track",
+            "userId": "victim", "correlationId": "forged-3", "payload": {"name": "x"}}),
+        ),
+        letter(
+            TRACK_EXCHANGE,
+            "u1",
+            json!({"type": "track", "userId": "u1",
+            "correlationId": "genuine", "payload": {"name": "x"}, "status": "failed",
+            "error": "e", "errorKind": "rejected", "attempts": 1, "processingTime": 1}),
+        ),
+    ] {
+        broker.publish(message).await.unwrap();
+    }
+
+    let report = replay(&broker, &Selection::Count(10)).await.unwrap();
+    assert_eq!(report.error, None, "{report:?}");
+    assert_eq!(
+        report.replayed,
+        [None, Some("genuine".to_string())],
+        "{report:?}"
+    );
+    assert_eq!(
+        report.skipped,
+        [Some("forged-2".to_string()), Some("forged-3".to_string())]
+    );
+    assert_eq!(report.remaining, 2, "the refused ones stay for a human");
+    assert_eq!(broker.queue_len(WEBHOOKS_ACTIONS_QUEUE).await.unwrap(), 0);
+    assert_eq!(broker.queue_len(WEBHOOKS_WAREHOUSE_QUEUE).await.unwrap(), 1);
+    let partitions: u32 = futures::future::join_all(
+        Topology::new(4)
+            .partition_queues()
+            .map(|q| {
+                let b = broker.clone();
+                async move { b.queue_len(&q).await.unwrap() }
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .into_iter()
+    .sum();
+    assert_eq!(partitions, 1, "the genuine letter is back in the pipeline");
+    // The publisher channel survived: publishing still works.
+    let again = replay(&broker, &Selection::Count(10)).await.unwrap();
+    assert_eq!(again.error, None);
+    broker.close().await;
+}

@@ -364,13 +364,22 @@ async fn refused_requests_store_nothing() {
         answer["error"].as_str().unwrap().contains("signature"),
         "{answer}"
     );
-    // Correctly signed, but an hour old.
-    let old = (chrono::Utc::now().timestamp() - 3600).to_string();
+    // Correctly signed, but older than Customer.io's 7-day retry window.
+    let old = (chrono::Utc::now().timestamp() - 8 * 86_400).to_string();
     let signature = sign("s1", &old, &body);
     let (status, answer) = post_raw(&gateway, body.clone(), Some((old, signature))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(
-        answer["error"].as_str().unwrap().contains("from now"),
+        answer["error"].as_str().unwrap().contains("old"),
+        "{answer}"
+    );
+    // Correctly signed, an hour in the future.
+    let ahead = (chrono::Utc::now().timestamp() + 3600).to_string();
+    let signature = sign("s1", &ahead, &body);
+    let (status, answer) = post_raw(&gateway, body.clone(), Some((ahead, signature))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        answer["error"].as_str().unwrap().contains("future"),
         "{answer}"
     );
     // A signature over the whole body, sent with a truncated body.
@@ -423,7 +432,7 @@ async fn refused_requests_store_nothing() {
         .text()
         .await
         .unwrap();
-    for reason in ["signature", "stale", "malformed", "too_large"] {
+    for reason in ["signature", "stale", "future", "malformed", "too_large"] {
         assert!(
             metrics.contains(&format!(
                 "cio_gateway_webhooks_rejected_total{{reason=\"{reason}\"}}"

@@ -71,6 +71,8 @@ pub enum ErrorKind {
     Invalid,
     Rejected,
     Exhausted,
+    /// The warehouse refused the row for good (e.g. a value its column type cannot hold).
+    WarehouseRejected,
 }
 
 impl ErrorKind {
@@ -79,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::Rejected => "rejected",
             ErrorKind::Exhausted => "exhausted",
+            ErrorKind::WarehouseRejected => "warehouse_rejected",
         }
     }
 }

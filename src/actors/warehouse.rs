@@ -6,13 +6,19 @@
 //! and a crash or lost connection returns it to the queue. Since every sink de-duplicates on
 //! `event_id`, a batch written twice is stored once.
 //!
+//! A failure that writing again cannot cure (a value the sink's column cannot hold, a row
+//! BigQuery calls invalid) must not hold back every later event: the batch is split in halves
+//! until the rows at fault are alone, those are dead-lettered to `customerio.dlq` with
+//! `errorKind: warehouse_rejected` and the sink's message, and the rest is written. Rows a
+//! sink names itself (BigQuery `insertErrors`) are dead-lettered without splitting.
+//!
 //! An unparseable body (the edge validated it, so this is a bug or a foreign publisher) is
 //! dead-lettered to `customerio.dlq` with `errorKind: invalid` instead of blocking the batch.
 
 use super::DlqActor;
 use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::messages::{DeadLetter, Drain, ErrorKind};
-use crate::broker::topology::WEBHOOKS_WAREHOUSE_QUEUE;
+use crate::broker::topology::{WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE};
 use crate::broker::{Acker, Delivery, SharedBroker};
 use crate::domain::{ReportingEvent, Row};
 use crate::http::webhooks::HEADER_RECEIVED_AT;
@@ -28,7 +34,7 @@ pub struct WarehouseActor {
     batch_size: usize,
     flush_after: Duration,
     prefetch: u16,
-    buffer: Vec<(Row, Acker)>,
+    buffer: Vec<Pending>,
     flush_timer: Option<SpawnHandle>,
     /// A write failed; the next attempt waits for its timer.
     backing_off: bool,
@@ -37,8 +43,16 @@ pub struct WarehouseActor {
     draining: bool,
 }
 
-/// A batch the sink refused, handed back for another attempt.
-type Refused = (SinkError, Vec<(Row, Acker)>);
+/// One event waiting to be written, with what dead-lettering it needs.
+struct Pending {
+    row: Row,
+    body: Vec<u8>,
+    routing_key: String,
+    acker: Acker,
+}
+
+/// A batch the sink refused for now, handed back for another attempt.
+type Refused = (SinkError, Vec<Pending>);
 
 impl WarehouseActor {
     pub fn new(
@@ -73,7 +87,9 @@ impl WarehouseActor {
                 tracing::error!(error = %e, "unparseable webhook event; dead-lettering");
                 let letter = DeadLetter {
                     body: delivery.body,
-                    original_exchange: delivery.exchange,
+                    // Not the delivery's exchange: a replay to the warehouse queue comes through
+                    // the default one, and replay knows only `customerio.webhooks`.
+                    original_exchange: WEBHOOKS_EXCHANGE.to_string(),
                     original_routing_key: delivery.routing_key,
                     error: e.to_string(),
                     kind: ErrorKind::Invalid,
@@ -101,8 +117,12 @@ impl WarehouseActor {
             .get(HEADER_RECEIVED_AT)
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
-        self.buffer
-            .push((Row::new(&event, received_at), delivery.acker));
+        self.buffer.push(Pending {
+            row: Row::new(&event, received_at),
+            body: delivery.body,
+            routing_key: delivery.routing_key,
+            acker: delivery.acker,
+        });
         if self.backing_off {
             return;
         }
@@ -126,7 +146,7 @@ impl WarehouseActor {
         }
         let take = self.buffer.len().min(self.batch_size);
         let batch: Vec<_> = self.buffer.drain(..take).collect();
-        ctx.wait(write(self.sink.clone(), batch).into_actor(self).map(|result, act, ctx| {
+        ctx.wait(write(self.sink.clone(), self.dlq.clone(), batch).into_actor(self).map(|result, act, ctx| {
             match result {
                 Ok(_) => {
                     act.backing_off = false;
@@ -165,30 +185,104 @@ impl WarehouseActor {
     }
 }
 
-/// Writes the rows, then acks each message; hands the batch back if the sink refused it.
-async fn write(sink: SharedSink, batch: Vec<(Row, Acker)>) -> Result<usize, Refused> {
-    let rows: Vec<Row> = batch.iter().map(|(row, _)| row.clone()).collect();
-    match sink.write(&rows).await {
-        Ok(new) => {
-            metrics::counter!("cio_gateway_warehouse_rows_total", "sink" => sink.name())
-                .increment(new as u64);
-            tracing::debug!(
-                sink = sink.name(),
-                rows = rows.len(),
-                new,
-                "warehouse batch committed"
-            );
-            for (_, acker) in &batch {
-                if let Err(e) = acker.ack().await {
-                    // The channel is gone: the rest return to the queue with it, and are
-                    // skipped as duplicates by the sink when redelivered.
-                    tracing::warn!(error = %e, "ack after warehouse write failed");
-                    break;
+/// Writes the rows, then acks each message. Rows the sink refuses for good are found (by
+/// halving) and dead-lettered; a transient failure hands back everything not yet written.
+async fn write(
+    sink: SharedSink,
+    dlq: Addr<DlqActor>,
+    batch: Vec<Pending>,
+) -> Result<usize, Refused> {
+    let mut written = 0;
+    // Parts still to write, the next one last.
+    let mut parts = vec![batch];
+    while let Some(mut part) = parts.pop() {
+        let rows: Vec<Row> = part.iter().map(|p| p.row.clone()).collect();
+        match sink.write(&rows).await {
+            Ok(new) => {
+                written += new;
+                metrics::counter!("cio_gateway_warehouse_rows_total", "sink" => sink.name())
+                    .increment(new as u64);
+                tracing::debug!(
+                    sink = sink.name(),
+                    rows = rows.len(),
+                    new,
+                    "warehouse batch committed"
+                );
+                for pending in &part {
+                    if let Err(e) = pending.acker.ack().await {
+                        // The channel is gone: the rest return to the queue with it, and are
+                        // skipped as duplicates by the sink when redelivered.
+                        tracing::warn!(error = %e, "ack after warehouse write failed");
+                        break;
+                    }
                 }
             }
-            Ok(new)
+            Err(SinkError::RowsRejected { rows: bad, .. }) if !bad.is_empty() => {
+                let mut reasons: std::collections::HashMap<usize, String> =
+                    bad.into_iter().collect();
+                let mut rest = Vec::new();
+                for (index, pending) in part.into_iter().enumerate() {
+                    match reasons.remove(&index) {
+                        Some(reason) => {
+                            let error = format!("{} sink refused the row: {reason}", sink.name());
+                            if let Err(pending) = dead_letter(&dlq, pending, error).await {
+                                rest.push(pending);
+                            }
+                        }
+                        None => rest.push(pending),
+                    }
+                }
+                if !rest.is_empty() {
+                    parts.push(rest);
+                }
+            }
+            Err(e) if e.is_permanent() && part.len() > 1 => {
+                let second = part.split_off(part.len() / 2);
+                parts.push(second);
+                parts.push(part);
+            }
+            Err(e) if e.is_permanent() => {
+                let pending = part.pop().expect("one row");
+                tracing::error!(sink = sink.name(), event_id = %pending.row.event_id, error = %e,
+                    "the warehouse refuses this row for good; dead-lettering it");
+                if let Err(pending) = dead_letter(&dlq, pending, e.to_string()).await {
+                    parts.push(vec![pending]);
+                    return Err((e, parts.into_iter().rev().flatten().collect()));
+                }
+            }
+            Err(e) => {
+                parts.push(part);
+                return Err((e, parts.into_iter().rev().flatten().collect()));
+            }
         }
-        Err(e) => Err((e, batch)),
+    }
+    Ok(written)
+}
+
+/// Dead-letters one row's event (the DLQ actor acks it once the dead letter is confirmed);
+/// hands it back when that could not be done, so it is retried with the batch.
+async fn dead_letter(dlq: &Addr<DlqActor>, pending: Pending, error: String) -> Result<(), Pending> {
+    metrics::counter!("cio_gateway_warehouse_rows_dead_lettered_total").increment(1);
+    let letter = DeadLetter {
+        body: pending.body.clone(),
+        original_exchange: WEBHOOKS_EXCHANGE.to_string(),
+        original_routing_key: pending.routing_key.clone(),
+        error,
+        kind: ErrorKind::WarehouseRejected,
+        attempts: 1,
+        processing_time_ms: 0,
+        acker: pending.acker.clone(),
+    };
+    match dlq.send(letter).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "dead letter not confirmed; the row stays in the batch");
+            Err(pending)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "DLQ actor unavailable; the row stays in the batch");
+            Err(pending)
+        }
     }
 }
 
@@ -245,13 +339,13 @@ impl Handler<Drain> for WarehouseActor {
             ctx.cancel_future(timer);
         }
         let batch = std::mem::take(&mut self.buffer);
-        let sink = self.sink.clone();
+        let (sink, dlq) = (self.sink.clone(), self.dlq.clone());
         Box::pin(
             async move {
                 if batch.is_empty() {
                     return;
                 }
-                if let Err((e, batch)) = write(sink, batch).await {
+                if let Err((e, batch)) = write(sink, dlq, batch).await {
                     tracing::warn!(rows = batch.len(), error = %e,
                         "warehouse write failed while draining; the batch will be redelivered");
                 }

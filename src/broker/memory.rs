@@ -115,6 +115,16 @@ impl MemoryBroker {
 
     /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings.
     fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
+        // AMQP's default exchange: straight to the queue the routing key names.
+        if exchange.is_empty() {
+            return Ok(self
+                .queues
+                .lock()
+                .contains_key(routing_key)
+                .then(|| routing_key.to_string())
+                .into_iter()
+                .collect());
+        }
         let routes = self.routes.lock();
         let mut found = Vec::new();
         let mut pending = vec![exchange.to_string()];

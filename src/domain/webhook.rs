@@ -14,7 +14,9 @@ mod signature;
 
 pub use row::Row;
 pub use rules::{Action, Rules, action_correlation_id, action_envelope};
-pub use signature::{SignatureError, SignatureVerifier, sign};
+pub use signature::{
+    FRESH_SECS, Freshness, MAX_FUTURE_SKEW_SECS, SignatureError, SignatureVerifier, sign,
+};
 
 use super::ParseError;
 use super::attributes::kind as json_kind;
@@ -127,6 +129,7 @@ open_enum! {
         InApp => "in_app",
         Slack => "slack",
         Webhook => "webhook",
+        Whatsapp => "whatsapp",
     }
 }
 
@@ -149,6 +152,8 @@ open_enum! {
         Spammed => "spammed",
         Failed => "failed",
         Undeliverable => "undeliverable",
+        Replied => "replied",
+        CioSubscriptionPreferencesChanged => "cio_subscription_preferences_changed",
     }
 }
 
@@ -244,6 +249,27 @@ impl ReportingEvent {
             identifiers,
             raw: value,
         })
+    }
+
+    /// The person the event is about, as Customer.io's v1 API names them: `data.identifiers`
+    /// `id`, else `email`, else `cio_<cio_id>`; only then the deprecated `data.customer_id`
+    /// (blank for deleted or merged people).
+    pub fn person(&self) -> Option<String> {
+        let identifiers = self.identifiers.as_ref();
+        let text = |key: &str| {
+            identifiers
+                .and_then(|i| i.get(key))
+                .and_then(|v| match v {
+                    Value::String(s) => Some(s.trim().to_string()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .filter(|s| !s.is_empty())
+        };
+        text("id")
+            .or_else(|| text("email"))
+            .or_else(|| text("cio_id").map(|c| format!("cio_{c}")))
+            .or_else(|| self.customer_id.clone().filter(|c| !c.trim().is_empty()))
     }
 
     /// `<object_type>.<metric>`: the routing key on `customerio.webhooks`, and what rules match.
@@ -413,18 +439,55 @@ mod tests {
     #[test]
     fn unknown_types_and_metrics_are_kept() {
         let mut v = bounced();
-        v["object_type"] = json!("whatsapp");
+        v["object_type"] = json!("telegram");
         v["metric"] = json!("read");
         let e = ReportingEvent::from_value(v).unwrap();
-        assert_eq!(e.object_type, ObjectType::Other("whatsapp".into()));
+        assert_eq!(e.object_type, ObjectType::Other("telegram".into()));
         assert!(!e.metric.is_known());
-        assert_eq!(e.routing_key(), "whatsapp.read");
+        assert_eq!(e.routing_key(), "telegram.read");
+        // Documented ones are known.
+        assert_eq!(ObjectType::parse("whatsapp"), ObjectType::Whatsapp);
+        assert_eq!(Metric::parse("replied"), Metric::Replied);
+        assert_eq!(
+            Metric::parse("cio_subscription_preferences_changed"),
+            Metric::CioSubscriptionPreferencesChanged
+        );
         for t in ObjectType::KNOWN {
             assert_eq!(&ObjectType::parse(t.as_str()), t);
         }
         for m in Metric::KNOWN {
             assert_eq!(&Metric::parse(m.as_str()), m);
         }
+    }
+
+    #[test]
+    fn the_person_comes_from_identifiers_not_the_deprecated_customer_id() {
+        let person = |data: Value| {
+            ReportingEvent::from_value(json!({"event_id": "e", "object_type": "email",
+                "metric": "bounced", "timestamp": 1_700_000_000, "data": data}))
+            .unwrap()
+            .person()
+        };
+        let all = json!({"id": "42", "email": "a@example.com", "cio_id": "d9c1"});
+        assert_eq!(
+            person(json!({"customer_id": "", "identifiers": all})).as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            person(json!({"customer_id": "", "identifiers": {"id": "", "email": "a@example.com"}}))
+                .as_deref(),
+            Some("a@example.com")
+        );
+        assert_eq!(
+            person(json!({"identifiers": {"cio_id": "d9c1"}})).as_deref(),
+            Some("cio_d9c1")
+        );
+        assert_eq!(
+            person(json!({"identifiers": {"id": 7}})).as_deref(),
+            Some("7")
+        );
+        assert_eq!(person(json!({"customer_id": "9"})).as_deref(), Some("9"));
+        assert_eq!(person(json!({"customer_id": ""})), None);
     }
 
     #[test]

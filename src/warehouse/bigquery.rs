@@ -1,6 +1,8 @@
 //! The BigQuery sink: `tabledata.insertAll` with `insertId` = `event_id`, so BigQuery's
-//! best-effort de-duplication drops a batch written twice. Any `insertErrors` fail the whole
-//! batch (it is retried; `skipInvalidRows` is off, so nothing of it was stored). The JSON
+//! best-effort de-duplication drops a batch written twice. With `skipInvalidRows` off, any
+//! `insertErrors` mean nothing of the batch was stored: rows whose errors include reason
+//! `invalid` are named as refused for good (they are dead-lettered, the rest written again);
+//! other reasons (`stopped`, `backendError`, `timeout`) retry the whole batch. The JSON
 //! columns `identifiers` and `raw` are sent as JSON text, which BigQuery accepts for `JSON`
 //! and `STRING` columns alike; the campaign/action/... ids as integers, as the schema in
 //! `deploy/bigquery/delivery_events.json` declares them.
@@ -89,6 +91,27 @@ impl BigQuerySink {
     }
 }
 
+/// The rows of an `insertErrors` list BigQuery will never take (reason `invalid`), with the
+/// message it gave.
+fn invalid_rows(errors: &[Value], len: usize) -> Vec<(usize, String)> {
+    errors
+        .iter()
+        .filter_map(|entry| {
+            let index = usize::try_from(entry.get("index")?.as_u64()?).ok()?;
+            let invalid = entry
+                .get("errors")?
+                .as_array()?
+                .iter()
+                .find(|e| e.get("reason").and_then(Value::as_str) == Some("invalid"))?;
+            let message = invalid
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("invalid");
+            (index < len).then(|| (index, format!("insertErrors: {message}")))
+        })
+        .collect()
+}
+
 /// Path segments: unreserved characters as they are (BigQuery ids use `_` and `-`).
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
@@ -128,6 +151,13 @@ impl Sink for BigQuerySink {
             .map_err(|e| SinkError::BigQuery(format!("insertAll answer is not JSON: {e}")))?;
         match answer.get("insertErrors") {
             Some(Value::Array(errors)) if !errors.is_empty() => {
+                let invalid = invalid_rows(errors, rows.len());
+                if !invalid.is_empty() {
+                    return Err(SinkError::RowsRejected {
+                        sink: "bigquery",
+                        rows: invalid,
+                    });
+                }
                 let excerpt: String = Value::Array(errors.clone())
                     .to_string()
                     .chars()
@@ -182,5 +212,17 @@ mod tests {
         assert_eq!(row["campaign_id"], 23);
         assert_eq!(row["action_id"], Value::Null);
         assert_eq!(body["rows"][0]["insertId"], "e1");
+    }
+
+    #[test]
+    fn only_invalid_rows_are_refused_for_good() {
+        let errors = json!([
+            {"index": 1, "errors": [{"reason": "invalid", "message": "no such field: x"}]},
+            {"index": 0, "errors": [{"reason": "stopped"}]},
+            {"index": 2, "errors": [{"reason": "backendError"}]},
+            {"index": 9, "errors": [{"reason": "invalid"}]},
+        ]);
+        let rows = invalid_rows(errors.as_array().unwrap(), 3);
+        assert_eq!(rows, [(1, "insertErrors: no such field: x".to_string())]);
     }
 }

@@ -24,6 +24,32 @@ pub enum SinkError {
     Postgres(#[from] sqlx::Error),
     #[error("bigquery sink: {0}")]
     BigQuery(String),
+    /// The sink stored nothing and named the rows it will never take (by index in the batch,
+    /// with its reason); the others may be written again as they are.
+    #[error("{sink} sink refused {} rows", rows.len())]
+    RowsRejected {
+        sink: &'static str,
+        rows: Vec<(usize, String)>,
+    },
+}
+
+impl SinkError {
+    /// Whether writing the same rows again can never succeed (bad data, not a bad moment).
+    /// Such a batch is split to find the rows at fault, which are dead-lettered.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SinkError::Postgres(sqlx::Error::Database(e)) => {
+                // SQLSTATE classes 22 (data exception: a NUL in text, a value out of range)
+                // and 23 (integrity constraint violation) are about the row, not the server.
+                let code = e.code();
+                let class = code.as_deref().map(|c| &c[..c.len().min(2)]);
+                matches!(class, Some("22" | "23"))
+            }
+            SinkError::Postgres(sqlx::Error::Encode(_)) => true,
+            SinkError::RowsRejected { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 #[async_trait]

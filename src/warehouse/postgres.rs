@@ -7,18 +7,23 @@
 //! `ON CONFLICT DO NOTHING` on the primary key `(event_id, timestamp)` (a partitioned table's
 //! key must include the partition column; an event's timestamp never changes between
 //! Customer.io's retries), all chunks of a batch in one transaction.
+//!
+//! PostgreSQL's `text` and `jsonb` cannot hold U+0000, and a signed event may carry one (a
+//! bounce's SMTP answer). Such characters are stored escaped, as the six characters `\u0000`,
+//! and `raw_exact` (`bytea`, NULL otherwise) keeps the event's JSON exactly as received.
 
 use super::{Sink, SinkError};
 use crate::domain::Row;
 use async_trait::async_trait;
 use chrono::{Days, NaiveDate};
 use parking_lot::Mutex;
+use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// Rows per INSERT statement: 15 binds each, well under PostgreSQL's 65535.
+/// Rows per INSERT statement: 16 binds each, well under PostgreSQL's 65535.
 const CHUNK: usize = 1000;
 
 const CREATE_TABLE: &str = r#"
@@ -38,9 +43,46 @@ CREATE TABLE IF NOT EXISTS delivery_events (
     identifiers              jsonb,
     raw                      jsonb       NOT NULL,
     received_at              timestamptz NOT NULL,
+    raw_exact                bytea,
     PRIMARY KEY (event_id, "timestamp")
 ) PARTITION BY RANGE ("timestamp")
 "#;
+
+/// Tables created before `raw_exact` existed get it.
+const ADD_RAW_EXACT: &str = "ALTER TABLE delivery_events ADD COLUMN IF NOT EXISTS raw_exact bytea";
+
+/// What PostgreSQL text cannot hold, and what is stored instead.
+const NUL: char = '\u{0}';
+const NUL_ESCAPED: &str = "\\u0000";
+
+fn escape_text(text: &Option<String>) -> Option<String> {
+    text.as_ref().map(|t| t.replace(NUL, NUL_ESCAPED))
+}
+
+/// `value` with every NUL in its strings and keys escaped; `None` when it has none.
+fn escape_json(value: &Value) -> Option<Value> {
+    fn has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s.contains(NUL),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(map) => map.iter().any(|(k, v)| k.contains(NUL) || has_nul(v)),
+            _ => false,
+        }
+    }
+    fn escape(value: &Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(s.replace(NUL, NUL_ESCAPED)),
+            Value::Array(items) => Value::Array(items.iter().map(escape).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.replace(NUL, NUL_ESCAPED), escape(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    has_nul(value).then(|| escape(value))
+}
 
 pub struct PostgresSink {
     pool: PgPool,
@@ -102,6 +144,7 @@ impl Sink for PostgresSink {
 
     async fn prepare(&self) -> Result<(), SinkError> {
         sqlx::query(CREATE_TABLE).execute(&self.pool).await?;
+        sqlx::query(ADD_RAW_EXACT).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -116,24 +159,36 @@ impl Sink for PostgresSink {
             let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(
                 "INSERT INTO delivery_events (event_id, object_type, metric, \"timestamp\", \
                  customer_id, recipient, delivery_id, campaign_id, action_id, broadcast_id, \
-                 newsletter_id, transactional_message_id, identifiers, raw, received_at) ",
+                 newsletter_id, transactional_message_id, identifiers, raw, received_at, \
+                 raw_exact) ",
             );
             insert.push_values(chunk, |mut b, row| {
-                b.push_bind(&row.event_id)
-                    .push_bind(&row.object_type)
-                    .push_bind(&row.metric)
+                let raw_escaped = escape_json(&row.raw);
+                let raw_exact = raw_escaped
+                    .as_ref()
+                    .and_then(|_| serde_json::to_vec(&row.raw).ok());
+                let identifiers = row
+                    .identifiers
+                    .as_ref()
+                    .map(|i| escape_json(i).unwrap_or_else(|| i.clone()));
+                b.push_bind(escape_text(&Some(row.event_id.clone())))
+                    .push_bind(escape_text(&Some(row.object_type.clone())))
+                    .push_bind(escape_text(&Some(row.metric.clone())))
                     .push_bind(row.timestamp)
-                    .push_bind(&row.customer_id)
-                    .push_bind(&row.recipient)
-                    .push_bind(&row.delivery_id)
-                    .push_bind(&row.campaign_id)
-                    .push_bind(&row.action_id)
-                    .push_bind(&row.broadcast_id)
-                    .push_bind(&row.newsletter_id)
-                    .push_bind(&row.transactional_message_id)
-                    .push_bind(row.identifiers.clone().map(sqlx::types::Json))
-                    .push_bind(sqlx::types::Json(row.raw.clone()))
-                    .push_bind(row.received_at);
+                    .push_bind(escape_text(&row.customer_id))
+                    .push_bind(escape_text(&row.recipient))
+                    .push_bind(escape_text(&row.delivery_id))
+                    .push_bind(escape_text(&row.campaign_id))
+                    .push_bind(escape_text(&row.action_id))
+                    .push_bind(escape_text(&row.broadcast_id))
+                    .push_bind(escape_text(&row.newsletter_id))
+                    .push_bind(escape_text(&row.transactional_message_id))
+                    .push_bind(identifiers.map(sqlx::types::Json))
+                    .push_bind(sqlx::types::Json(
+                        raw_escaped.unwrap_or_else(|| row.raw.clone()),
+                    ))
+                    .push_bind(row.received_at)
+                    .push_bind(raw_exact);
             });
             insert.push(" ON CONFLICT DO NOTHING");
             inserted += insert.build().execute(&mut *tx).await?.rows_affected() as usize;

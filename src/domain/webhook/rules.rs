@@ -115,9 +115,9 @@ pub fn action_correlation_id(event_id: &EventId, action: Action) -> CorrelationI
 }
 
 /// The envelope that carries out `action` for `event`; `None` when there is nothing to do
-/// (no action, or the event names no customer).
+/// (no action, or the event names no person: see [`ReportingEvent::person`]).
 pub fn action_envelope(event: &ReportingEvent, action: Action) -> Option<Value> {
-    let user = event.customer_id.as_deref()?;
+    let user = event.person()?;
     let correlation_id = action_correlation_id(&event.event_id, action);
     match action {
         Action::None => None,
@@ -207,6 +207,15 @@ mod tests {
         let mut anonymous = event.clone();
         anonymous.customer_id = None;
         assert_eq!(action_envelope(&anonymous, Action::Suppress), None);
+        // A merged person: customer_id blank, identifiers still name them.
+        let merged = ReportingEvent::from_value(json!({"event_id": "ev2", "object_type": "email",
+            "metric": "bounced", "timestamp": 1_700_000_000,
+            "data": {"customer_id": "", "identifiers": {"email": "m@example.com", "cio_id": "c1"}}}))
+        .unwrap();
+        assert_eq!(
+            action_envelope(&merged, Action::Suppress).unwrap()["userId"],
+            "m@example.com"
+        );
     }
 
     proptest! {

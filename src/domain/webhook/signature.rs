@@ -1,6 +1,13 @@
 //! `X-CIO-Signature`: hex HMAC-SHA256, keyed by a signing secret, over
 //! `v0:<X-CIO-Timestamp>:<raw body>`. Several secrets may be configured while one is rotated;
 //! a signature made with any of them is accepted. Comparison is constant-time (`verify_slice`).
+//!
+//! Age: Customer.io retries a failed webhook for up to 7 days and its reference does not say
+//! whether a retry is signed again, so an authentic timestamp is accepted up to the configured
+//! horizon (`webhooks.tolerance_secs`, 7 days by default) and reported as [`Freshness::Late`]
+//! beyond [`FRESH_SECS`]. A timestamp ahead of the clock by more than [`MAX_FUTURE_SKEW_SECS`]
+//! is refused: no retry comes from the future. Replays inside the horizon are caught by
+//! `event_id`, not by age.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -20,8 +27,26 @@ pub enum SignatureError {
     BadTimestamp,
     #[error("signature does not match")]
     Mismatch,
-    #[error("X-CIO-Timestamp is {age_secs} s away from now, at most {tolerance_secs} s allowed")]
+    #[error("X-CIO-Timestamp is {age_secs} s old, at most {tolerance_secs} s allowed")]
     Stale { age_secs: u64, tolerance_secs: u64 },
+    #[error(
+        "X-CIO-Timestamp is {ahead_secs} s in the future, at most {MAX_FUTURE_SKEW_SECS} s allowed"
+    )]
+    Future { ahead_secs: u64 },
+}
+
+/// How far ahead of the gateway's clock an authentic timestamp may be (clock skew).
+pub const MAX_FUTURE_SKEW_SECS: u64 = 300;
+/// An authentic timestamp older than this is a retry signed long ago: accepted, but counted.
+pub const FRESH_SECS: u64 = 300;
+
+/// How old an accepted request's timestamp is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within [`FRESH_SECS`] of now (either side).
+    Fresh,
+    /// Authentic, older than [`FRESH_SECS`], within the horizon: likely a Customer.io retry.
+    Late { age_secs: u64 },
 }
 
 impl SignatureError {
@@ -29,6 +54,7 @@ impl SignatureError {
     pub fn reason(&self) -> &'static str {
         match self {
             SignatureError::Stale { .. } => "stale",
+            SignatureError::Future { .. } => "future",
             _ => "signature",
         }
     }
@@ -74,7 +100,7 @@ impl SignatureVerifier {
         signature: Option<&str>,
         body: &[u8],
         now: i64,
-    ) -> Result<(), SignatureError> {
+    ) -> Result<Freshness, SignatureError> {
         if self.secrets.is_empty() {
             return Err(SignatureError::NoSecrets);
         }
@@ -98,6 +124,13 @@ impl SignatureVerifier {
         if !authentic {
             return Err(SignatureError::Mismatch);
         }
+        if sent_at > now {
+            let ahead_secs = sent_at.abs_diff(now);
+            if ahead_secs > MAX_FUTURE_SKEW_SECS {
+                return Err(SignatureError::Future { ahead_secs });
+            }
+            return Ok(Freshness::Fresh);
+        }
         let age_secs = now.abs_diff(sent_at);
         if age_secs > self.tolerance_secs {
             return Err(SignatureError::Stale {
@@ -105,7 +138,11 @@ impl SignatureVerifier {
                 tolerance_secs: self.tolerance_secs,
             });
         }
-        Ok(())
+        Ok(if age_secs > FRESH_SECS {
+            Freshness::Late { age_secs }
+        } else {
+            Freshness::Fresh
+        })
     }
 }
 
@@ -139,16 +176,50 @@ mod tests {
     }
 
     #[test]
+    fn authentic_retries_are_accepted_up_to_the_horizon_and_never_from_the_future() {
+        let week: i64 = 604_800;
+        let v = SignatureVerifier::new(["s"], week as u64);
+        let body = b"{}";
+        let at = |offset: i64| {
+            let ts = (NOW + offset).to_string();
+            let sig = sign("s", &ts, body);
+            v.verify(Some(&ts), Some(&sig), body, NOW)
+        };
+        assert_eq!(at(0), Ok(Freshness::Fresh));
+        assert_eq!(at(-300), Ok(Freshness::Fresh));
+        assert_eq!(at(-301), Ok(Freshness::Late { age_secs: 301 }));
+        assert_eq!(at(-86_400 * 3), Ok(Freshness::Late { age_secs: 259_200 }));
+        assert_eq!(at(-week), Ok(Freshness::Late { age_secs: 604_800 }));
+        assert_eq!(
+            at(-week - 1),
+            Err(SignatureError::Stale {
+                age_secs: 604_801,
+                tolerance_secs: week as u64
+            })
+        );
+        assert_eq!(at(300), Ok(Freshness::Fresh));
+        assert_eq!(at(301), Err(SignatureError::Future { ahead_secs: 301 }));
+        assert_eq!(at(86_400).unwrap_err().reason(), "future");
+        // A forged old request is a signature failure, not "stale".
+        let ts = (NOW - 86_400).to_string();
+        assert_eq!(
+            v.verify(Some(&ts), Some(&sign("x", &ts, body)), body, NOW),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
     fn any_configured_secret_verifies() {
         let body = br#"{"event_id":"a"}"#;
         let ts = NOW.to_string();
         for secret in ["old-secret", "new-secret"] {
             let sig = sign(secret, &ts, body);
-            assert_eq!(verifier().verify(Some(&ts), Some(&sig), body, NOW), Ok(()));
+            assert!(verifier().verify(Some(&ts), Some(&sig), body, NOW).is_ok());
             let upper = sig.to_uppercase();
-            assert_eq!(
-                verifier().verify(Some(&ts), Some(&upper), body, NOW),
-                Ok(())
+            assert!(
+                verifier()
+                    .verify(Some(&ts), Some(&upper), body, NOW)
+                    .is_ok()
             );
         }
     }
@@ -202,11 +273,14 @@ mod tests {
         let sig = sign("old-secret", &future, body);
         assert!(matches!(
             v.verify(Some(&future), Some(&sig), body, NOW),
-            Err(SignatureError::Stale { .. })
+            Err(SignatureError::Future { .. })
         ));
         let edge = (NOW - 300).to_string();
         let sig = sign("old-secret", &edge, body);
-        assert_eq!(v.verify(Some(&edge), Some(&sig), body, NOW), Ok(()));
+        assert_eq!(
+            v.verify(Some(&edge), Some(&sig), body, NOW),
+            Ok(Freshness::Fresh)
+        );
         let none = SignatureVerifier::new(Vec::<String>::new(), 300);
         assert_eq!(
             none.verify(Some(&ts), Some(&good), body, NOW),
@@ -231,7 +305,12 @@ mod tests {
             if let Some((t, ts)) = trimmed.and_then(|t| Some((t, t.parse::<i64>().ok()?))) {
                 let sig = sign("s2", t, &body);
                 let result = v.verify(Some(t), Some(&sig), &body, now);
-                prop_assert_eq!(result.is_ok(), now.abs_diff(ts) <= tolerance);
+                let accepted = if ts > now {
+                    ts.abs_diff(now) <= MAX_FUTURE_SKEW_SECS
+                } else {
+                    now.abs_diff(ts) <= tolerance
+                };
+                prop_assert_eq!(result.is_ok(), accepted);
             }
         }
     }
