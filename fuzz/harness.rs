@@ -9,7 +9,8 @@
 
 use cio_gateway::domain::limits::{MAX_ENVELOPE_BYTES, MAX_IDENTIFIER_BYTES};
 use cio_gateway::domain::webhook::{
-    ReceivedEvent, ReportingEvent, Row, SignatureError, SignatureVerifier, parse_webhook_body, sign,
+    MAX_FUTURE_SKEW_SECS, ReceivedEvent, ReportingEvent, Row, SignatureError, SignatureVerifier,
+    parse_webhook_body, sign,
 };
 use cio_gateway::domain::{Envelope, ParseError};
 use serde_json::Value;
@@ -107,10 +108,14 @@ pub fn webhook(data: &[u8]) -> WebhookOutcome {
     };
 
     let verifier = SignatureVerifier::new(SECRETS, TOLERANCE_SECS);
-    let verified = verifier.verify(timestamp, signature.as_deref(), body, NOW);
+    let verified = verifier
+        .verify(timestamp, signature.as_deref(), body, NOW)
+        .map(drop);
     assert_eq!(
         verified,
-        verifier.verify(timestamp, signature.as_deref(), body, NOW),
+        verifier
+            .verify(timestamp, signature.as_deref(), body, NOW)
+            .map(drop),
         "verification is deterministic"
     );
     if mode & 0b11 < 2 {
@@ -119,10 +124,17 @@ pub fn webhook(data: &[u8]) -> WebhookOutcome {
             None | Some("") => Err(SignatureError::MissingTimestamp),
             Some(t) => match t.parse::<i64>() {
                 Err(_) => Err(SignatureError::BadTimestamp),
-                Ok(sent) if NOW.abs_diff(sent) > TOLERANCE_SECS => Err(SignatureError::Stale {
-                    age_secs: NOW.abs_diff(sent),
-                    tolerance_secs: TOLERANCE_SECS,
-                }),
+                Ok(sent) if sent > NOW && sent.abs_diff(NOW) > MAX_FUTURE_SKEW_SECS => {
+                    Err(SignatureError::Future {
+                        ahead_secs: sent.abs_diff(NOW),
+                    })
+                }
+                Ok(sent) if sent <= NOW && NOW.abs_diff(sent) > TOLERANCE_SECS => {
+                    Err(SignatureError::Stale {
+                        age_secs: NOW.abs_diff(sent),
+                        tolerance_secs: TOLERANCE_SECS,
+                    })
+                }
                 Ok(_) => Ok(()),
             },
         };

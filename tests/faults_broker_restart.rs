@@ -24,7 +24,6 @@ use faults::{
     assert_all_processed, check_users, depth, gateway_env, mixed_kind, producer, publish_range,
     publish_users, shutdown_within, start_gateway,
 };
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Runs `rabbitmqctl start_app` and `await_startup` on drop, unless the test already did.
@@ -57,7 +56,7 @@ impl Drop for RestartOnDrop {
             &["start_app"][..],
             &["await_startup", "--timeout", "120"][..],
         ] {
-            match Command::new("rabbitmqctl").args(args).output() {
+            match common::rabbitmqctl().args(args).output() {
                 Ok(out) if out.status.success() => {}
                 Ok(out) => eprintln!(
                     "rabbitmqctl {args:?} failed: {}",
@@ -70,7 +69,7 @@ impl Drop for RestartOnDrop {
 }
 
 async fn rabbitmqctl(args: &[&str]) {
-    let out = tokio::process::Command::new("rabbitmqctl")
+    let out = crate::common::rabbitmqctl_async()
         .args(args)
         .output()
         .await

@@ -62,7 +62,7 @@ fn definitions_file_matches_the_declared_topology() {
     let printed = String::from_utf8_lossy(&declared.stdout);
     assert!(printed.contains("customerio.partitioner") && printed.contains("x-modulus-hash"));
 
-    let export = Command::new("rabbitmqctl")
+    let export = common::rabbitmqctl()
         .args(["-q", "export_definitions", "-"])
         .output()
         .expect("rabbitmqctl runs");

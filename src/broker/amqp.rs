@@ -91,9 +91,7 @@ impl AmqpBroker {
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .map_err(unavailable)?;
-        let setup = connection.create_channel().await.map_err(unavailable)?;
-        declare_on(&setup, &self.topology).await?;
-        let _ = setup.close(200, "declared".into()).await;
+        declare_on(&connection, &self.topology).await?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -136,7 +134,45 @@ fn unavailable(e: lapin::Error) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
-async fn declare_on(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+/// The broker's own redelivery limit on every quorum queue: far above the gateway's attempt
+/// and redelivery caps, so the gateway decides; past it RabbitMQ dead-letters into
+/// `customerio.dlq` (at-least-once) instead of dropping, as RabbitMQ 4 does by default (20).
+pub const QUORUM_DELIVERY_LIMIT: i32 = 1000;
+/// The policy operators apply to queues declared without these arguments by older versions.
+pub const QUORUM_POLICY: &str = "customerio-quorum-safety";
+
+fn quorum_safety_args(args: &mut FieldTable) {
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(QUORUM_DELIVERY_LIMIT),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(super::topology::DLQ_EXCHANGE.into()),
+    );
+    // At-least-once dead-lettering needs reject-publish overflow; there is no length limit.
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+}
+
+async fn declare_on(connection: &Connection, topology: &Topology) -> Result<(), BrokerError> {
+    let mut channel = connection.create_channel().await.map_err(unavailable)?;
+    let result = declare_all(connection, &mut channel, topology).await;
+    let _ = channel.close(200, "declared".into()).await;
+    result
+}
+
+async fn declare_all(
+    connection: &Connection,
+    channel: &mut Channel,
+    topology: &Topology,
+) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -176,6 +212,7 @@ async fn declare_on(channel: &Channel, topology: &Topology) -> Result<(), Broker
                 if single_active {
                     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
                 }
+                quorum_safety_args(&mut args);
             }
             QueueKind::Classic => {
                 args.insert(
@@ -184,14 +221,47 @@ async fn declare_on(channel: &Channel, topology: &Topology) -> Result<(), Broker
                 );
             }
         }
-        channel
+        let declared = channel
             .queue_declare(
                 queue.name.as_str().into(),
                 QueueDeclareOptions::durable(),
                 args,
             )
-            .await
-            .map_err(|e| BrokerError::Protocol(format!("declaring queue {}: {e}", queue.name)))?;
+            .await;
+        match declared {
+            Ok(_) => {}
+            // Declared by an older version with other arguments, which cannot change: use it
+            // as it is (the failed declare closed the channel) and say which policy fixes it.
+            Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
+                tracing::warn!(
+                    queue = %queue.name,
+                    error = %e,
+                    policy = QUORUM_POLICY,
+                    "queue exists with older arguments; apply the policy {QUORUM_POLICY} from \
+                     deploy/rabbitmq/definitions.json (delivery-limit, dead-letter-exchange)"
+                );
+                *channel = connection.create_channel().await.map_err(unavailable)?;
+                channel
+                    .queue_declare(
+                        queue.name.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        BrokerError::Protocol(format!("declaring queue {}: {e}", queue.name))
+                    })?;
+            }
+            Err(e) => {
+                return Err(BrokerError::Protocol(format!(
+                    "declaring queue {}: {e}",
+                    queue.name
+                )));
+            }
+        }
     }
     for b in &topology.exchange_bindings {
         channel
@@ -294,14 +364,7 @@ impl Drop for CloseOnDrop {
 impl Broker for AmqpBroker {
     async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
         let live = self.live().await?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        let result = declare_on(&channel, topology).await;
-        let _ = channel.close(200, "declared".into()).await;
-        result
+        declare_on(&live.connection, topology).await
     }
 
     async fn publish(&self, message: Publish) -> Result<(), BrokerError> {

@@ -9,7 +9,26 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-pub const AMQP_HOST: &str = "127.0.0.1:5672";
+/// The broker under test: the host's RabbitMQ, or another node named by `CIO_TEST_AMQP_PORT`
+/// and `CIO_TEST_RABBITMQCTL` (e.g. the RabbitMQ 4 node of `scripts/rabbitmq4.sh`).
+pub fn amqp_host() -> String {
+    let port = std::env::var("CIO_TEST_AMQP_PORT").unwrap_or_else(|_| "5672".into());
+    format!("127.0.0.1:{port}")
+}
+
+/// `rabbitmqctl` for the broker under test: `CIO_TEST_RABBITMQCTL` is a command prefix.
+pub fn rabbitmqctl() -> Command {
+    let prefix = std::env::var("CIO_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut words = prefix.split_whitespace();
+    let mut command = Command::new(words.next().expect("CIO_TEST_RABBITMQCTL names a command"));
+    command.args(words);
+    command
+}
+
+/// [`rabbitmqctl`] that does not block the async runtime.
+pub fn rabbitmqctl_async() -> tokio::process::Command {
+    tokio::process::Command::from(rabbitmqctl())
+}
 pub const PG_HOST: &str = "127.0.0.1";
 
 /// Logs of in-process gateways, shown by the test harness, when `TEST_LOG` holds a filter
@@ -53,9 +72,9 @@ pub struct TestVhost {
 impl TestVhost {
     pub fn new(prefix: &str) -> Self {
         let name = unique(prefix);
-        run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &name]));
+        run(rabbitmqctl().args(["-q", "add_vhost", &name]));
         let vhost = Self {
-            url: format!("amqp://guest:guest@{AMQP_HOST}/{name}"),
+            url: format!("amqp://guest:guest@{}/{name}", amqp_host()),
             name,
         };
         run(&mut vhost.grant_guest());
@@ -64,7 +83,7 @@ impl TestVhost {
 
     /// The command giving the guest user full permissions on this vhost.
     fn grant_guest(&self) -> Command {
-        let mut command = Command::new("rabbitmqctl");
+        let mut command = rabbitmqctl();
         command.args([
             "-q",
             "set_permissions",
@@ -81,13 +100,7 @@ impl TestVhost {
     /// Makes this vhost unusable for the guest user (not the whole RabbitMQ: other tests run
     /// beside this one) and drops its connections, until the returned guard is dropped.
     pub fn outage(&self) -> Outage<'_> {
-        run(Command::new("rabbitmqctl").args([
-            "-q",
-            "clear_permissions",
-            "-p",
-            &self.name,
-            "guest",
-        ]));
+        run(rabbitmqctl().args(["-q", "clear_permissions", "-p", &self.name, "guest"]));
         self.close_connections();
         Outage(self)
     }
@@ -103,7 +116,7 @@ impl TestVhost {
     }
 
     fn list_queues(&self, column: &str) -> BTreeMap<String, u64> {
-        let out = Command::new("rabbitmqctl")
+        let out = rabbitmqctl()
             .args([
                 "-q",
                 "list_queues",
@@ -126,7 +139,7 @@ impl TestVhost {
 
     /// Closes every client connection to this vhost, as a network fault would.
     pub fn close_connections(&self) {
-        run(Command::new("rabbitmqctl").args([
+        run(rabbitmqctl().args([
             "-q",
             "close_all_connections",
             "--vhost",
@@ -149,7 +162,7 @@ impl Drop for Outage<'_> {
 
 impl Drop for TestVhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
+        let _ = rabbitmqctl()
             .args(["-q", "delete_vhost", &self.name])
             .output();
     }
