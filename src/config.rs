@@ -145,6 +145,9 @@ pub struct BigQuerySettings {
 #[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
     pub max_attempts: u32,
+    /// Returns to the queue (the broker's delivery count) after which a message that never
+    /// reached an outcome is dead-lettered: bounds a message that keeps killing its consumer.
+    pub max_redeliveries: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     pub track_api: TrackApi,
@@ -217,6 +220,7 @@ table = "delivery_events"
 
 [delivery]
 max_attempts = 10
+max_redeliveries = 100
 backoff_base_ms = 200
 backoff_max_ms = 30000
 track_api = "v2"

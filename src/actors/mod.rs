@@ -90,6 +90,7 @@ impl Pipeline {
                 max: Duration::from_millis(delivery.backoff_max_ms),
             },
             max_attempts: delivery.max_attempts,
+            max_redeliveries: delivery.max_redeliveries,
             prefetch: settings.broker.prefetch,
         });
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -37,6 +37,7 @@ pub struct ShardDeps {
     pub dedup: Arc<Dedup>,
     pub backoff: Backoff,
     pub max_attempts: u32,
+    pub max_redeliveries: u32,
     pub prefetch: u16,
 }
 
@@ -127,6 +128,25 @@ impl ShardActor {
         };
         metrics::counter!("cio_gateway_envelopes_received_total", "type" => envelope.kind.as_str())
             .increment(1);
+        if delivery.delivery_count > self.deps.max_redeliveries {
+            // Returned to its queue this often with no outcome: something about it keeps its
+            // consumer from finishing (a crash, a hang). Bounded here, never by the broker.
+            let letter = DeadLetter {
+                error: format!(
+                    "returned to its queue {} times without an outcome (delivery.max_redeliveries = {})",
+                    delivery.delivery_count, self.deps.max_redeliveries
+                ),
+                body: delivery.body,
+                original_exchange: delivery.exchange,
+                original_routing_key: delivery.routing_key,
+                kind: ErrorKind::Exhausted,
+                attempts: delivery.delivery_count,
+                processing_time_ms: received.elapsed().as_millis() as u64,
+                acker: delivery.acker,
+            };
+            self.dead_letter(letter, envelope.kind.as_str());
+            return;
+        }
         if delivery.routing_key != envelope.user.as_str() {
             // Partitions are chosen by routing key, lanes by userId: a mismatch would split
             // the user across shards and break their order.

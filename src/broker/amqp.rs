@@ -316,6 +316,22 @@ fn from_field_table(table: Option<&FieldTable>) -> Headers {
         .collect()
 }
 
+/// RabbitMQ's `x-delivery-count`, an integer of whatever width the broker chose.
+fn delivery_count(table: Option<&FieldTable>) -> u32 {
+    let value = table.and_then(|t| t.inner().get("x-delivery-count"));
+    let count = match value {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    u32::try_from(count.max(0)).unwrap_or(u32::MAX)
+}
+
 fn into_delivery(d: lapin::message::Delivery) -> Delivery {
     Delivery {
         headers: from_field_table(d.properties.headers().as_ref()),
@@ -323,6 +339,7 @@ fn into_delivery(d: lapin::message::Delivery) -> Delivery {
         exchange: d.exchange.as_str().to_string(),
         routing_key: d.routing_key.as_str().to_string(),
         redelivered: d.redelivered,
+        delivery_count: delivery_count(d.properties.headers().as_ref()),
         acker: Acker::Amqp(d.acker),
     }
 }

@@ -18,6 +18,8 @@ struct Message {
     body: Vec<u8>,
     headers: Headers,
     redelivered: bool,
+    /// Times returned to the queue, as RabbitMQ's `x-delivery-count` counts them.
+    delivery_count: u32,
 }
 
 #[derive(Default)]
@@ -53,6 +55,7 @@ impl MemoryQueue {
             .filter_map(|tag| {
                 state.unacked.remove(&tag).map(|(_, mut m)| {
                     m.redelivered = true;
+                    m.delivery_count += 1;
                     (tag, m)
                 })
             })
@@ -246,6 +249,7 @@ impl Broker for MemoryBroker {
                 body: message.body.clone(),
                 headers: message.headers.clone(),
                 redelivered: false,
+                delivery_count: 0,
             });
         }
         Ok(())
@@ -282,6 +286,7 @@ impl Broker for MemoryBroker {
                             routing_key: message.routing_key,
                             headers: message.headers,
                             redelivered: message.redelivered,
+                            delivery_count: message.delivery_count,
                             acker: Acker::Memory(MemoryAcker {
                                 queue: queue.clone(),
                                 tag,

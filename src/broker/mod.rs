@@ -79,6 +79,9 @@ pub struct Delivery {
     pub routing_key: String,
     pub headers: Headers,
     pub redelivered: bool,
+    /// How often the broker returned this message to its queue before this delivery
+    /// (RabbitMQ's `x-delivery-count` on quorum queues; 0 the first time).
+    pub delivery_count: u32,
     pub acker: Acker,
 }
 
