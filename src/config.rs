@@ -94,6 +94,10 @@ pub struct CustomerIoSettings {
     pub track_rps: u32,
     pub app_rps: u32,
     pub timeout_ms: u64,
+    /// Longest wait between two probes of an open circuit (a paused API).
+    pub circuit_max_backoff_ms: u64,
+    /// Consecutive failed requests (5xx, timeouts, connection errors) that open a circuit.
+    pub circuit_failure_threshold: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -194,6 +198,8 @@ region = "sandbox"
 track_rps = 100
 app_rps = 100
 timeout_ms = 10000
+circuit_max_backoff_ms = 60000
+circuit_failure_threshold = 3
 
 [broker]
 url = "memory://"

@@ -121,7 +121,14 @@ async fn customerio_slower_than_the_timeout() {
         ..Faults::default()
     });
     let producer = producer(&vhost).await;
-    let extra = [("GATEWAY__CUSTOMERIO__TIMEOUT_MS", "200".to_string())];
+    // Timeouts across users open the circuit; a short probe backoff keeps requests going.
+    let extra = [
+        ("GATEWAY__CUSTOMERIO__TIMEOUT_MS", "200".to_string()),
+        (
+            "GATEWAY__CUSTOMERIO__CIRCUIT_MAX_BACKOFF_MS",
+            "300".to_string(),
+        ),
+    ];
     let gateway = start_gateway(&env_for(&vhost, &sandbox, &extra)).await;
 
     let (users, per_user) = (50, 20u64);

@@ -4,9 +4,13 @@
 //! holds two operations of the same user and order per user is kept. A batch is cut when it
 //! reaches `batch_max_ops`, would pass Customer.io's 500 KB limit, or has waited
 //! `batch_linger_ms`; at most `max_in_flight_requests` batches are on the wire at once.
+//!
+//! While the Track API's circuit is open the batcher waits for its permit, and operations keep
+//! joining; if the circuit stays open for its longest backoff, the waiting operations are given
+//! back as paused (no attempt spent), so a drain is never held up for a whole outage.
 
 use super::messages::Failure;
-use crate::customerio::{CustomerIo, TrackCall};
+use crate::customerio::{CustomerIo, Permit, TrackCall};
 use crate::domain::limits::MAX_V2_BATCH_BYTES;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +75,13 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        client.spend_track_budget().await;
+        let leave = match client.track_permit().await {
+            Ok(leave) => leave,
+            Err(e) => {
+                give_back(first, &mut rx, &e.to_string());
+                continue;
+            }
+        };
         let mut size = ENVELOPE_BYTES + CustomerIo::v2_operation_size(&first.0);
         let mut batch = vec![first];
         while batch.len() < limits.max_ops {
@@ -94,16 +104,24 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
         }
         let client = client.clone();
         tokio::spawn(async move {
-            send_batch(&client, batch).await;
+            send_batch(&client, leave, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn send_batch(client: &CustomerIo, batch: Vec<Job>) {
+/// Answers `first` and every operation already queued as paused: their shards send them again.
+fn give_back(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>, reason: &str) {
+    let _ = first.1.send(Err(Failure::paused(reason)));
+    while let Ok((_, waiter)) = rx.try_recv() {
+        let _ = waiter.send(Err(Failure::paused(reason)));
+    }
+}
+
+async fn send_batch(client: &CustomerIo, permit: Permit, batch: Vec<Job>) {
     let (calls, waiters): (Vec<TrackCall>, Vec<_>) = batch.into_iter().unzip();
     metrics::histogram!("cio_gateway_batch_size").record(calls.len() as f64);
-    match client.batch_prepaid(&calls).await {
+    match client.batch_with(permit, &calls).await {
         Ok(results) => {
             for (waiter, result) in waiters.into_iter().zip(results) {
                 let _ = waiter.send(result.map_err(Failure::from));

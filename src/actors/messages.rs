@@ -28,12 +28,22 @@ pub enum FailureKind {
     Rejected,
     /// The gateway refused it before sending (a limit, an unknown template).
     Invalid,
+    /// The workspace failed, not this message (circuit open, rate limited): send it again
+    /// without spending an attempt; the client holds it back until the API recovers.
+    Paused,
 }
 
 impl Failure {
     pub fn retryable(message: impl Into<String>) -> Self {
         Self {
             kind: FailureKind::Retryable { retry_after: None },
+            message: message.into(),
+        }
+    }
+
+    pub fn paused(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Paused,
             message: message.into(),
         }
     }
@@ -48,7 +58,9 @@ impl Failure {
 
 impl From<crate::customerio::CioError> for Failure {
     fn from(e: crate::customerio::CioError) -> Self {
-        let kind = if e.is_retryable() {
+        let kind = if e.is_workspace() {
+            FailureKind::Paused
+        } else if e.is_retryable() {
             FailureKind::Retryable {
                 retry_after: e.retry_after(),
             }

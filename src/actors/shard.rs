@@ -288,6 +288,14 @@ impl ShardActor {
                 match &done.result {
                     Ok(()) => lane.pending.pop_front().map(|p| (p, None)),
                     Err(failure) => match failure.kind {
+                        // Not this message's failure: give back the attempt `dispatch` counted
+                        // and send it again (the client waits until the API recovers).
+                        FailureKind::Paused => {
+                            if let Some(head) = lane.pending.front_mut() {
+                                head.attempts = head.attempts.saturating_sub(1);
+                            }
+                            None
+                        }
                         FailureKind::Retryable { retry_after }
                             if attempts < self.deps.max_attempts =>
                         {

@@ -1,28 +1,223 @@
-//! The request budget: Customer.io's per-workspace rate limits, spent before each request.
+//! The request budget: an adaptive rate limit spent before each request.
 //!
 //! One budget for the Track API (v1 and v2 share it, as Customer.io counts them together) and
-//! one for the App API. Waiting here, instead of collecting 429s, keeps the workspace's limit for
-//! everyone sharing it. The burst is one second's worth, as governor's `per_second` quota gives.
+//! one for the App API. The configured `track_rps` / `app_rps` is a ceiling: other clients of
+//! the same workspace spend the same budget, so the real one can be lower. Like Vector's
+//! adaptive request concurrency, a 429 halves the rate (at most once per second, so one burst of
+//! 429s counts once) and pauses the API for its `Retry-After`; then every second without a 429
+//! adds back a fiftieth of the ceiling. Requests are spaced by the current rate, with one
+//! second's worth of burst after idling.
 
 use super::CioError;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use std::num::NonZeroU32;
+use parking_lot::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Never below one request per second: a probe of the real budget must keep going.
+const MIN_RPS: f64 = 1.0;
+/// After idling, this much time's worth of requests may go at once.
+const BURST: Duration = Duration::from_secs(1);
+/// Decreases are at least this far apart.
+const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
 
 pub(crate) struct Budget {
-    limiter: DefaultDirectRateLimiter,
+    api: &'static str,
+    ceiling: f64,
+    state: Mutex<State>,
+}
+
+struct State {
+    rps: f64,
+    /// Theoretical arrival time of the next request (GCRA).
+    next: Instant,
+    last_increase: Instant,
+    last_decrease: Option<Instant>,
 }
 
 impl Budget {
-    pub(crate) fn per_second(rps: u32, key: &str) -> Result<Self, CioError> {
-        let rps = NonZeroU32::new(rps)
-            .ok_or_else(|| CioError::invalid(format!("{key} must be at least 1")))?;
+    pub(crate) fn per_second(rps: u32, key: &str, api: &'static str) -> Result<Self, CioError> {
+        if rps == 0 {
+            return Err(CioError::invalid(format!("{key} must be at least 1")));
+        }
+        let now = Instant::now();
+        let ceiling = f64::from(rps);
+        metrics::gauge!("cio_gateway_customerio_rate_limit_rps", "api" => api).set(ceiling);
         Ok(Self {
-            limiter: RateLimiter::direct(Quota::per_second(rps)),
+            api,
+            ceiling,
+            state: Mutex::new(State {
+                rps: ceiling,
+                // A fresh budget has its burst available, as after idling.
+                next: now.checked_sub(BURST).unwrap_or(now),
+                last_increase: now,
+                last_decrease: None,
+            }),
         })
     }
 
-    /// Waits until one request fits the budget.
+    /// Waits until one request fits the budget, and spends it.
     pub(crate) async fn acquire(&self) {
-        self.limiter.until_ready().await;
+        let at = {
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            let interval = Duration::from_secs_f64(1.0 / state.rps);
+            // A burst is one second's worth of requests, not one more.
+            let earliest = (now + interval).checked_sub(BURST).unwrap_or(now);
+            let base = state.next.max(earliest);
+            state.next = base + interval;
+            base.max(now)
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// The current rate, requests per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.state.lock().rps
+    }
+
+    /// A request got an answer that was not a 429: climb back toward the ceiling.
+    pub(crate) fn on_success(&self) {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        let since = now.duration_since(state.last_increase);
+        if since < Duration::from_millis(100) {
+            return;
+        }
+        state.last_increase = now;
+        if state.rps >= self.ceiling {
+            return;
+        }
+        let step = self.ceiling / 50.0 * since.as_secs_f64().min(1.0);
+        state.rps = (state.rps + step).min(self.ceiling);
+        metrics::gauge!("cio_gateway_customerio_rate_limit_rps", "api" => self.api).set(state.rps);
+    }
+
+    /// Customer.io answered 429: halve the rate and wait for `retry_after` (1 s if not said).
+    pub(crate) fn on_throttled(&self, retry_after: Option<Duration>) {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        let pause = retry_after.unwrap_or(Duration::from_secs(1));
+        state.next = state.next.max(now + pause);
+        state.last_increase = now + pause;
+        let recent = state
+            .last_decrease
+            .is_some_and(|at| now.duration_since(at) < DECREASE_COOLDOWN);
+        if !recent {
+            state.last_decrease = Some(now);
+            state.rps = (state.rps / 2.0).max(MIN_RPS);
+            metrics::gauge!("cio_gateway_customerio_rate_limit_rps", "api" => self.api)
+                .set(state.rps);
+            tracing::info!(
+                api = self.api,
+                rps = state.rps,
+                pause_ms = pause.as_millis() as u64,
+                "Customer.io answered 429: request rate lowered"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(rps: u32) -> Budget {
+        Budget::per_second(rps, "test_rps", "test").unwrap()
+    }
+
+    #[test]
+    fn zero_is_refused() {
+        assert!(Budget::per_second(0, "customerio.track_rps", "track").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spaces_requests_by_the_rate_after_a_burst() {
+        let b = budget(10);
+        let started = Instant::now();
+        for _ in 0..30 {
+            b.acquire().await;
+        }
+        // One second's burst (10) at once, then 20 more at 10/s.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_halves_once_per_burst_and_pauses() {
+        let b = budget(100);
+        b.acquire().await;
+        b.on_throttled(Some(Duration::from_secs(2)));
+        b.on_throttled(Some(Duration::from_secs(2)));
+        b.on_throttled(None);
+        assert_eq!(b.rate(), 50.0, "a burst of 429s counts once");
+        let started = Instant::now();
+        b.acquire().await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "Retry-After honoured"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        b.on_throttled(None);
+        assert_eq!(b.rate(), 25.0);
+        for _ in 0..20 {
+            b.on_throttled(None);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(b.rate(), MIN_RPS, "never below the floor");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn climbs_back_additively_to_the_ceiling_and_no_further() {
+        let b = budget(100);
+        b.on_throttled(Some(Duration::ZERO));
+        assert_eq!(b.rate(), 50.0);
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            b.on_success();
+        }
+        let after_10s = b.rate();
+        assert!(
+            (after_10s - 70.0).abs() < 0.5,
+            "2 rps per second: {after_10s}"
+        );
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            b.on_success();
+        }
+        assert_eq!(b.rate(), 100.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn converges_near_a_lower_real_budget() {
+        // A workspace that really allows 40 rps while 100 are configured: the sawtooth stays
+        // between half of it and a little over it, and 429s stay rare.
+        let b = budget(100);
+        let real = 40.0;
+        let (mut sent, mut throttled) = (0u32, 0u32);
+        let mut window = (Instant::now(), 0u32);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            b.acquire().await;
+            sent += 1;
+            if window.0.elapsed() >= Duration::from_secs(1) {
+                window = (Instant::now(), 0);
+            }
+            window.1 += 1;
+            if f64::from(window.1) > real {
+                throttled += 1;
+                b.on_throttled(Some(Duration::from_secs(1)));
+            } else {
+                b.on_success();
+            }
+        }
+        let rate = f64::from(sent) / 120.0;
+        assert!(rate > real * 0.5 && rate <= real * 1.05, "{rate} req/s");
+        assert!(
+            f64::from(throttled) < f64::from(sent) * 0.05,
+            "{throttled} of {sent}"
+        );
     }
 }

@@ -13,8 +13,18 @@ use std::time::Duration;
 /// The longest `Retry-After` honoured, as Customer.io's SDK caps it.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CioError {
+    /// The workspace failed, not this request: credentials refused, wrong region, rate limited,
+    /// or an outage seen across users. The API's circuit is open (or its budget paused); the
+    /// message waits without spending an attempt.
+    #[error("Customer.io workspace unavailable, delivery paused: {reason}")]
+    Workspace {
+        reason: String,
+        /// The status that showed the failure, when an answer came.
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
     /// Worth another attempt: a network error, a timeout, 408, 429 or 5xx.
     #[error("Customer.io unavailable ({}): {message}", status_text(*status))]
     Retryable {
@@ -35,6 +45,23 @@ fn status_text(status: Option<u16>) -> String {
 }
 
 impl CioError {
+    /// The workspace's failure, not the message's: wait, spend no attempt.
+    pub fn is_workspace(&self) -> bool {
+        matches!(self, CioError::Workspace { .. })
+    }
+
+    pub(crate) fn workspace(
+        reason: impl Into<String>,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        CioError::Workspace {
+            reason: reason.into(),
+            status,
+            retry_after,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, CioError::Retryable { .. })
     }
@@ -42,7 +69,9 @@ impl CioError {
     /// How long Customer.io asked us to wait, when it said so.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            CioError::Retryable { retry_after, .. } => *retry_after,
+            CioError::Retryable { retry_after, .. } | CioError::Workspace { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }
@@ -50,7 +79,7 @@ impl CioError {
     /// The HTTP status Customer.io answered, if a response arrived.
     pub fn status(&self) -> Option<u16> {
         match self {
-            CioError::Retryable { status, .. } => *status,
+            CioError::Retryable { status, .. } | CioError::Workspace { status, .. } => *status,
             CioError::Permanent { status, .. } => Some(*status),
             CioError::Invalid(_) => None,
         }

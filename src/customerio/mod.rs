@@ -7,6 +7,7 @@
 //! [`CioError::Permanent`] or [`CioError::Invalid`] (refused before sending).
 
 mod budget;
+mod circuit;
 mod error;
 mod region;
 pub mod wire;
@@ -21,9 +22,12 @@ use crate::domain::{
 };
 use crate::sandbox::{SANDBOX_API_KEY, SANDBOX_APP_API_KEY, SANDBOX_SITE_ID};
 use budget::Budget;
+use circuit::{Blame, Circuit, Pass, Verdict};
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +60,16 @@ struct Inner {
     app_api_key: Option<String>,
     track_budget: Budget,
     app_budget: Budget,
+    track_circuit: Arc<Circuit>,
+    app_circuit: Arc<Circuit>,
 }
+
+/// Leave to send one request: the API's circuit let it through and its budget was spent.
+pub struct Permit {
+    pass: Pass,
+}
+
+type BatchResults = Result<Vec<Result<(), CioError>>, CioError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Api {
@@ -66,6 +79,14 @@ enum Api {
 }
 
 impl Api {
+    /// The circuit and budget it shares: Track v1 and v2 count as one API.
+    fn family(self) -> &'static str {
+        match self {
+            Api::TrackV1 | Api::TrackV2 => "track",
+            Api::App => "app",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Api::TrackV1 => "track_v1",
@@ -118,13 +139,23 @@ impl CustomerIo {
                 "customerio.timeout_ms must be at least 1",
             ));
         }
+        // Never follow a redirect: it would drop `Authorization` (cross-host) or turn a POST into
+        // a GET. A 3xx means the wrong region is configured and pauses the API like a 401.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(settings.timeout_ms))
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .user_agent(concat!("cio-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| CioError::invalid(format!("building the HTTP client: {e}")))?;
+        if settings.circuit_max_backoff_ms == 0 {
+            return Err(CioError::invalid(
+                "customerio.circuit_max_backoff_ms must be at least 1",
+            ));
+        }
+        let max_backoff = Duration::from_millis(settings.circuit_max_backoff_ms);
+        let threshold = settings.circuit_failure_threshold.max(1);
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -132,8 +163,14 @@ impl CustomerIo {
                 site_id,
                 api_key,
                 app_api_key,
-                track_budget: Budget::per_second(settings.track_rps, "customerio.track_rps")?,
-                app_budget: Budget::per_second(settings.app_rps, "customerio.app_rps")?,
+                track_budget: Budget::per_second(
+                    settings.track_rps,
+                    "customerio.track_rps",
+                    "track",
+                )?,
+                app_budget: Budget::per_second(settings.app_rps, "customerio.app_rps", "app")?,
+                track_circuit: Circuit::new("track", threshold, max_backoff),
+                app_circuit: Circuit::new("app", threshold, max_backoff),
             }),
         })
     }
@@ -159,15 +196,15 @@ impl CustomerIo {
             return Err(op_too_large(body.len()));
         }
         let url = format!("{}/entity", self.inner.urls.track_v2);
-        self.execute(Api::TrackV2, Method::POST, url, Some(body))
+        self.execute(Api::TrackV2, Method::POST, url, Some(body), 1)
             .await?
             .success()
             .map(drop)
     }
 
-    /// One Track v2 `/batch` request for many operations.
+    /// One Track v2 `/batch` request for many operations (more when the batch must be split).
     ///
-    /// The outer `Err` means the whole request failed (retryable or permanent), or the batch as
+    /// The outer `Err` means the whole request failed (workspace, retryable), or the batch as
     /// a whole breaks the 500 KB limit. Otherwise there is one result per call, in input order:
     /// - a call that breaks a limit (e.g. an op over 32 KB) is `Invalid` and is left out of the
     ///   request; the others are sent;
@@ -176,27 +213,50 @@ impl CustomerIo {
     ///   requests are accepted", body `{"errors": [{"batch_index", "reason", "field",
     ///   "message"}]}`): each op named by a `batch_index` is `Permanent` with status 400 (what
     ///   `/entity` answers for the same op alone) and the error entry as body; all others `Ok`;
-    /// - a 4xx (not 408/429) whose `errors` name `batch_index`es (not documented; handled in case
-    ///   Customer.io rejects a whole batch for a few bad ops): the named ops are `Permanent` with
-    ///   that status, the others `Retryable`, as nothing of the request was accepted;
-    /// - any other non-2xx is the outer `Err`.
-    pub async fn batch(&self, calls: &[TrackCall]) -> Result<Vec<Result<(), CioError>>, CioError> {
-        self.spend_track_budget().await;
-        self.batch_prepaid(calls).await
+    /// - a 4xx (not 401/408/429) whose `errors` name `batch_index`es: the named ops are
+    ///   `Permanent` with that status; the others, of which nothing was accepted, are sent again
+    ///   without them;
+    /// - a 4xx naming no operation (a whole-batch 400 or 413): the batch is bisected until the
+    ///   offending operation is alone, so it alone is `Permanent` and the others are delivered.
+    ///   Every request of the split passes the circuit and spends the budget.
+    pub async fn batch(&self, calls: &[TrackCall]) -> BatchResults {
+        let permit = self.track_permit().await?;
+        self.batch_with(permit, calls).await
     }
 
-    /// Waits until one Track request fits the budget and spends it. A batcher calls this
-    /// before it cuts a batch, so operations keep joining while it waits.
-    pub async fn spend_track_budget(&self) {
-        self.inner.track_budget.acquire().await;
+    /// Waits until the Track API's circuit admits one request and the budget has room, and
+    /// spends it. A batcher calls this before it cuts a batch, so operations keep joining while
+    /// it waits. `Err` (a workspace failure) when the circuit stayed open for its longest
+    /// backoff: the caller gives its messages back rather than hold them for a whole outage.
+    pub async fn track_permit(&self) -> Result<Permit, CioError> {
+        self.permit(Api::TrackV2).await
     }
 
-    /// [`CustomerIo::batch`] for a request whose budget [`CustomerIo::spend_track_budget`]
-    /// already spent.
-    pub async fn batch_prepaid(
-        &self,
-        calls: &[TrackCall],
-    ) -> Result<Vec<Result<(), CioError>>, CioError> {
+    /// Whether the API's circuit is open (delivery paused): `"track"` or `"app"`.
+    pub fn circuit_open(&self, api: &str) -> bool {
+        match api {
+            "app" => self.inner.app_circuit.is_open(),
+            _ => self.inner.track_circuit.is_open(),
+        }
+    }
+
+    /// The current adaptive request rate (requests per second) of `"track"` or `"app"`.
+    pub fn request_rate(&self, api: &str) -> f64 {
+        match api {
+            "app" => self.inner.app_budget.rate(),
+            _ => self.inner.track_budget.rate(),
+        }
+    }
+
+    fn split<'a>(
+        &'a self,
+        calls: Vec<TrackCall>,
+    ) -> Pin<Box<dyn Future<Output = BatchResults> + Send + 'a>> {
+        Box::pin(async move { self.batch(&calls).await })
+    }
+
+    /// [`CustomerIo::batch`] for a request whose [`Permit`] is already held.
+    pub async fn batch_with(&self, permit: Permit, calls: &[TrackCall]) -> BatchResults {
         let mut results: Vec<Result<(), CioError>> = Vec::with_capacity(calls.len());
         let mut ops = Vec::with_capacity(calls.len());
         // Request position -> input position.
@@ -226,50 +286,88 @@ impl CustomerIo {
                 body.len()
             )));
         }
+        let users: std::collections::BTreeSet<&UserId> =
+            positions.iter().map(|&i| &calls[i].user).collect();
         let url = format!("{}/batch", self.inner.urls.track_v2);
         let answer = self
-            .execute_prepaid(Api::TrackV2, Method::POST, url, Some(body))
+            .execute_with(
+                permit,
+                Api::TrackV2,
+                Method::POST,
+                url,
+                Some(body),
+                users.len(),
+            )
             .await?;
         let failed = op_errors(&answer.body, positions.len());
-        match answer.status {
-            207 => {
+        let status = answer.status;
+        if (200..300).contains(&status) {
+            if status == 207 {
                 for (index, entry) in failed {
                     results[positions[index]] = Err(CioError::Permanent {
                         status: 400,
                         body: entry.to_string(),
                     });
                 }
-                Ok(results)
             }
-            200..=299 => Ok(results),
-            status
-                if (400..500).contains(&status)
-                    && !is_retryable_status(status)
-                    && !failed.is_empty() =>
-            {
-                let named: std::collections::BTreeMap<usize, Value> = failed.into_iter().collect();
-                for (index, position) in positions.iter().enumerate() {
-                    results[*position] = Err(match named.get(&index) {
-                        Some(entry) => CioError::Permanent {
-                            status,
-                            body: entry.to_string(),
-                        },
-                        None => CioError::Retryable {
-                            status: Some(status),
-                            retry_after: None,
-                            message: "not accepted: another operation of the batch was invalid"
-                                .into(),
-                        },
-                    });
-                }
-                Ok(results)
-            }
-            _ => Err(CioError::from_response(
-                answer.status,
-                &answer.headers,
-                answer.body,
-            )),
+            return Ok(results);
         }
+        // What is left is a 4xx about the request itself (the circuit took the rest).
+        let resend: Vec<usize> = if failed.is_empty() {
+            if positions.len() == 1 {
+                results[positions[0]] = Err(CioError::Permanent {
+                    status,
+                    body: answer.body,
+                });
+                return Ok(results);
+            }
+            positions.clone()
+        } else {
+            let named: std::collections::BTreeMap<usize, Value> = failed.into_iter().collect();
+            for (index, entry) in &named {
+                results[positions[*index]] = Err(CioError::Permanent {
+                    status,
+                    body: entry.to_string(),
+                });
+            }
+            (0..positions.len())
+                .filter(|i| !named.contains_key(i))
+                .map(|i| positions[i])
+                .collect()
+        };
+        if resend.is_empty() {
+            return Ok(results);
+        }
+        // Nothing of this request was accepted: send the innocent part again, split in two when
+        // the answer named nobody, so the offending operation ends up alone.
+        let parts: Vec<&[usize]> = if resend.len() == positions.len() {
+            metrics::counter!("cio_gateway_batch_splits_total").increment(1);
+            tracing::debug!(
+                status,
+                ops = resend.len(),
+                "batch refused as a whole: bisecting"
+            );
+            let (left, right) = resend.split_at(resend.len() / 2);
+            vec![left, right]
+        } else {
+            vec![&resend[..]]
+        };
+        for part in parts {
+            let sub: Vec<TrackCall> = part.iter().map(|&i| calls[i].clone()).collect();
+            match self.split(sub).await {
+                Ok(sub_results) => {
+                    for (&i, result) in part.iter().zip(sub_results) {
+                        results[i] = result;
+                    }
+                }
+                Err(e) => {
+                    for &i in part {
+                        results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        Ok(results)
     }
 
     /// One App API send. `message_id` is the resolved `transactional_message_id` (`None` for an
@@ -292,7 +390,7 @@ impl CustomerIo {
             wire::send_path(request.channel)
         );
         let answer = self
-            .execute(Api::App, Method::POST, url, Some(body))
+            .execute(Api::App, Method::POST, url, Some(body), 1)
             .await?
             .success()?;
         // The send was accepted: an answer we cannot read must not turn into a retry (that would
@@ -396,29 +494,135 @@ impl CustomerIo {
             None => None,
         };
         let url = format!("{}{}", self.inner.urls.track_v1, request.path);
-        self.execute(Api::TrackV1, request.method, url, body)
+        self.execute(Api::TrackV1, request.method, url, body, 1)
             .await?
             .success()
             .map(drop)
     }
 
-    /// Spends the budget, sends, and reads the whole answer. `Err` only when no response came.
+    fn circuit(&self, api: Api) -> &Arc<Circuit> {
+        match api {
+            Api::TrackV1 | Api::TrackV2 => &self.inner.track_circuit,
+            Api::App => &self.inner.app_circuit,
+        }
+    }
+
+    fn budget(&self, api: Api) -> &Budget {
+        match api {
+            Api::TrackV1 | Api::TrackV2 => &self.inner.track_budget,
+            Api::App => &self.inner.app_budget,
+        }
+    }
+
+    async fn permit(&self, api: Api) -> Result<Permit, CioError> {
+        let circuit = self.circuit(api);
+        let Some(pass) = circuit.admit().await else {
+            let reason = circuit
+                .reason()
+                .unwrap_or_else(|| format!("the {} circuit was open", api.family()));
+            return Err(CioError::workspace(reason, None, None));
+        };
+        self.budget(api).acquire().await;
+        Ok(Permit { pass })
+    }
+
+    /// Passes the circuit, spends the budget, sends, and reads the whole answer. `Err` when no
+    /// response came or the answer is the workspace's failure or a retryable one; `users` is
+    /// how many people the request is about (a failure across users is the workspace's).
     async fn execute(
         &self,
         api: Api,
         method: Method,
         url: String,
         body: Option<Vec<u8>>,
+        users: usize,
     ) -> Result<Answer, CioError> {
-        match api {
-            Api::TrackV1 | Api::TrackV2 => self.inner.track_budget.acquire().await,
-            Api::App => self.inner.app_budget.acquire().await,
-        }
-        self.execute_prepaid(api, method, url, body).await
+        let permit = self.permit(api).await?;
+        self.execute_with(permit, api, method, url, body, users)
+            .await
     }
 
-    /// Sends and reads the whole answer; the caller spent the budget.
-    async fn execute_prepaid(
+    /// [`CustomerIo::execute`] with the permit already held.
+    async fn execute_with(
+        &self,
+        permit: Permit,
+        api: Api,
+        method: Method,
+        url: String,
+        body: Option<Vec<u8>>,
+        users: usize,
+    ) -> Result<Answer, CioError> {
+        let path = url::Url::parse(&url).map_or_else(|_| url.clone(), |u| u.path().to_string());
+        let result = self.send_request(api, method, url, body).await;
+        self.judge(permit.pass, api, &path, result, users)
+    }
+
+    /// Tells the workspace's failures from the request's: settles the circuit and the budget.
+    fn judge(
+        &self,
+        pass: Pass,
+        api: Api,
+        path: &str,
+        result: Result<Answer, CioError>,
+        users: usize,
+    ) -> Result<Answer, CioError> {
+        let budget = self.budget(api);
+        let (verdict, error) = match result {
+            Err(e) => (transient(users, e.to_string()), e),
+            Ok(answer) => {
+                let status = answer.status;
+                if status != 429 {
+                    budget.on_success();
+                }
+                match classify(api, path, status) {
+                    Class::Request => {
+                        pass.settle(Verdict::Healthy);
+                        return Ok(answer);
+                    }
+                    Class::RateLimited => {
+                        let wait = error::retry_after(&answer.headers);
+                        budget.on_throttled(wait);
+                        pass.settle(Verdict::Neutral);
+                        return Err(CioError::workspace(
+                            format!("rate limited: {} answered 429", api.family()),
+                            Some(429),
+                            wait,
+                        ));
+                    }
+                    Class::Workspace(reason) => {
+                        let location = answer
+                            .headers
+                            .get(reqwest::header::LOCATION)
+                            .and_then(|v| v.to_str().ok())
+                            .map(|l| format!(" (to {l})"))
+                            .unwrap_or_default();
+                        let reason = format!("{reason}{location}");
+                        pass.settle(Verdict::Workspace(reason.clone()));
+                        return Err(CioError::workspace(reason, Some(status), None));
+                    }
+                    Class::Transient => {
+                        let e = CioError::from_response(status, &answer.headers, answer.body);
+                        (transient(users, e.to_string()), e)
+                    }
+                }
+            }
+        };
+        let reason = match &verdict {
+            Verdict::Workspace(r) | Verdict::Transient(r) => r.clone(),
+            _ => String::new(),
+        };
+        match pass.settle(verdict) {
+            Blame::Workspace => Err(CioError::workspace(
+                reason,
+                error.status(),
+                error.retry_after(),
+            )),
+            Blame::Message => Err(error),
+        }
+    }
+
+    /// Sends and reads the whole answer; the caller holds the permit.
+    async fn send_request(
         &self,
         api: Api,
         method: Method,
@@ -480,6 +684,49 @@ impl CustomerIo {
             "customer.io request"
         );
         result.map_err(|e| CioError::from_transport(&e))
+    }
+}
+
+/// What an answer's status says, before the body is read for per-operation errors.
+#[derive(Debug, PartialEq)]
+enum Class {
+    /// About the request: 2xx, or a 4xx that is the request's own fault.
+    Request,
+    RateLimited,
+    /// The workspace fails whatever is sent.
+    Workspace(String),
+    /// 408, 5xx: the request's or the workspace's, depending on what else fails.
+    Transient,
+}
+
+fn classify(api: Api, path: &str, status: u16) -> Class {
+    match status {
+        200..=299 => Class::Request,
+        429 => Class::RateLimited,
+        300..=399 => Class::Workspace(format!(
+            "wrong region configured (customerio.region): Customer.io answered {status} redirecting"
+        )),
+        401 => Class::Workspace(format!(
+            "Customer.io refused the {} credentials (401)",
+            api.family()
+        )),
+        403 if api == Api::App && (path.ends_with("/send/sms") || path.ends_with("/send/push")) => {
+            Class::Workspace(format!(
+                "the channel of {path} is not enabled for the workspace (403)"
+            ))
+        }
+        s if is_retryable_status(s) => Class::Transient,
+        _ => Class::Request,
+    }
+}
+
+/// A 5xx, timeout or connection error: the workspace's at once when the request was about
+/// several people, else counted toward the circuit's threshold.
+fn transient(users: usize, reason: String) -> Verdict {
+    if users > 1 {
+        Verdict::Workspace(format!("a request for {users} users failed: {reason}"))
+    } else {
+        Verdict::Transient(reason)
     }
 }
 

@@ -82,6 +82,8 @@ mod tests {
             track_rps: 100,
             app_rps: 100,
             timeout_ms: 1000,
+            circuit_max_backoff_ms: 200,
+            circuit_failure_threshold: 3,
         }
     }
 

@@ -6,9 +6,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Fault injection, applied to every request on a Customer.io route before it is processed
 /// (after the credentials are checked). Missing fields take their defaults when read as JSON.
@@ -30,6 +31,18 @@ pub struct Faults {
     pub fail_first: u32,
     /// `Retry-After` seconds sent with injected failures.
     pub retry_after_secs: Option<u64>,
+    /// An outage: for `outage_ms` from when these faults are set, every request (whatever its
+    /// credentials) is answered `outage_status` (401 plays a revoked key). GET shows what is left.
+    pub outage_ms: u64,
+    /// The status of an outage; default 503.
+    pub outage_status: u16,
+    /// Person ids whose every request fails as a whole: `/batch` answers 400 naming no
+    /// operation (`{"errors":[{"reason":"invalid",...}]}` without `batch_index`), so the whole
+    /// batch is refused; `/entity`, Track v1 and sends about them answer the same 400.
+    pub reject_requests_of: BTreeSet<String>,
+    /// Every request is answered with this 3xx and a `Location` on another region's host, as
+    /// Customer.io redirects a workspace of the other region.
+    pub redirect_status: Option<u16>,
 }
 
 impl Default for Faults {
@@ -41,6 +54,10 @@ impl Default for Faults {
             fail_users: BTreeMap::new(),
             fail_first: 0,
             retry_after_secs: None,
+            outage_ms: 0,
+            outage_status: 503,
+            reject_requests_of: BTreeSet::new(),
+            redirect_status: None,
         }
     }
 }
@@ -54,7 +71,15 @@ impl Faults {
                 self.error_rate
             ));
         }
+        if let Some(status) = self.redirect_status
+            && !(300..=399).contains(&status)
+        {
+            return Err(format!(
+                "redirect_status: {status} is not a redirect (300..=399)"
+            ));
+        }
         for (what, status) in std::iter::once(("error_status", &self.error_status))
+            .chain(std::iter::once(("outage_status", &self.outage_status)))
             .chain(self.fail_users.values().map(|s| ("fail_users", s)))
         {
             if !(400..=599).contains(status) {
@@ -77,15 +102,47 @@ pub(crate) struct Injected {
 #[derive(Default)]
 pub(crate) struct FaultState {
     faults: Mutex<Faults>,
+    outage_until: Mutex<Option<Instant>>,
 }
 
 impl FaultState {
     pub(crate) fn get(&self) -> Faults {
-        self.faults.lock().clone()
+        let mut faults = self.faults.lock().clone();
+        faults.outage_ms = self.outage_left().map_or(0, |d| d.as_millis() as u64);
+        faults
     }
 
     pub(crate) fn set(&self, faults: Faults) {
+        let until = (faults.outage_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(faults.outage_ms));
+        *self.outage_until.lock() = until;
         *self.faults.lock() = faults;
+    }
+
+    fn outage_left(&self) -> Option<Duration> {
+        let until = (*self.outage_until.lock())?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// The outage's answer while it lasts.
+    pub(crate) fn outage(&self) -> Option<Injected> {
+        self.outage_left()?;
+        let faults = self.faults.lock();
+        Some(Injected {
+            status: faults.outage_status,
+            retry_after_secs: faults.retry_after_secs,
+        })
+    }
+
+    pub(crate) fn redirect(&self) -> Option<u16> {
+        self.faults.lock().redirect_status
+    }
+
+    /// Whether requests containing this person are refused as a whole.
+    pub(crate) fn rejects_requests_of(&self, user: &str) -> bool {
+        self.faults.lock().reject_requests_of.contains(user)
     }
 
     pub(crate) fn latency(&self) -> Duration {

@@ -161,10 +161,23 @@ impl Ctx<'_> {
 
     /// `fail_users`: requests about this person fail with the configured status.
     fn fail_user(&self, user: &str) -> Result<(), Stop> {
+        if self.state.faults.rejects_requests_of(user) {
+            return Err(Stop::Reject(whole_request_rejected(user)));
+        }
         match self.state.faults.for_user(user) {
             Some(injected) => Err(Stop::Inject(injected)),
             None => Ok(()),
         }
+    }
+}
+
+/// `reject_requests_of`: a 400 for the whole request that names no operation.
+fn whole_request_rejected(user: &str) -> Rejection {
+    Rejection {
+        status: 400,
+        reason: "invalid",
+        field: String::new(),
+        message: format!("sandbox: every request about {user:?} is refused"),
     }
 }
 
@@ -190,6 +203,14 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let body = read_body(payload, MAX_RAW_BODY_BYTES).await;
+    if let Some(status) = state.faults.redirect() {
+        Counters::add(&state.counters.injected_failures, 1);
+        return redirect(api, status, req.uri().path());
+    }
+    if let Some(outage) = state.faults.outage() {
+        Counters::add(&state.counters.injected_failures, 1);
+        return injected_response(api, outage);
+    }
     if !state.authorized(api, &req) {
         Counters::add(&state.counters.unauthorized, 1);
         return error(
@@ -371,6 +392,13 @@ fn batch(ctx: &Ctx<'_>, body: &[u8]) -> Result<Outcome, Stop> {
                 continue;
             }
         };
+        if let Some(user) = info
+            .user
+            .as_deref()
+            .filter(|u| ctx.state.faults.rejects_requests_of(u))
+        {
+            return Err(Stop::Reject(whole_request_rejected(user)));
+        }
         if let Some(injected) = info
             .user
             .as_deref()
@@ -505,6 +533,18 @@ fn error(api: Api, status: StatusCode, rejection: &Rejection) -> HttpResponse {
         }}),
     };
     HttpResponse::build(status).json(body)
+}
+
+/// What Customer.io answers a workspace of the other region: a redirect to its hosts.
+fn redirect(api: Api, status: u16, path: &str) -> HttpResponse {
+    let host = match api {
+        Api::App => "https://api-eu.customer.io",
+        Api::TrackV1 | Api::TrackV2 => "https://track-eu.customer.io",
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    HttpResponse::build(status)
+        .insert_header((actix_web::http::header::LOCATION, format!("{host}{path}")))
+        .finish()
 }
 
 fn set_retry_after(response: &mut HttpResponse, seconds: u64) {

@@ -1,0 +1,118 @@
+//! Incidents of the whole workspace (issue 10): an outage (every request 503), revoked
+//! credentials (every request 401), and one poison user among healthy ones. A workspace failure
+//! opens the circuit and spends no attempt, so nothing is dead-lettered however long it lasts;
+//! a user whose every request is refused is dead-lettered alone.
+//!
+//! Timings are scaled down: a few seconds of outage with `delivery.max_attempts = 3` and a
+//! 300 ms circuit backoff cap walks the same path as an hour with the defaults. Every wait has
+//! a deadline; nothing synchronises by sleeping.
+
+mod common;
+#[path = "common/faults.rs"]
+mod faults;
+
+use cio_gateway::broker::topology::DLQ_QUEUE;
+use cio_gateway::publisher::Publisher;
+use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
+use common::TestVhost;
+use faults::{
+    assert_all_processed, check_users, collect, correlation_id, depth, gateway_env, producer,
+    publish_range, publish_users, shutdown_within, start_gateway, user_name,
+};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+fn env_for(sandbox: &RunningSandbox, vhost: &TestVhost) -> Vec<(&'static str, String)> {
+    let extra = [
+        ("GATEWAY__DELIVERY__MAX_ATTEMPTS", "3".to_string()),
+        (
+            "GATEWAY__CUSTOMERIO__CIRCUIT_MAX_BACKOFF_MS",
+            "300".to_string(),
+        ),
+    ];
+    gateway_env(vhost, &sandbox.track_url(), &sandbox.app_url(), &extra)
+}
+
+/// Every request answered `status` for `outage_ms`: afterwards everything is delivered once, in
+/// order, and nothing is dead-lettered although the outage outlasts three attempts many times.
+async fn survives_an_outage(name: &str, status: u16, outage_ms: u64) {
+    let vhost = TestVhost::new(name);
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    sandbox.sandbox.set_faults(Faults {
+        outage_ms,
+        outage_status: status,
+        ..Faults::default()
+    });
+    let producer = producer(&vhost).await;
+    let gateway = start_gateway(&env_for(&sandbox, &vhost)).await;
+
+    let (users, per_user) = (20, 10u64);
+    let sent = publish_range(&Publisher::new(producer.clone()), users, 0, per_user).await;
+
+    assert_all_processed(&producer, &sent, true, SETTLE).await;
+    assert!(
+        sandbox.sandbox.stats().requests > 3,
+        "the outage was probed: {:?}",
+        sandbox.sandbox.stats()
+    );
+    check_users(&sandbox.sandbox, 0..users, per_user);
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "nothing dead-lettered");
+    shutdown_within(gateway, Duration::from_secs(15)).await;
+}
+
+#[actix_rt::test]
+async fn an_outage_of_503s_dead_letters_nothing() {
+    survives_an_outage("incident-503", 503, 8_000).await;
+}
+
+#[actix_rt::test]
+async fn revoked_credentials_dead_letter_nothing() {
+    survives_an_outage("incident-401", 401, 4_000).await;
+}
+
+/// One user whose every request is refused as a whole, among 40 healthy ones: the batch is
+/// bisected until that user's operations are alone, so exactly they are dead-lettered.
+#[actix_rt::test]
+async fn a_poison_user_is_dead_lettered_alone() {
+    let vhost = TestVhost::new("incident-poison");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let (healthy, per_user) = (40, 5u64);
+    let poison = user_name(healthy);
+    sandbox.sandbox.set_faults(Faults {
+        reject_requests_of: BTreeSet::from([poison.clone()]),
+        ..Faults::default()
+    });
+    let producer = producer(&vhost).await;
+    let gateway = start_gateway(&env_for(&sandbox, &vhost)).await;
+
+    let publisher = Publisher::new(producer.clone());
+    let kind = |_: usize, _: u64| "identify";
+    let good = publish_users(&publisher, 0..healthy, 0, per_user, kind).await;
+    let bad = publish_users(&publisher, healthy..healthy + 1, 0, per_user, kind).await;
+
+    assert_all_processed(&producer, &good, true, SETTLE).await;
+    check_users(&sandbox.sandbox, 0..healthy, per_user);
+    let expected: BTreeSet<String> = bad.iter().map(|s| s.correlation_id.clone()).collect();
+    let (letters, counts) = collect(
+        &producer,
+        DLQ_QUEUE,
+        &expected,
+        correlation_id,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    let dead: BTreeSet<String> = counts.keys().cloned().collect();
+    assert_eq!(
+        dead, expected,
+        "exactly the poison user's messages: {letters:?}"
+    );
+    assert!(counts.values().all(|n| *n == 1), "each once: {counts:?}");
+    assert!(
+        sandbox.sandbox.records_for(&poison).is_empty(),
+        "nothing of the poison user delivered"
+    );
+    shutdown_within(gateway, Duration::from_secs(15)).await;
+}
