@@ -1,4 +1,4 @@
-//! The command line of CONTRACT §2.
+//! The command line of docs/reference.md §2.
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! Configuration (CONTRACT §3): layered files, environment overrides, validation that names the key.
+//! Configuration (docs/reference.md §3): layered files, environment overrides, validation
+//! that names the key.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -278,7 +279,7 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Settings {
-    /// Loads the layers of CONTRACT §3 from the process environment.
+    /// Loads the layers of docs/reference.md §3 from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
         Self::load_from(Path::new("config"), file, &env)
@@ -439,7 +440,7 @@ impl Settings {
         self.broker.url.expose() == "memory://"
     }
 
-    /// Local mode: nothing configured, everything in-process (CONTRACT §2).
+    /// Local mode: nothing configured, everything in-process (docs/reference.md §2).
     pub fn is_local_mode(&self) -> bool {
         self.is_memory_broker()
     }

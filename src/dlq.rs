@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
-/// The fields the gateway adds to an envelope when it dead-letters it (CONTRACT §5).
+/// The fields the gateway adds to an envelope when it dead-letters it (docs/reference.md §5).
 pub const FAILURE_FIELDS: [&str; 5] =
     ["status", "error", "errorKind", "attempts", "processingTime"];
 

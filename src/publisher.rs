@@ -41,7 +41,7 @@ pub enum PublishError {
     Broker(#[from] BrokerError),
 }
 
-/// Publishes envelopes (CONTRACT §4) with publisher confirms. Cheap to clone.
+/// Publishes envelopes (docs/reference.md §4) with publisher confirms. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
     broker: SharedBroker,

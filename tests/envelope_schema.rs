@@ -21,7 +21,7 @@ fn validator() -> jsonschema::Validator {
 fn valid_samples() -> Vec<Value> {
     let ulid = "01JDZ5X3Q8W2V6T9N4M7K1P0RA";
     vec![
-        // CONTRACT §4's example.
+        // docs/reference.md §4's example.
         json!({"type": "track", "userId": "42", "payload": {"name": "signup", "data": {"plan": "pro"}},
             "timestamp": 1764115200000i64, "correlationId": ulid}),
         json!({"type": "identify", "userId": "42", "payload": {"email": "a@example.com", "plan": "pro"}}),

@@ -164,7 +164,7 @@ async fn rejected_user_is_dead_lettered_and_others_proceed() {
         assert_eq!(seqs, vec![0, 1, 2, 3]);
     }
 
-    // Read the dead letters back: fields and headers of CONTRACT §5.
+    // Read the dead letters back: fields and headers of docs/reference.md §5.
     let mut stream = producer.consume(DLQ_QUEUE, 10).await.unwrap();
     let mut kinds = BTreeMap::new();
     for _ in 0..expected_dead {

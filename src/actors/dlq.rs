@@ -18,7 +18,7 @@ impl DlqActor {
     }
 }
 
-/// The dead-letter body of CONTRACT §5: the envelope (or `raw` text) plus the failure.
+/// The dead-letter body of docs/reference.md §5: the envelope (or `raw` text) plus the failure.
 pub fn dead_letter_body(letter: &DeadLetter) -> Vec<u8> {
     let mut body = match serde_json::from_slice::<Value>(&letter.body) {
         Ok(Value::Object(map)) => map,

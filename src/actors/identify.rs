@@ -19,7 +19,7 @@ impl IdentifyActor {
         }
     }
 
-    /// Identify attributes carry `_env` and `_updated_at` (CONTRACT §4).
+    /// Identify attributes carry `_env` and `_updated_at` (docs/reference.md §4).
     fn to_call(&self, envelope: Envelope) -> TrackCall {
         let operation = match envelope.operation {
             Operation::Identify(mut attributes) => {

@@ -76,7 +76,7 @@ impl From<crate::customerio::CioError> for Failure {
     }
 }
 
-/// The `errorKind` of a dead letter (CONTRACT §5).
+/// The `errorKind` of a dead letter (docs/reference.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorKind {

@@ -418,7 +418,7 @@ impl ShardActor {
     }
 }
 
-/// The processed event of CONTRACT §5: the envelope plus the outcome.
+/// The processed event of docs/reference.md §5: the envelope plus the outcome.
 fn processed_body(body: &[u8], attempts: u32, took: Duration) -> Vec<u8> {
     let mut value: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).unwrap_or_default();

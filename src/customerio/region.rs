@@ -15,7 +15,7 @@ pub const EU_APP_URL: &str = "https://api-eu.customer.io/v1";
 pub struct BaseUrls {
     /// `.../api/v1`
     pub track_v1: String,
-    /// `.../api/v2`: the track URL with its `/api/v1` replaced (CONTRACT §3).
+    /// `.../api/v2`: the track URL with its `/api/v1` replaced (docs/reference.md §3).
     pub track_v2: String,
     /// `.../v1` of the App API.
     pub app: String,

@@ -1,4 +1,4 @@
-//! The envelope producers publish (CONTRACT §4), parsed into a typed operation.
+//! The envelope producers publish (docs/reference.md §4), parsed into a typed operation.
 
 use super::attributes::kind as json_kind;
 use super::event::object;

@@ -1,4 +1,4 @@
-//! Customer.io reporting webhooks (CONTRACT §6, §7), parsed once into typed values.
+//! Customer.io reporting webhooks (docs/reference.md §6, §7), parsed once into typed values.
 //!
 //! A POST carries one event object, or `{"events": [...]}`. Each event keeps the exact bytes it
 //! arrived as (they are what goes onto `customerio.webhooks`) next to its typed form. Object

@@ -1,4 +1,4 @@
-//! `POST /webhooks/customerio`: Customer.io's reporting webhooks (CONTRACT §6).
+//! `POST /webhooks/customerio`: Customer.io's reporting webhooks (docs/reference.md §6).
 //!
 //! Read at most 1 MiB (413 beyond), verify `X-CIO-Signature` (401), parse (400), then publish
 //! every event not seen recently to `customerio.webhooks` with a broker confirm and answer

@@ -1,4 +1,4 @@
-//! A local stand-in for Customer.io (CONTRACT §8).
+//! A local stand-in for Customer.io (docs/reference.md §8).
 //!
 //! It speaks Customer.io's paths (Track v1, Track v2 `/batch` and `/entity`, App API sends),
 //! checks Basic and Bearer credentials, validates bodies against the documented shapes and

@@ -1,4 +1,4 @@
-//! Where reporting events end up (CONTRACT §7): one [`Sink`] behind a trait, picked by
+//! Where reporting events end up (docs/reference.md §7): one [`Sink`] behind a trait, picked by
 //! `warehouse.sink`. Every sink de-duplicates on `event_id`, so writing a batch again (after a
 //! crash between the write and the ack) changes nothing.
 

@@ -1,6 +1,6 @@
-//! The warehouse row of CONTRACT §7: one per reporting event, the same columns in every sink.
-//! Times are UTC and serialize as RFC 3339 (`2021-02-11T17:04:49Z`); `identifiers` and `raw`
-//! are JSON; identifiers Customer.io sends as numbers (campaign ids) are kept as text.
+//! The warehouse row of docs/reference.md §7: one per reporting event, the same columns in
+//! every sink. Times are UTC and serialize as RFC 3339 (`2021-02-11T17:04:49Z`); `identifiers`
+//! and `raw` are JSON; identifiers Customer.io sends as numbers (campaign ids) are kept as text.
 
 use super::ReportingEvent;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
