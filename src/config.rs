@@ -351,10 +351,11 @@ impl Settings {
     /// Checks what types cannot: ranges, URLs, and what production refuses.
     fn validate(&self, environment: &str) -> Result<(), ConfigError> {
         let url = self.broker.url.expose();
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://") || url == "memory://") {
+        let amqp = |u: &str| u.starts_with("amqp://") || u.starts_with("amqps://");
+        if !(url == "memory://" || url.split(',').map(str::trim).all(amqp)) {
             return Err(invalid(
                 "broker.url",
-                "must be amqp://, amqps:// or memory://",
+                "must be memory://, or amqp:// / amqps:// endpoints, comma-separated",
             ));
         }
         if self.broker.partitions == 0 {

@@ -174,3 +174,21 @@ async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delive
         .expect("stream open")
         .expect("delivery")
 }
+
+/// `broker.url` may name several nodes of one cluster: a dead first endpoint is skipped.
+#[tokio::test]
+async fn several_endpoints_are_tried_in_turn() {
+    let vhost = TestVhost::new("endpoints");
+    let dead = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let url = format!("{dead},{}", vhost.url);
+    let broker = broker::connect(&url, Topology::new(1))
+        .await
+        .expect("the second endpoint answers");
+    assert!(broker.is_connected());
+    broker.close().await;
+    let err = broker::connect(dead, Topology::new(1)).await.err().unwrap();
+    assert!(
+        !err.to_string().contains("guest:guest"),
+        "credentials stay out: {err}"
+    );
+}

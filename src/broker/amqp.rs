@@ -88,9 +88,7 @@ impl AmqpBroker {
 
     /// A new connection with the topology declared and a confirm-mode publishing channel.
     async fn open(&self) -> Result<Live, BrokerError> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .map_err(unavailable)?;
+        let connection = connect_any(&self.url).await?;
         declare_on(&connection, &self.topology).await?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
@@ -127,6 +125,31 @@ async fn watchdog(broker: std::sync::Weak<AmqpBroker>) {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Connects to the first endpoint that answers: `url` may name several nodes of one cluster,
+/// comma-separated, tried in turn (on every reconnect too, so a lost node is skipped).
+async fn connect_any(url: &str) -> Result<Connection, BrokerError> {
+    let mut failures = Vec::new();
+    for endpoint in url.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match Connection::connect(endpoint, ConnectionProperties::default()).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => failures.push(format!("{}: {e}", redacted(endpoint))),
+        }
+    }
+    Err(BrokerError::Unavailable(failures.join("; ")))
+}
+
+/// An endpoint without its credentials, for error messages.
+fn redacted(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        }
+        Err(_) => "<unparsable endpoint>".to_string(),
     }
 }
 
