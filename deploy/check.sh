@@ -319,6 +319,9 @@ exported = {
     "cio_gateway_dead_letters_total", "cio_gateway_broker_connected", "cio_gateway_active_users",
     "cio_gateway_webhooks_received_total", "cio_gateway_webhooks_rejected_total",
     "cio_gateway_warehouse_rows_total", "cio_gateway_preferences_sync_pending",
+    "cio_gateway_circuit_open", "cio_gateway_customerio_rate_limit_rps",
+    "cio_gateway_batch_splits_total", "cio_gateway_webhooks_late_total",
+    "cio_gateway_dead_letters_replay_refused_total",
 }
 histograms = {m for m in exported if m.endswith("_seconds")}
 allowed = exported | {f"{h}_{s}" for h in histograms for s in ("bucket", "sum", "count")}
@@ -352,8 +355,14 @@ ex = {e["name"]: e["type"] for e in d["exchanges"]}
 assert ex["customerio.partitioner"] == "x-modulus-hash", ex
 parts = [q for q in d["queues"] if q["name"].startswith("customerio.partition.")]
 assert len(parts) == 8
+# Quorum queues carry a delivery limit with dead-lettering, so RabbitMQ 4 never drops one.
+safety = {"x-delivery-limit": 1000, "x-dead-letter-exchange": "customerio.dlq",
+          "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 for q in parts:
-    assert q["arguments"] == {"x-queue-type": "quorum", "x-single-active-consumer": True}, q
+    assert q["arguments"] == {"x-queue-type": "quorum", "x-single-active-consumer": True,
+                              **safety}, q
+policy = {p["name"]: p for p in d["policies"]}["customerio-quorum-safety"]
+assert policy["definition"] == {k[2:]: v for k, v in safety.items()}, policy
 bound = {b["destination"] for b in d["bindings"] if b["source"] == "customerio.partitioner"}
 assert bound == {q["name"] for q in parts}
 for e in d["exchanges"] + d["queues"]:
