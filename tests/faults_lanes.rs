@@ -29,15 +29,8 @@ async fn a_routing_key_that_is_not_the_user_id_is_dead_lettered_as_invalid() {
         ))
         .await
         .unwrap();
-    let dead = eventually_async(Duration::from_secs(10), || {
-        let broker = broker.clone();
-        async move { broker.queue_len(DLQ_QUEUE).await.unwrap_or(0) == 1 }
-    })
-    .await;
-    assert!(dead, "the mismatched message is dead-lettered");
-    let mut stream = broker.consume(DLQ_QUEUE, 1).await.unwrap();
-    let letter = stream.next().await.unwrap();
-    let letter: serde_json::Value = serde_json::from_slice(&letter.body).unwrap();
+    let (letter, stream) =
+        the_only_dead_letter(&broker, "the mismatched message is dead-lettered").await;
     assert_eq!(letter["errorKind"], "invalid", "{letter}");
     let error = letter["error"].as_str().unwrap();
     assert!(
@@ -46,7 +39,7 @@ async fn a_routing_key_that_is_not_the_user_id_is_dead_lettered_as_invalid() {
     );
     let sandbox = gateway.sandbox().expect("local mode sandbox");
     assert!(sandbox.records_for("alice").is_empty(), "nothing sent");
-    drop(stream);
+    stream.close().await;
     gateway.shutdown().await;
 }
 
@@ -115,15 +108,8 @@ async fn a_message_returned_too_often_is_dead_lettered_as_exhausted() {
     })
     .await;
     assert!(delivered, "the user's next message is delivered");
-    let dead = eventually_async(Duration::from_secs(10), || {
-        let producer = producer.clone();
-        async move { producer.queue_len(DLQ_QUEUE).await.unwrap_or(0) == 1 }
-    })
-    .await;
-    assert!(dead, "the message returned too often is dead-lettered");
-    let mut stream = producer.consume(DLQ_QUEUE, 1).await.unwrap();
-    let letter = stream.next().await.unwrap();
-    let letter: serde_json::Value = serde_json::from_slice(&letter.body).unwrap();
+    let (letter, stream) =
+        the_only_dead_letter(&producer, "the message returned too often is dead-lettered").await;
     assert_eq!(letter["errorKind"], "exhausted", "{letter}");
     assert_eq!(letter["payload"]["data"]["seq"], 0, "{letter}");
     let error = letter["error"].as_str().unwrap();
@@ -143,4 +129,22 @@ async fn a_message_returned_too_often_is_dead_lettered_as_exhausted() {
     stream.close().await;
     gateway.shutdown().await;
     producer.close().await;
+}
+
+/// Waits until `customerio.dlq` holds exactly one letter, and reads it (left unacked on the
+/// returned stream).
+async fn the_only_dead_letter(
+    broker: &cio_gateway::broker::SharedBroker,
+    what: &str,
+) -> (serde_json::Value, cio_gateway::broker::DeliveryStream) {
+    let dead = eventually_async(Duration::from_secs(10), || {
+        let broker = broker.clone();
+        async move { broker.queue_len(DLQ_QUEUE).await.unwrap_or(0) == 1 }
+    })
+    .await;
+    assert!(dead, "{what}");
+    let mut stream = broker.consume(DLQ_QUEUE, 1).await.unwrap();
+    let letter = stream.next().await.unwrap();
+    let letter = serde_json::from_slice(&letter.body).unwrap();
+    (letter, stream)
 }
