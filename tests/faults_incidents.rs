@@ -1,5 +1,6 @@
 //! Incidents of the whole workspace (issue 10): an outage (every request 503), revoked
-//! credentials (every request 401), and one poison user among healthy ones. A workspace failure
+//! credentials (every request 401), an outage during which the broker connection drops 25
+//! times, and one poison user among healthy ones. A workspace failure
 //! opens the circuit and spends no attempt, so nothing is dead-lettered however long it lasts;
 //! a user whose every request is refused is dead-lettered alone.
 //!
@@ -16,8 +17,9 @@ use cio_gateway::publisher::Publisher;
 use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
 use common::TestVhost;
 use faults::{
-    assert_all_processed, check_users, collect, correlation_id, depth, gateway_env, producer,
-    publish_range, publish_users, shutdown_within, start_gateway, user_name,
+    PARTITIONS, assert_all_processed, check_users, close_connections, collect, correlation_id,
+    depth, gateway_env, list_queues, producer, publish_range, publish_users, shutdown_within,
+    start_gateway, user_name,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -37,6 +39,7 @@ fn env_for(sandbox: &RunningSandbox, vhost: &TestVhost) -> Vec<(&'static str, St
 
 /// Every request answered `status` for `outage_ms`: afterwards everything is delivered once, in
 /// order, and nothing is dead-lettered although the outage outlasts three attempts many times.
+/// Meanwhile the HTTP edge stays ready.
 async fn survives_an_outage(name: &str, status: u16, outage_ms: u64) {
     let vhost = TestVhost::new(name);
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
@@ -50,16 +53,25 @@ async fn survives_an_outage(name: &str, status: u16, outage_ms: u64) {
 
     let (users, per_user) = (20, 10u64);
     let sent = publish_range(&Publisher::new(producer.clone()), users, 0, per_user).await;
-
-    assert_all_processed(&producer, &sent, true, SETTLE).await;
+    let probed = common::eventually(SETTLE, || sandbox.sandbox.stats().requests > 3).await;
     assert!(
-        sandbox.sandbox.stats().requests > 3,
+        probed,
         "the outage was probed: {:?}",
         sandbox.sandbox.stats()
     );
+    assert_ready(&gateway).await;
+
+    assert_all_processed(&producer, &sent, true, SETTLE).await;
     check_users(&sandbox.sandbox, 0..users, per_user);
     assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "nothing dead-lettered");
     shutdown_within(gateway, Duration::from_secs(15)).await;
+}
+
+/// Paused delivery must not take the webhook endpoint out of the Service.
+async fn assert_ready(gateway: &cio_gateway::app::Gateway) {
+    let url = format!("http://{}/readyz", gateway.addr);
+    let status = reqwest::get(&url).await.expect("readyz answers").status();
+    assert_eq!(status, 200, "ready while delivery is paused");
 }
 
 #[actix_rt::test]
@@ -70,6 +82,50 @@ async fn an_outage_of_503s_dead_letters_nothing() {
 #[actix_rt::test]
 async fn revoked_credentials_dead_letter_nothing() {
     survives_an_outage("incident-401", 401, 4_000).await;
+}
+
+/// 10 users' 50 envelopes are held by an outage while the broker connection is closed 25 times
+/// (each time waiting until the gateway consumes again): every message is returned to its queue
+/// 25 times, past RabbitMQ 4's default quorum delivery limit of 20, yet nothing is dropped or
+/// dead-lettered, and everything is delivered once the outage ends.
+#[actix_rt::test]
+async fn an_outage_with_25_broker_disconnects_loses_nothing() {
+    let vhost = TestVhost::new("incident-disconnects");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    sandbox.sandbox.set_faults(Faults {
+        outage_ms: 600_000,
+        ..Faults::default()
+    });
+    let producer = producer(&vhost).await;
+    let gateway = start_gateway(&env_for(&sandbox, &vhost)).await;
+    let (users, per_user) = (10, 5u64);
+    let sent = publish_range(&Publisher::new(producer.clone()), users, 0, per_user).await;
+    let probed = common::eventually(SETTLE, || sandbox.sandbox.stats().requests > 0).await;
+    assert!(probed, "the outage was probed");
+
+    for disconnect in 1..=25 {
+        close_connections(&vhost).await;
+        let consuming = common::eventually_async(Duration::from_secs(30), || async {
+            let consumers = list_queues(&vhost, "consumers").await;
+            let partitions = consumers
+                .iter()
+                .filter(|(queue, n)| queue.starts_with("customerio.partition.") && **n > 0)
+                .count();
+            partitions == PARTITIONS as usize
+        })
+        .await;
+        assert!(
+            consuming,
+            "the gateway consumes again after disconnect {disconnect}"
+        );
+    }
+    assert_ready(&gateway).await;
+    sandbox.sandbox.set_faults(Faults::default());
+
+    assert_all_processed(&producer, &sent, true, SETTLE).await;
+    check_users(&sandbox.sandbox, 0..users, per_user);
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "nothing dead-lettered");
+    shutdown_within(gateway, Duration::from_secs(15)).await;
 }
 
 /// One user whose every request is refused as a whole, among 40 healthy ones: the batch is

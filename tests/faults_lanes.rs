@@ -1,7 +1,11 @@
 //! The shard's correctness (issue 11): a message whose routing key is not its userId is
-//! dead-lettered as `invalid`, since partitions follow the routing key and lanes the userId.
+//! dead-lettered as `invalid`, since partitions follow the routing key and lanes the userId; a
+//! lane moves on only once its head's outcome is confirmed; a message's failed attempts are
+//! counted across reconnects.
 
 mod common;
+#[path = "common/faults.rs"]
+mod faults;
 
 use cio_gateway::app::Gateway;
 use cio_gateway::broker::Publish;
@@ -131,13 +135,168 @@ async fn a_message_returned_too_often_is_dead_lettered_as_exhausted() {
     producer.close().await;
 }
 
+/// A queue on `customerio.processed` that refuses every message (`x-max-length` 0 with
+/// `reject-publish`): while it is bound, the broker nacks every processed event, though the
+/// gateway's channels stay up. Deleted by `unblock`.
+async fn block_processed_events(vhost: &common::TestVhost) -> lapin::Channel {
+    use cio_gateway::broker::topology::PROCESSED_EXCHANGE;
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let conn = lapin::Connection::connect(&vhost.url, Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(BLOCK.into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            BLOCK.into(),
+            PROCESSED_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+}
+
+const BLOCK: &str = "test.refuse-processed";
+
+/// The processed event of a user's first message is nacked for longer than the gateway retries
+/// it: the user's second message must not reach Customer.io before the first is settled (the
+/// shard restarts its consumer instead of moving on), and once the broker takes processed
+/// events again, both are delivered once, in order, and nothing is dead-lettered.
+#[actix_rt::test]
+async fn a_lane_waits_until_its_head_is_confirmed() {
+    use cio_gateway::publisher::Publisher;
+    use cio_gateway::sandbox::{self, SandboxConfig};
+    use lapin::options::QueueDeleteOptions;
+
+    let vhost = common::TestVhost::new("lanes-confirm");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let producer = faults::producer(&vhost).await;
+    let block = block_processed_events(&vhost).await;
+    let env = faults::gateway_env(&vhost, &sandbox.track_url(), &sandbox.app_url(), &[]);
+    let gateway = faults::start_gateway(&env).await;
+    let user = faults::user_name(0);
+    let publisher = Publisher::new(producer.clone());
+    let sent = faults::publish_users(&publisher, 0..1, 0, 2, |_, _| "track").await;
+
+    let first = common::eventually(Duration::from_secs(20), || {
+        !sandbox.sandbox.records_for(&user).is_empty()
+    })
+    .await;
+    assert!(first, "the first message is delivered");
+    // Longer than the gateway retries one processed event (about 6 s), so the shard also
+    // restarts its consumer while the block holds.
+    let overtaken = common::eventually(Duration::from_secs(8), || {
+        sandbox.sandbox.records_for(&user).len() > 1
+    })
+    .await;
+    assert!(
+        !overtaken,
+        "the second message was sent while the first was unsettled: {:?}",
+        faults::delivered_seqs(&sandbox.sandbox.records_for(&user))
+    );
+    block
+        .queue_delete(BLOCK.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    faults::assert_all_processed(&producer, &sent, false, Duration::from_secs(30)).await;
+    faults::check_users(&sandbox.sandbox, 0..1, 2);
+    assert_eq!(
+        faults::depth(&vhost, DLQ_QUEUE).await,
+        0,
+        "nothing dead-lettered"
+    );
+    faults::shutdown_within(gateway, Duration::from_secs(15)).await;
+    producer.close().await;
+}
+
+/// A user whose every request fails with a 500 (retryable), while the broker connection is
+/// closed after each of the first two failures: the message is dead-lettered as `exhausted`
+/// after exactly `delivery.max_attempts` requests, since the failures of the attempts before
+/// each reconnect still count.
+#[actix_rt::test]
+async fn failed_attempts_are_counted_across_reconnects() {
+    use cio_gateway::publisher::Publisher;
+    use cio_gateway::sandbox::{self, Faults, SandboxConfig};
+    use std::collections::BTreeMap;
+
+    let vhost = common::TestVhost::new("lanes-ledger");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let user = faults::user_name(0);
+    sandbox.sandbox.set_faults(Faults {
+        fail_users: BTreeMap::from([(user.clone(), 500)]),
+        // A 2 s floor between attempts: time to close the connection in between.
+        retry_after_secs: Some(2),
+        ..Faults::default()
+    });
+    let producer = faults::producer(&vhost).await;
+    let extra = [
+        ("GATEWAY__DELIVERY__MAX_ATTEMPTS", "3".to_string()),
+        // One user's 500s stay that message's failures: the circuit must not open.
+        (
+            "GATEWAY__CUSTOMERIO__CIRCUIT_FAILURE_THRESHOLD",
+            "1000".to_string(),
+        ),
+    ];
+    let env = faults::gateway_env(&vhost, &sandbox.track_url(), &sandbox.app_url(), &extra);
+    let gateway = faults::start_gateway(&env).await;
+    let publisher = Publisher::new(producer.clone());
+    faults::publish_users(&publisher, 0..1, 0, 1, |_, _| "track").await;
+
+    for failures in 1..=2 {
+        let failed = common::eventually(Duration::from_secs(20), || {
+            sandbox.sandbox.stats().injected_failures >= failures
+        })
+        .await;
+        assert!(failed, "attempt {failures} was made");
+        faults::close_connections(&vhost).await;
+    }
+    let (letter, stream) = the_only_dead_letter_within(
+        &producer,
+        "the message is dead-lettered",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(letter["errorKind"], "exhausted", "{letter}");
+    assert_eq!(letter["attempts"], 3, "{letter}");
+    assert_eq!(
+        sandbox.sandbox.stats().injected_failures,
+        3,
+        "exactly max_attempts requests, reconnects or not"
+    );
+    stream.close().await;
+    faults::shutdown_within(gateway, Duration::from_secs(15)).await;
+    producer.close().await;
+}
+
 /// Waits until `customerio.dlq` holds exactly one letter, and reads it (left unacked on the
 /// returned stream).
 async fn the_only_dead_letter(
     broker: &cio_gateway::broker::SharedBroker,
     what: &str,
 ) -> (serde_json::Value, cio_gateway::broker::DeliveryStream) {
-    let dead = eventually_async(Duration::from_secs(10), || {
+    the_only_dead_letter_within(broker, what, Duration::from_secs(10)).await
+}
+
+async fn the_only_dead_letter_within(
+    broker: &cio_gateway::broker::SharedBroker,
+    what: &str,
+    timeout: Duration,
+) -> (serde_json::Value, cio_gateway::broker::DeliveryStream) {
+    let dead = eventually_async(timeout, || {
         let broker = broker.clone();
         async move { broker.queue_len(DLQ_QUEUE).await.unwrap_or(0) == 1 }
     })

@@ -35,8 +35,13 @@ impl Dedup {
         })
     }
 
-    pub fn contains_envelope(&self, envelope: &Envelope) -> bool {
-        Self::key_of(envelope).is_some_and(|key| self.seen.lock().contains(&key))
+    pub fn contains(&self, key: &DedupKey) -> bool {
+        self.seen.lock().contains(key)
+    }
+
+    #[cfg(test)]
+    fn contains_envelope(&self, envelope: &Envelope) -> bool {
+        Self::key_of(envelope).is_some_and(|key| self.contains(&key))
     }
 
     pub fn insert(&self, key: DedupKey) {

@@ -1,6 +1,8 @@
-//! DLQActor: writes dead letters to `customerio.dlq` with a publisher confirm, then acks.
+//! DLQActor: writes dead letters to `customerio.dlq` with a publisher confirm (retried briefly),
+//! then acks. An error means the message is neither dead-lettered nor acked.
 
 use super::messages::DeadLetter;
+use super::settle::publish_confirmed;
 use crate::broker::topology::{
     DLQ_EXCHANGE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY,
 };
@@ -61,7 +63,7 @@ impl Handler<DeadLetter> for DlqActor {
                 HEADER_ORIGINAL_ROUTING_KEY,
                 letter.original_routing_key.clone(),
             );
-            broker.publish(message).await?;
+            publish_confirmed(&broker, message).await?;
             metrics::counter!("cio_gateway_dead_letters_total", "error_kind" => letter.kind.as_str())
                 .increment(1);
             tracing::warn!(

@@ -119,9 +119,21 @@ pub struct DeadLetter {
 pub struct AttemptDone {
     pub user: UserId,
     pub generation: u64,
+    /// Which attempt of the message this was (1-based).
+    pub attempt: u32,
     /// So a success that arrives after a restart still fills the dedup window.
     pub dedup_key: Option<DedupKey>,
     pub result: Result<(), Failure>,
+}
+
+/// A message's outcome is durable (or could not be made so): its lane may move on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Settled {
+    /// The lane the message headed; none for a message refused before it joined one.
+    pub user: Option<UserId>,
+    pub generation: u64,
+    pub confirmed: bool,
 }
 
 /// Stop taking new work; resolves when in-flight attempts are settled.

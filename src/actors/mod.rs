@@ -13,9 +13,11 @@ mod consumer;
 mod dedup;
 mod dlq;
 mod identify;
+mod ledger;
 pub mod messages;
 mod reporting;
 mod retry;
+mod settle;
 mod shard;
 mod track;
 mod transactional;
@@ -26,6 +28,7 @@ pub use batcher::{BatchLimits, TrackSender};
 pub use dedup::Dedup;
 pub use dlq::{DlqActor, dead_letter_body};
 pub use identify::IdentifyActor;
+use ledger::AttemptLedger;
 pub use reporting::{Reporting, start_reporting};
 pub use retry::Backoff;
 pub use shard::{ShardActor, ShardDeps};
@@ -85,6 +88,7 @@ impl Pipeline {
             transactional,
             dlq,
             dedup: Arc::new(Dedup::new(delivery.dedup_window)),
+            ledger: Arc::new(AttemptLedger::new(delivery.dedup_window)),
             backoff: Backoff {
                 base: Duration::from_millis(delivery.backoff_base_ms),
                 max: Duration::from_millis(delivery.backoff_max_ms),

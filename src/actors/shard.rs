@@ -5,7 +5,9 @@
 //! order, while other users' lanes proceed. A retry waits (unacked, bounded by
 //! `delivery.max_attempts` and the backoff cap) at the head of its lane and holds back only
 //! that user. A message is acked only after its outcome is durable: the processed event or
-//! the dead letter is confirmed by the broker.
+//! the dead letter is confirmed by the broker, and only then does its lane move on. An outcome
+//! that cannot be confirmed stops the actor, which closes its channel: the broker redelivers
+//! the message and every one after it, in order.
 //!
 //! When the stream ends (connection lost) the actor stops and its supervisor restarts it with
 //! a new generation: lanes are emptied, since the broker redelivers every unacked message in
@@ -13,8 +15,13 @@
 //! reports back, so no user ever has two attempts at once.
 
 use super::consumer::{self, QueueConsumer, Resubscribe};
-use super::messages::{AttemptDone, DeadLetter, Deliver, Drain, ErrorKind, Failure, FailureKind};
+use super::dedup::DedupKey;
+use super::ledger::AttemptLedger;
+use super::messages::{
+    AttemptDone, DeadLetter, Deliver, Drain, ErrorKind, Failure, FailureKind, Settled,
+};
 use super::retry::Backoff;
+use super::settle::publish_confirmed;
 use super::{Dedup, DlqActor, IdentifyActor, TrackActor, TransactionalActor};
 use crate::broker::topology::PROCESSED_EXCHANGE;
 use crate::broker::{Acker, Delivery, Publish, SharedBroker};
@@ -35,6 +42,7 @@ pub struct ShardDeps {
     pub transactional: Addr<TransactionalActor>,
     pub dlq: Addr<DlqActor>,
     pub dedup: Arc<Dedup>,
+    pub ledger: Arc<AttemptLedger>,
     pub backoff: Backoff,
     pub max_attempts: u32,
     pub max_redeliveries: u32,
@@ -52,6 +60,14 @@ struct Pending {
 }
 
 impl Pending {
+    fn dead_lettered(self, error: String, kind: ErrorKind) -> Outcome {
+        Outcome::DeadLettered {
+            message_type: self.envelope.kind.as_str(),
+            key: Dedup::key_of(&self.envelope),
+            letter: self.into_dead_letter(error, kind),
+        }
+    }
+
     fn into_dead_letter(self, error: String, kind: ErrorKind) -> DeadLetter {
         DeadLetter {
             processing_time_ms: self.received.elapsed().as_millis() as u64,
@@ -73,6 +89,30 @@ enum LaneState {
     Attempting(u64),
     /// The head failed and waits for its retry timer.
     Waiting,
+    /// The previous head's outcome is being confirmed by the broker; the next one waits.
+    Settling(u64),
+}
+
+/// What is made durable before a message is acked.
+enum Outcome {
+    Delivered(Pending),
+    DeadLettered {
+        letter: DeadLetter,
+        message_type: &'static str,
+        /// Its failures in the ledger, forgotten once it is dead-lettered.
+        key: Option<DedupKey>,
+    },
+}
+
+impl Outcome {
+    /// A message refused before it joined a lane.
+    fn refused(letter: DeadLetter, message_type: &'static str) -> Self {
+        Outcome::DeadLettered {
+            letter,
+            message_type,
+            key: None,
+        }
+    }
 }
 
 struct Lane {
@@ -107,66 +147,51 @@ impl ShardActor {
 
     fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
         let received = Instant::now();
+        let refuse =
+            |delivery: Delivery, error: String, kind: ErrorKind, attempts: u32| DeadLetter {
+                body: delivery.body,
+                original_exchange: delivery.exchange,
+                original_routing_key: delivery.routing_key,
+                error,
+                kind,
+                attempts,
+                processing_time_ms: received.elapsed().as_millis() as u64,
+                acker: delivery.acker,
+            };
         let envelope = match Envelope::parse(&delivery.body) {
             Ok(envelope) => envelope,
             Err(e) => {
                 metrics::counter!("cio_gateway_envelopes_received_total", "type" => "invalid")
                     .increment(1);
-                let letter = DeadLetter {
-                    body: delivery.body,
-                    original_exchange: delivery.exchange,
-                    original_routing_key: delivery.routing_key,
-                    error: e.to_string(),
-                    kind: ErrorKind::Invalid,
-                    attempts: 0,
-                    processing_time_ms: received.elapsed().as_millis() as u64,
-                    acker: delivery.acker,
-                };
-                self.dead_letter(letter, "unparsed");
-                return;
+                let letter = refuse(delivery, e.to_string(), ErrorKind::Invalid, 0);
+                return self.settle(None, Outcome::refused(letter, "unparsed"), ctx);
             }
         };
-        metrics::counter!("cio_gateway_envelopes_received_total", "type" => envelope.kind.as_str())
-            .increment(1);
+        let kind = envelope.kind.as_str();
+        metrics::counter!("cio_gateway_envelopes_received_total", "type" => kind).increment(1);
         if delivery.delivery_count > self.deps.max_redeliveries {
             // Returned to its queue this often with no outcome: something about it keeps its
             // consumer from finishing (a crash, a hang). Bounded here, never by the broker.
-            let letter = DeadLetter {
-                error: format!(
-                    "returned to its queue {} times without an outcome (delivery.max_redeliveries = {})",
-                    delivery.delivery_count, self.deps.max_redeliveries
-                ),
-                body: delivery.body,
-                original_exchange: delivery.exchange,
-                original_routing_key: delivery.routing_key,
-                kind: ErrorKind::Exhausted,
-                attempts: delivery.delivery_count,
-                processing_time_ms: received.elapsed().as_millis() as u64,
-                acker: delivery.acker,
-            };
-            self.dead_letter(letter, envelope.kind.as_str());
-            return;
+            let error = format!(
+                "returned to its queue {} times without an outcome (delivery.max_redeliveries = {})",
+                delivery.delivery_count, self.deps.max_redeliveries
+            );
+            let count = delivery.delivery_count;
+            let letter = refuse(delivery, error, ErrorKind::Exhausted, count);
+            return self.settle(None, Outcome::refused(letter, kind), ctx);
         }
         if delivery.routing_key != envelope.user.as_str() {
             // Partitions are chosen by routing key, lanes by userId: a mismatch would split
             // the user across shards and break their order.
-            let letter = DeadLetter {
-                error: format!(
-                    "routing key {:?} is not the envelope's userId {:?}; publish with the userId as routing key",
-                    delivery.routing_key,
-                    envelope.user.as_str()
-                ),
-                body: delivery.body,
-                original_exchange: delivery.exchange,
-                original_routing_key: delivery.routing_key,
-                kind: ErrorKind::Invalid,
-                attempts: 0,
-                processing_time_ms: received.elapsed().as_millis() as u64,
-                acker: delivery.acker,
-            };
-            self.dead_letter(letter, envelope.kind.as_str());
-            return;
+            let error = format!(
+                "routing key {:?} is not the envelope's userId {:?}; publish with the userId as routing key",
+                delivery.routing_key,
+                envelope.user.as_str()
+            );
+            let letter = refuse(delivery, error, ErrorKind::Invalid, 0);
+            return self.settle(None, Outcome::refused(letter, kind), ctx);
         }
+        let user = envelope.user.clone();
         let pending = Pending {
             envelope,
             body: delivery.body,
@@ -176,12 +201,6 @@ impl ShardActor {
             attempts: 0,
             received,
         };
-        if self.deps.dedup.contains_envelope(&pending.envelope) {
-            // A redelivery of something this replica delivered: settle, do not send again.
-            self.settle_delivered(pending);
-            return;
-        }
-        let user = pending.envelope.user.clone();
         let idle = {
             let mut lane = self.lanes.entry(user.clone()).or_insert_with(|| {
                 metrics::gauge!("cio_gateway_active_users").increment(1.0);
@@ -198,13 +217,14 @@ impl ShardActor {
         }
     }
 
-    /// Starts an attempt for the head of the user's lane, or forgets an empty idle lane.
+    /// Starts an attempt for the head of the user's lane, or forgets an empty idle lane. A
+    /// head already delivered (a redelivered copy), or out of attempts, is settled instead.
     fn dispatch(&mut self, user: UserId, ctx: &mut Context<Self>) {
         if self.draining {
             return;
         }
         let generation = self.generation;
-        let started = {
+        let next = {
             let Some(mut guard) = self.lanes.get_mut(&user) else {
                 return;
             };
@@ -212,32 +232,34 @@ impl ShardActor {
             if lane.state != LaneState::Idle {
                 return;
             }
-            // Checked again here: a redelivered copy that queued behind the old generation's
-            // successful attempt must not be sent a second time.
-            if lane
-                .pending
-                .front()
-                .is_some_and(|head| self.deps.dedup.contains_envelope(&head.envelope))
-            {
-                let head = lane.pending.pop_front();
+            let Some(head) = lane.pending.front_mut() else {
                 drop(guard);
-                if let Some(head) = head {
-                    self.settle_delivered(head);
-                }
-                return self.dispatch(user, ctx);
+                return self.forget_if_idle(&user);
+            };
+            let key = Dedup::key_of(&head.envelope);
+            let failures = key.as_ref().and_then(|k| self.deps.ledger.get(k));
+            if let Some(failures) = &failures {
+                head.attempts = head.attempts.max(failures.count);
             }
-            match lane.pending.front_mut() {
-                Some(head) => {
-                    head.attempts += 1;
-                    lane.state = LaneState::Attempting(generation);
-                    Some((head.envelope.clone(), Dedup::key_of(&head.envelope)))
-                }
-                None => None,
+            if key.as_ref().is_some_and(|k| self.deps.dedup.contains(k)) {
+                // A redelivered copy of what this replica delivered (perhaps while it queued
+                // behind the old generation's attempt): settle, never send it again.
+                let head = lane.pending.pop_front().expect("the head exists");
+                Err(Outcome::Delivered(head))
+            } else if head.attempts >= self.deps.max_attempts {
+                // Its earlier deliveries spent every attempt before the channel was lost.
+                let head = lane.pending.pop_front().expect("the head exists");
+                let error = failures.map_or_else(String::new, |f| f.last_error);
+                Err(head.dead_lettered(error, ErrorKind::Exhausted))
+            } else {
+                head.attempts += 1;
+                lane.state = LaneState::Attempting(generation);
+                Ok((head.envelope.clone(), key, head.attempts))
             }
         };
-        let Some((envelope, dedup_key)) = started else {
-            self.forget_if_idle(&user);
-            return;
+        let (envelope, dedup_key, attempt) = match next {
+            Ok(attempt) => attempt,
+            Err(outcome) => return self.settle(Some(user), outcome, ctx),
         };
         let me = ctx.address();
         let deps = self.deps.clone();
@@ -254,6 +276,7 @@ impl ShardActor {
             me.do_send(AttemptDone {
                 user,
                 generation,
+                attempt,
                 dedup_key,
                 result,
             });
@@ -270,12 +293,19 @@ impl ShardActor {
     }
 
     fn attempt_done(&mut self, done: AttemptDone, ctx: &mut Context<Self>) {
-        if let (Ok(()), Some(key)) = (&done.result, &done.dedup_key) {
-            self.deps.dedup.insert(key.clone());
+        match (&done.result, &done.dedup_key) {
+            (Ok(()), Some(key)) => self.deps.dedup.insert(key.clone()),
+            // Counted even when this attempt's generation is gone: the redelivered copy
+            // carries on from here.
+            (Err(f), Some(key)) if matches!(f.kind, FailureKind::Retryable { .. }) => self
+                .deps
+                .ledger
+                .failed(key.clone(), done.attempt, &f.message),
+            _ => {}
         }
         let user = done.user;
         let current = done.generation == self.generation;
-        let settled = {
+        let outcome = {
             let Some(mut lane) = self.lanes.get_mut(&user) else {
                 return;
             };
@@ -285,8 +315,13 @@ impl ShardActor {
                 None
             } else {
                 let attempts = lane.pending.front().map_or(0, |p| p.attempts);
+                let dead = |lane: &mut Lane, kind: ErrorKind, error: &str| {
+                    lane.pending
+                        .pop_front()
+                        .map(|p| p.dead_lettered(error.to_string(), kind))
+                };
                 match &done.result {
-                    Ok(()) => lane.pending.pop_front().map(|p| (p, None)),
+                    Ok(()) => lane.pending.pop_front().map(Outcome::Delivered),
                     Err(failure) => match failure.kind {
                         // Not this message's failure: give back the attempt `dispatch` counted
                         // and send it again (the client waits until the API recovers).
@@ -312,31 +347,23 @@ impl ShardActor {
                             ctx.run_later(delay, move |act, ctx| act.retry(user, ctx));
                             return;
                         }
-                        FailureKind::Retryable { .. } => lane
-                            .pending
-                            .pop_front()
-                            .map(|p| (p, Some(ErrorKind::Exhausted))),
-                        FailureKind::Rejected => lane
-                            .pending
-                            .pop_front()
-                            .map(|p| (p, Some(ErrorKind::Rejected))),
-                        FailureKind::Invalid => lane
-                            .pending
-                            .pop_front()
-                            .map(|p| (p, Some(ErrorKind::Invalid))),
+                        FailureKind::Retryable { .. } => {
+                            dead(&mut lane, ErrorKind::Exhausted, &failure.message)
+                        }
+                        FailureKind::Rejected => {
+                            dead(&mut lane, ErrorKind::Rejected, &failure.message)
+                        }
+                        FailureKind::Invalid => {
+                            dead(&mut lane, ErrorKind::Invalid, &failure.message)
+                        }
                     },
                 }
             }
         };
-        match (settled, done.result) {
-            (Some((pending, None)), _) => self.settle_delivered(pending),
-            (Some((p, Some(kind))), Err(failure)) => {
-                let message_type = p.envelope.kind.as_str();
-                self.dead_letter(p.into_dead_letter(failure.message, kind), message_type);
-            }
-            _ => {}
+        match outcome {
+            Some(outcome) => self.settle(Some(user), outcome, ctx),
+            None => self.dispatch(user, ctx),
         }
-        self.dispatch(user, ctx);
         self.check_drained();
     }
 
@@ -353,8 +380,61 @@ impl ShardActor {
         }
     }
 
-    /// Publishes the processed event, then acks.
-    fn settle_delivered(&self, pending: Pending) {
+    /// Makes the outcome durable, then acks: the processed event is published (or the dead
+    /// letter handed to the DLQ actor) with a confirm. The user's lane, if any, waits for it.
+    fn settle(&mut self, user: Option<UserId>, outcome: Outcome, ctx: &mut Context<Self>) {
+        let generation = self.generation;
+        if let Some(user) = &user
+            && let Some(mut lane) = self.lanes.get_mut(user)
+        {
+            lane.state = LaneState::Settling(generation);
+        }
+        let durable = match outcome {
+            Outcome::Delivered(pending) => {
+                if let Some(key) = Dedup::key_of(&pending.envelope) {
+                    self.deps.ledger.forget(&key);
+                }
+                self.delivered(pending)
+            }
+            Outcome::DeadLettered {
+                letter,
+                message_type,
+                key,
+            } => {
+                if let Some(key) = key {
+                    self.deps.ledger.forget(&key);
+                }
+                metrics::counter!("cio_gateway_deliveries_total", "type" => message_type, "outcome" => "dead_letter")
+                    .increment(1);
+                let dlq = self.deps.dlq.clone();
+                Box::pin(async move {
+                    match dlq.send(letter).await {
+                        Ok(Ok(())) => true,
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "dead letter not confirmed");
+                            false
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "DLQ actor unavailable");
+                            false
+                        }
+                    }
+                })
+            }
+        };
+        let me = ctx.address();
+        actix::spawn(self.settles.track_future(async move {
+            let confirmed = durable.await;
+            me.do_send(Settled {
+                user,
+                generation,
+                confirmed,
+            });
+        }));
+    }
+
+    /// Publishes the processed event, then acks; true once both are done.
+    fn delivered(&self, pending: Pending) -> futures::future::BoxFuture<'static, bool> {
         let kind = pending.envelope.kind.as_str();
         metrics::counter!("cio_gateway_deliveries_total", "type" => kind, "outcome" => "success")
             .increment(1);
@@ -367,39 +447,48 @@ impl ShardActor {
         let message = Publish::new(PROCESSED_EXCHANGE, &pending.routing_key, body).optional_route();
         let broker = self.deps.broker.clone();
         let acker = pending.acker;
-        self.settles.spawn(async move {
-            match broker.publish(message).await {
-                Ok(()) => {
-                    if let Err(e) = acker.ack().await {
-                        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-                    }
-                }
-                // Left unacked: the broker redelivers it and the dedup window stops a resend.
-                Err(e) => tracing::warn!(error = %e, "processed event not confirmed"),
+        Box::pin(async move {
+            if let Err(e) = publish_confirmed(&broker, message).await {
+                tracing::error!(error = %e, "processed event not confirmed");
+                return false;
             }
-        });
+            match acker.ack().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+                    false
+                }
+            }
+        })
     }
 
-    /// Hands a message to the DLQ actor, which acks it once the dead letter is confirmed.
-    fn dead_letter(&self, letter: DeadLetter, message_type: &'static str) {
-        metrics::counter!("cio_gateway_deliveries_total", "type" => message_type, "outcome" => "dead_letter")
-            .increment(1);
-        let dlq = self.deps.dlq.clone();
-        self.settles.spawn(async move {
-            match dlq.send(letter).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "dead letter not confirmed; left unacked")
-                }
-                Err(e) => tracing::error!(error = %e, "DLQ actor unavailable; left unacked"),
-            }
-        });
+    fn settled(&mut self, settled: Settled, ctx: &mut Context<Self>) {
+        if let Some(user) = &settled.user
+            && let Some(mut lane) = self.lanes.get_mut(user)
+            && lane.state == LaneState::Settling(settled.generation)
+        {
+            lane.state = LaneState::Idle;
+        }
+        if !settled.confirmed && settled.generation == self.generation && !self.draining {
+            // Moving on would let the next message overtake this one: close the channel so
+            // the broker redelivers all of them, in order, to the next generation.
+            tracing::error!(queue = %self.queue, "an outcome could not be made durable; restarting the consumer");
+            ctx.stop();
+            return;
+        }
+        if let Some(user) = settled.user {
+            self.dispatch(user, ctx);
+        }
+        self.check_drained();
     }
 
     fn in_flight(&self) -> bool {
-        self.lanes
-            .iter()
-            .any(|lane| matches!(lane.state, LaneState::Attempting(_)))
+        self.lanes.iter().any(|lane| {
+            matches!(
+                lane.state,
+                LaneState::Attempting(_) | LaneState::Settling(_)
+            )
+        })
     }
 
     fn check_drained(&mut self) {
@@ -464,6 +553,14 @@ impl StreamHandler<Delivery> for ShardActor {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         consumer::stream_ended(ctx, &self.queue, self.draining);
+    }
+}
+
+impl Handler<Settled> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, settled: Settled, ctx: &mut Context<Self>) {
+        self.settled(settled, ctx);
     }
 }
 

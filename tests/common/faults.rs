@@ -65,6 +65,8 @@ pub fn gateway_env(
         ("GATEWAY__DELIVERY__BACKOFF_BASE_MS", "5".into()),
         ("GATEWAY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
         ("GATEWAY__DELIVERY__MAX_ATTEMPTS", "50".into()),
+        // Scaled down like the backoff: a probe at most every 500 ms while the circuit is open.
+        ("GATEWAY__CUSTOMERIO__CIRCUIT_MAX_BACKOFF_MS", "500".into()),
         ("GATEWAY__SHUTDOWN__DRAIN_SECS", "5".into()),
         ("GATEWAY__TEMPLATES__WELCOME", "7".into()),
     ];
