@@ -529,6 +529,41 @@ async fn wrong_credentials_pause_delivery_with_401s() {
     assert_eq!(sb.sandbox.stats().unauthorized, 2);
 }
 
+/// A 3xx means the wrong region: it is not followed (that would drop `Authorization` or turn
+/// the POST into a GET), and it is the workspace's failure, which pauses like a 401.
+#[tokio::test]
+async fn a_redirect_is_the_wrong_region_and_is_not_followed() {
+    let sb = sandbox().await;
+    sb.sandbox.set_faults(Faults {
+        redirect_status: Some(308),
+        ..Faults::default()
+    });
+    let c = client(&sb);
+    let e = c.delete(&user("42")).await.unwrap_err();
+    assert!(e.is_workspace() && e.status() == Some(308), "{e}");
+    assert!(e.to_string().contains("wrong region"), "{e}");
+    assert_eq!(
+        sb.sandbox.stats().requests,
+        1,
+        "the redirect was not followed"
+    );
+    let email = transactional(json!({"transactional_message_id": 1, "to": "a@b.co"}));
+    let e = c.send(&email, None).await.unwrap_err();
+    assert!(
+        e.is_workspace() && e.to_string().contains("wrong region"),
+        "{e}"
+    );
+    assert!(sb.sandbox.records().is_empty(), "nothing applied");
+
+    sb.sandbox.set_faults(Faults::default());
+    c.delete(&user("42")).await.unwrap();
+    assert_eq!(
+        sb.sandbox.records().len(),
+        1,
+        "delivered once the region is right"
+    );
+}
+
 #[tokio::test]
 async fn settings_are_checked_naming_the_key() {
     let sb = sandbox().await;
