@@ -564,6 +564,44 @@ async fn a_redirect_is_the_wrong_region_and_is_not_followed() {
     );
 }
 
+/// A request cancelled while it waits for the open circuit (its shard lost the partition) is
+/// answered at once as the workspace's (no attempt spent), and never sent.
+#[tokio::test]
+async fn a_request_cancelled_while_it_waits_is_never_sent() {
+    let sb = sandbox().await;
+    sb.sandbox.set_faults(Faults {
+        outage_ms: 60_000,
+        outage_status: 401,
+        ..Faults::default()
+    });
+    let c = CustomerIo::new(&CustomerIoSettings {
+        circuit_max_backoff_ms: 2000,
+        ..settings(&sb)
+    })
+    .unwrap();
+    assert!(c.delete(&user("1")).await.unwrap_err().is_workspace());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let waiting = tokio::spawn({
+        let (c, cancel) = (c.clone(), cancel.clone());
+        async move { cio_gateway::customerio::unless_cancelled(cancel, c.delete(&user("2"))).await }
+    });
+    cancel.cancel();
+    let answered = tokio::time::timeout(Duration::from_millis(400), waiting)
+        .await
+        .expect("answered before the next probe")
+        .unwrap();
+    let e = answered.unwrap_err();
+    assert!(
+        e.is_workspace() && e.to_string().contains("cancelled"),
+        "{e}"
+    );
+    assert_eq!(
+        sb.sandbox.stats().requests,
+        1,
+        "only the first request was sent"
+    );
+}
+
 #[tokio::test]
 async fn settings_are_checked_naming_the_key() {
     let sb = sandbox().await;

@@ -8,15 +8,34 @@
 //! While the Track API's circuit is open the batcher waits for its permit, and operations keep
 //! joining; if the circuit stays open for its longest backoff, the waiting operations are given
 //! back as paused (no attempt spent), so a drain is never held up for a whole outage.
+//!
+//! An operation whose shard lost its partition (its token fired) is left out of the batch
+//! being cut, so it cannot reach Customer.io after the next consumer's; once its batch is on
+//! the wire it is not recalled (the other users' operations share that request).
 
 use super::messages::Failure;
-use crate::customerio::{CustomerIo, Permit, TrackCall};
+use crate::customerio::{CioError, CustomerIo, Permit, TrackCall, unless_cancelled};
 use crate::domain::limits::MAX_V2_BATCH_BYTES;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-type Job = (TrackCall, oneshot::Sender<Result<(), Failure>>);
+pub struct Job {
+    call: TrackCall,
+    cancel: CancellationToken,
+    done: oneshot::Sender<Result<(), Failure>>,
+}
+
+impl Job {
+    fn answer(self, result: Result<(), Failure>) {
+        let _ = self.done.send(result);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
 
 /// Sends Track operations, one request each (v1) or batched (v2).
 #[derive(Clone)]
@@ -40,16 +59,27 @@ impl TrackSender {
         Self::V2(tx)
     }
 
-    pub async fn send(&self, call: TrackCall) -> Result<(), Failure> {
+    /// Sends `call`, unless `cancel` fires before it is on the wire.
+    pub async fn send(&self, call: TrackCall, cancel: CancellationToken) -> Result<(), Failure> {
         match self {
-            TrackSender::V1(client) => client.perform(&call).await.map_err(Failure::from),
+            TrackSender::V1(client) => unless_cancelled(cancel, client.perform(&call))
+                .await
+                .map_err(Failure::from),
             TrackSender::V2(tx) => {
                 let (done, result) = oneshot::channel();
-                tx.send((call, done))
+                let job = Job {
+                    call,
+                    cancel: cancel.clone(),
+                    done,
+                };
+                tx.send(job)
                     .map_err(|_| Failure::retryable("batcher stopped"))?;
-                result
-                    .await
-                    .unwrap_or_else(|_| Err(Failure::retryable("batch request abandoned")))
+                tokio::select! {
+                    result = result => result
+                        .unwrap_or_else(|_| Err(Failure::retryable("batch request abandoned"))),
+                    // The batcher leaves the operation out when it cuts the next batch.
+                    () = cancel.cancelled() => Err(cancelled()),
+                }
             }
         }
     }
@@ -69,6 +99,10 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
                 None => return,
             },
         };
+        if first.is_cancelled() {
+            first.answer(Err(cancelled()));
+            continue;
+        }
         let deadline = tokio::time::Instant::now() + limits.linger;
         // Wait for a free request slot and the request budget before cutting the batch:
         // while Customer.io's limit holds us back, operations keep joining it.
@@ -82,7 +116,7 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
                 continue;
             }
         };
-        let mut size = ENVELOPE_BYTES + CustomerIo::v2_operation_size(&first.0);
+        let mut size = ENVELOPE_BYTES + CustomerIo::v2_operation_size(&first.call);
         let mut batch = vec![first];
         while batch.len() < limits.max_ops {
             let next = match rx.try_recv() {
@@ -94,13 +128,21 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
                 },
             };
             let Some(job) = next else { break };
-            let op_size = CustomerIo::v2_operation_size(&job.0) + 1;
+            let op_size = CustomerIo::v2_operation_size(&job.call) + 1;
             if size + op_size > MAX_V2_BATCH_BYTES {
                 carried = Some(job);
                 break;
             }
             size += op_size;
             batch.push(job);
+        }
+        // Waiting for the budget may have outlasted a shard's partition.
+        let (stale, batch): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(Job::is_cancelled);
+        for job in stale {
+            job.answer(Err(cancelled()));
+        }
+        if batch.is_empty() {
+            continue;
         }
         let client = client.clone();
         tokio::spawn(async move {
@@ -112,14 +154,19 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
 
 /// Answers `first` and every operation already queued as paused: their shards send them again.
 fn give_back(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>, reason: &str) {
-    let _ = first.1.send(Err(Failure::paused(reason)));
-    while let Ok((_, waiter)) = rx.try_recv() {
-        let _ = waiter.send(Err(Failure::paused(reason)));
+    first.answer(Err(Failure::paused(reason)));
+    while let Ok(job) = rx.try_recv() {
+        job.answer(Err(Failure::paused(reason)));
     }
 }
 
+fn cancelled() -> Failure {
+    Failure::from(CioError::cancelled())
+}
+
 async fn send_batch(client: &CustomerIo, permit: Permit, batch: Vec<Job>) {
-    let (calls, waiters): (Vec<TrackCall>, Vec<_>) = batch.into_iter().unzip();
+    let (calls, waiters): (Vec<TrackCall>, Vec<_>) =
+        batch.into_iter().map(|job| (job.call, job.done)).unzip();
     metrics::histogram!("cio_gateway_batch_size").record(calls.len() as f64);
     match client.batch_with(permit, &calls).await {
         Ok(results) => {
@@ -133,5 +180,82 @@ async fn send_batch(client: &CustomerIo, permit: Permit, batch: Vec<Job>) {
                 let _ = waiter.send(Err(failure.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CustomerIoSettings, Region};
+    use crate::domain::{Operation, UserId};
+    use crate::sandbox::{self, Faults, SandboxConfig};
+
+    fn delete(user: &str) -> TrackCall {
+        TrackCall {
+            user: UserId::parse(user).unwrap(),
+            operation: Operation::Delete,
+            event_id: None,
+        }
+    }
+
+    /// An operation waiting for the open circuit when its shard loses the partition is
+    /// answered at once, and left out of the batch that goes once the circuit closes.
+    #[tokio::test]
+    async fn a_cancelled_operation_is_left_out_of_the_next_batch() {
+        let sb = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+        let client = CustomerIo::new(&CustomerIoSettings {
+            region: Region::Sandbox,
+            track_url: Some(sb.track_url()),
+            app_url: Some(sb.app_url()),
+            site_id: None,
+            api_key: None,
+            app_api_key: None,
+            track_rps: 1000,
+            app_rps: 1000,
+            timeout_ms: 5000,
+            circuit_max_backoff_ms: 2000,
+            circuit_failure_threshold: 3,
+        })
+        .unwrap();
+        sb.sandbox.set_faults(Faults {
+            outage_ms: 60_000,
+            outage_status: 401,
+            ..Faults::default()
+        });
+        let sender = TrackSender::batched(
+            client.clone(),
+            BatchLimits {
+                max_ops: 100,
+                linger: Duration::from_millis(5),
+                max_in_flight: 1,
+            },
+        );
+        let opened = sender.send(delete("u1"), CancellationToken::new()).await;
+        assert!(
+            opened.is_err() && client.circuit_open("track"),
+            "{opened:?}"
+        );
+
+        let cancel = CancellationToken::new();
+        let stale = tokio::spawn({
+            let sender = sender.clone();
+            let cancel = cancel.clone();
+            async move { sender.send(delete("u2"), cancel).await }
+        });
+        cancel.cancel();
+        let answered = tokio::time::timeout(Duration::from_millis(400), stale).await;
+        let failure = answered.expect("answered before the next probe").unwrap();
+        assert_eq!(failure.unwrap_err(), cancelled());
+
+        sb.sandbox.set_faults(Faults::default());
+        sender
+            .send(delete("u3"), CancellationToken::new())
+            .await
+            .expect("delivered once the circuit closes");
+        assert_eq!(sb.sandbox.records_for("u3").len(), 1);
+        assert!(
+            sb.sandbox.records_for("u2").is_empty(),
+            "the cancelled operation was never sent"
+        );
     }
 }

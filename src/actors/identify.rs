@@ -49,6 +49,6 @@ impl Handler<Deliver> for IdentifyActor {
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
         let call = self.to_call(msg.envelope);
         let sender = self.sender.clone();
-        Box::pin(async move { sender.send(call).await })
+        Box::pin(async move { sender.send(call, msg.cancel).await })
     }
 }

@@ -5,12 +5,16 @@ use crate::broker::{Acker, BrokerError};
 use crate::domain::{Envelope, UserId};
 use actix::Message;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Deliver one envelope to Customer.io: one attempt, no retries (the shard owns retrying).
 #[derive(Message)]
 #[rtype(result = "Result<(), Failure>")]
 pub struct Deliver {
     pub envelope: Envelope,
+    /// Fired when the shard that asked loses its partition: an attempt not yet on the wire is
+    /// dropped, so it cannot land after the next consumer's.
+    pub cancel: CancellationToken,
 }
 
 /// What went wrong with an attempt, as the pipeline needs to know it.

@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// What every shard shares: the broker, the delivering actors and the retry policy.
@@ -126,6 +127,9 @@ pub struct ShardActor {
     generation: u64,
     lanes: DashMap<UserId, Lane>,
     settles: TaskTracker,
+    /// Fired when this generation's subscription is gone: its attempts not yet on the wire
+    /// are dropped, so none lands after the partition's next consumer's.
+    cancel: CancellationToken,
     resubscribe: Resubscribe,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
@@ -139,6 +143,7 @@ impl ShardActor {
             generation: 0,
             lanes: DashMap::new(),
             settles: TaskTracker::new(),
+            cancel: CancellationToken::new(),
             resubscribe: Resubscribe::default(),
             draining: false,
             drained: Vec::new(),
@@ -263,10 +268,11 @@ impl ShardActor {
         };
         let me = ctx.address();
         let deps = self.deps.clone();
+        let cancel = self.cancel.clone();
         // Detached from this actor's context: the result must come back even across a restart.
         actix::spawn(async move {
             let route = envelope.kind.route();
-            let message = Deliver { envelope };
+            let message = Deliver { envelope, cancel };
             let sent = match route {
                 Route::Identify => deps.identify.send(message).await,
                 Route::Track => deps.track.send(message).await,
@@ -522,6 +528,7 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.generation += 1;
+        self.cancel = CancellationToken::new();
         // Whatever was received before is redelivered by the broker, in order.
         self.lanes.retain(|_, lane| {
             lane.pending.clear();
@@ -538,7 +545,12 @@ impl Actor for ShardActor {
     }
 }
 
-impl Supervised for ShardActor {}
+impl Supervised for ShardActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // The partition may already be another replica's.
+        self.cancel.cancel();
+    }
+}
 
 impl QueueConsumer for ShardActor {
     fn resubscribe(&mut self) -> &mut Resubscribe {

@@ -1,7 +1,7 @@
 //! TransactionalActor: App API sends, with template names resolved from `[templates]`.
 
 use super::messages::{Deliver, Failure};
-use crate::customerio::CustomerIo;
+use crate::customerio::{CustomerIo, unless_cancelled};
 use crate::domain::{Operation, TemplateRef};
 use actix::prelude::*;
 use serde_json::Value;
@@ -48,8 +48,7 @@ impl Handler<Deliver> for TransactionalActor {
         let client = self.client.clone();
         Box::pin(async move {
             let message_id = message_id?;
-            client
-                .send(&request, message_id.as_ref())
+            unless_cancelled(msg.cancel, client.send(&request, message_id.as_ref()))
                 .await
                 .map(drop)
                 .map_err(Failure::from)

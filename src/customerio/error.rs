@@ -85,6 +85,16 @@ impl CioError {
         }
     }
 
+    /// The caller cancelled the request before it was sent (see `unless_cancelled`): not the
+    /// message's failure, so it spends no attempt.
+    pub fn cancelled() -> Self {
+        Self::workspace(
+            "cancelled before it was sent: the shard lost its partition",
+            None,
+            None,
+        )
+    }
+
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         CioError::Invalid(message.into())
     }

@@ -30,6 +30,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+tokio::task_local! {
+    /// Set by a caller whose request turns stale when the token fires (a shard that lost its
+    /// partition): see [`unless_cancelled`].
+    static CANCEL: CancellationToken;
+}
+
+/// Runs `call` so that, once `cancel` fires, a request still waiting for the circuit or the
+/// budget is never sent: it fails as [`CioError::cancelled`] instead. A request already on the
+/// wire is left to finish (its answer may already be on the way; dropping it would only make
+/// the outcome unknown).
+pub async fn unless_cancelled<F: Future>(cancel: CancellationToken, call: F) -> F::Output {
+    CANCEL.scope(cancel, call).await
+}
 
 /// One Track API operation about one person. `event_id` becomes the event's `id` (events and
 /// page views only), so Customer.io drops a resent duplicate.
@@ -515,6 +530,16 @@ impl CustomerIo {
     }
 
     async fn permit(&self, api: Api) -> Result<Permit, CioError> {
+        match CANCEL.try_with(CancellationToken::clone) {
+            Ok(cancel) => tokio::select! {
+                permit = self.wait_for_permit(api) => permit,
+                () = cancel.cancelled() => Err(CioError::cancelled()),
+            },
+            Err(_) => self.wait_for_permit(api).await,
+        }
+    }
+
+    async fn wait_for_permit(&self, api: Api) -> Result<Permit, CioError> {
         let circuit = self.circuit(api);
         let Some(pass) = circuit.admit().await else {
             let reason = circuit
