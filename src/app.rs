@@ -11,7 +11,6 @@ use actix_web::{App, HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub struct Gateway {
@@ -78,7 +77,10 @@ impl Gateway {
         let server_task = tokio::spawn(server);
         let pipeline = Pipeline::start(&settings, broker, client);
         let resync = preferences.spawn_resync();
-        state.actors_up.store(true, Ordering::Relaxed);
+        let (pipeline_alive, reporting_alive) = (pipeline.liveness(), reporting.liveness());
+        state
+            .actors
+            .watch(move || pipeline_alive() && reporting_alive());
         Ok(Self {
             addr,
             state,
@@ -105,7 +107,7 @@ impl Gateway {
     /// Graceful stop: no new work, in-flight deliveries settle (up to the drain deadline),
     /// the HTTP server finishes its requests, then the broker connection closes.
     pub async fn shutdown(self) {
-        self.state.actors_up.store(false, Ordering::Relaxed);
+        self.state.actors.clear();
         // One deadline for all: Kubernetes' grace period is sized to `shutdown.drain_secs`.
         let (pipeline, reporting, ()) = futures::future::join3(
             self.pipeline.drain(self.drain),

@@ -282,6 +282,70 @@ async fn failed_attempts_are_counted_across_reconnects() {
     producer.close().await;
 }
 
+/// A delivery attempt that panics (through the test-only fault hook) fails as retryable: the
+/// message is sent on its next attempt, in order, nothing is lost or dead-lettered, and the
+/// delivering actor keeps serving, so the replica stays ready.
+#[actix_rt::test]
+async fn a_panicking_attempt_is_retried_and_the_actor_survives() {
+    use cio_gateway::actors::panic_guard::panic_next_attempt_of;
+    use cio_gateway::publisher::Publisher;
+    use cio_gateway::sandbox::{self, SandboxConfig};
+
+    let vhost = common::TestVhost::new("lanes-panic");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let producer = faults::producer(&vhost).await;
+    let env = faults::gateway_env(&vhost, &sandbox.track_url(), &sandbox.app_url(), &[]);
+    let gateway = faults::start_gateway(&env).await;
+    // A user no other test of this file uses: the hook is process-wide.
+    let users = 7..10;
+    panic_next_attempt_of(&faults::user_name(7));
+    let publisher = Publisher::new(producer.clone());
+    let sent = faults::publish_users(&publisher, users.clone(), 0, 4, |u, seq| {
+        faults::mixed_kind(u, seq)
+    })
+    .await;
+
+    let expected = sent.iter().map(|s| s.correlation_id.clone()).collect();
+    let (bodies, counts) = faults::collect(
+        &producer,
+        faults::TAP,
+        &expected,
+        faults::correlation_id,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(
+        counts.len(),
+        sent.len(),
+        "every envelope processed: {counts:?}"
+    );
+    assert!(counts.values().all(|n| *n == 1), "each once: {counts:?}");
+    let first = &sent[0];
+    assert_eq!(first.user, faults::user_name(7));
+    let retried = bodies
+        .iter()
+        .find(|b| b["correlationId"] == first.correlation_id.as_str())
+        .unwrap();
+    assert_eq!(
+        retried["attempts"], 2,
+        "the panicked attempt counted: {retried}"
+    );
+    faults::check_users(&sandbox.sandbox, users, 4);
+    assert_eq!(
+        faults::depth(&vhost, DLQ_QUEUE).await,
+        0,
+        "nothing dead-lettered"
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", gateway.addr))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ready, 200, "the actors survived the panic");
+    faults::shutdown_within(gateway, Duration::from_secs(15)).await;
+    producer.close().await;
+}
+
 /// Waits until `customerio.dlq` holds exactly one letter, and reads it (left unacked on the
 /// returned stream).
 async fn the_only_dead_letter(

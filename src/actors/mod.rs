@@ -15,6 +15,7 @@ mod dlq;
 mod identify;
 mod ledger;
 pub mod messages;
+pub mod panic_guard;
 mod reporting;
 mod retry;
 mod settle;
@@ -48,6 +49,7 @@ use std::time::Duration;
 /// The running delivery pipeline.
 pub struct Pipeline {
     shards: Vec<Addr<ShardActor>>,
+    deps: Arc<ShardDeps>,
     /// Threads the shards run on, one per core: parsing and lane bookkeeping spread out.
     arbiters: Vec<Arbiter>,
 }
@@ -109,11 +111,27 @@ impl Pipeline {
                 })
             })
             .collect();
-        Self { shards, arbiters }
+        Self {
+            shards,
+            deps,
+            arbiters,
+        }
     }
 
     pub fn is_running(&self) -> bool {
         self.shards.iter().all(|s| s.connected())
+    }
+
+    /// Whether every shard and delivering actor is alive, as a check `/readyz` can keep.
+    pub fn liveness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let (shards, deps) = (self.shards.clone(), self.deps.clone());
+        move || {
+            shards.iter().all(Addr::connected)
+                && deps.identify.connected()
+                && deps.track.connected()
+                && deps.transactional.connected()
+                && deps.dlq.connected()
+        }
     }
 
     /// Stops taking new messages and waits for in-flight ones to settle, up to `deadline`.

@@ -54,6 +54,12 @@ pub fn start_reporting(
 }
 
 impl Reporting {
+    /// Whether the reporting actors are alive, as a check `/readyz` can keep.
+    pub fn liveness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let (webhook, warehouse) = (self.webhook.clone(), self.warehouse.clone());
+        move || webhook.connected() && warehouse.connected()
+    }
+
     pub fn is_running(&self) -> bool {
         self.webhook.connected() && self.warehouse.connected()
     }

@@ -3,6 +3,7 @@
 
 use super::batcher::TrackSender;
 use super::messages::{Deliver, Failure};
+use super::panic_guard::{fault_hook, guarded};
 use crate::customerio::TrackCall;
 use crate::domain::{Envelope, Operation};
 use actix::prelude::*;
@@ -53,8 +54,11 @@ impl Handler<Deliver> for TrackActor {
     type Result = ResponseFuture<Result<(), Failure>>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
-        let call = self.to_call(msg.envelope);
-        let sender = self.sender.clone();
-        Box::pin(async move { sender.send(call, msg.cancel).await })
+        guarded(|| {
+            fault_hook(msg.envelope.user.as_str());
+            let call = self.to_call(msg.envelope);
+            let sender = self.sender.clone();
+            async move { sender.send(call, msg.cancel).await }
+        })
     }
 }

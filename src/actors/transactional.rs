@@ -1,6 +1,7 @@
 //! TransactionalActor: App API sends, with template names resolved from `[templates]`.
 
 use super::messages::{Deliver, Failure};
+use super::panic_guard::{fault_hook, guarded};
 use crate::customerio::{CustomerIo, unless_cancelled};
 use crate::domain::{Operation, TemplateRef};
 use actix::prelude::*;
@@ -41,17 +42,24 @@ impl Handler<Deliver> for TransactionalActor {
     type Result = ResponseFuture<Result<(), Failure>>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
-        let Operation::Transactional(request) = msg.envelope.operation else {
-            return Box::pin(async { Err(Failure::invalid("not a transactional message")) });
-        };
-        let message_id = self.message_id(&request.template);
-        let client = self.client.clone();
-        Box::pin(async move {
-            let message_id = message_id?;
-            unless_cancelled(msg.cancel, client.send(&request, message_id.as_ref()))
-                .await
-                .map(drop)
-                .map_err(Failure::from)
+        guarded(|| {
+            fault_hook(msg.envelope.user.as_str());
+            let request = match msg.envelope.operation {
+                Operation::Transactional(request) => Ok(request),
+                _ => Err(Failure::invalid("not a transactional message")),
+            };
+            let message_id = request
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|r| self.message_id(&r.template));
+            let client = self.client.clone();
+            async move {
+                let (request, message_id) = (request?, message_id?);
+                unless_cancelled(msg.cancel, client.send(&request, message_id.as_ref()))
+                    .await
+                    .map(drop)
+                    .map_err(Failure::from)
+            }
         })
     }
 }

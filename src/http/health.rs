@@ -9,11 +9,13 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when the broker is connected and the pipeline's actors run.
+/// Ready when the broker is connected and every actor is alive (a shard or consumer whose
+/// task died, e.g. its thread panicked, takes the replica out). Paused delivery (an open
+/// circuit) is not unreadiness: the webhook endpoint keeps serving.
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker = state.broker.is_connected();
-    let actors = state.actors_up.load(std::sync::atomic::Ordering::Relaxed);
+    let actors = state.actors.alive();
     let body = json!({"broker": broker, "actors": actors});
     if state.is_ready() {
         HttpResponse::Ok().json(body)

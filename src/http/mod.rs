@@ -14,8 +14,8 @@ use crate::preferences::PreferenceService;
 use crate::publisher::Publisher;
 use actix_web::web;
 use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::RwLock;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What every handler may need. Cheap to clone.
 #[derive(Clone)]
@@ -24,7 +24,7 @@ pub struct AppState {
     pub broker: SharedBroker,
     pub publisher: Publisher,
     pub metrics: PrometheusHandle,
-    pub actors_up: Arc<AtomicBool>,
+    pub actors: Liveness,
     /// The preferences store and its sync; `None` until [`AppState::with_preferences`].
     pub preferences: Option<Arc<PreferenceService>>,
 }
@@ -36,7 +36,7 @@ impl AppState {
             settings,
             broker,
             metrics: crate::telemetry::metrics(),
-            actors_up: Arc::new(AtomicBool::new(false)),
+            actors: Liveness::default(),
             preferences: None,
         }
     }
@@ -47,7 +47,27 @@ impl AppState {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.broker.is_connected() && self.actors_up.load(Ordering::Relaxed)
+        self.broker.is_connected() && self.actors.alive()
+    }
+}
+
+type AliveCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Whether every actor of the gateway is alive: watched once they run, cleared on shutdown.
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<RwLock<Option<AliveCheck>>>);
+
+impl Liveness {
+    pub fn watch(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        *self.0.write() = Some(Arc::new(check));
+    }
+
+    pub fn clear(&self) {
+        *self.0.write() = None;
+    }
+
+    pub fn alive(&self) -> bool {
+        self.0.read().as_ref().is_some_and(|check| check())
     }
 }
 

@@ -1,0 +1,57 @@
+//! A delivering actor's work runs under `catch_unwind`: a panic (a bug, say in building one
+//! request) fails that attempt as retryable, so its message is retried, and the actor keeps
+//! serving. Left alone, the panic would end the actor's task for good (actix's supervisor
+//! restarts only actors that stop) and every later message of its kind would fail.
+
+use super::messages::Failure;
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
+use parking_lot::Mutex;
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+/// Runs `work` now and its future later, turning a panic in either into a retryable failure.
+pub fn guarded<Fut>(work: impl FnOnce() -> Fut) -> LocalBoxFuture<'static, Result<(), Failure>>
+where
+    Fut: Future<Output = Result<(), Failure>> + 'static,
+{
+    match std::panic::catch_unwind(AssertUnwindSafe(work)) {
+        Ok(attempt) => Box::pin(
+            AssertUnwindSafe(attempt)
+                .catch_unwind()
+                .map(|outcome| outcome.unwrap_or_else(panicked)),
+        ),
+        Err(panic) => Box::pin(std::future::ready(panicked(panic))),
+    }
+}
+
+fn panicked(panic: Box<dyn Any + Send>) -> Result<(), Failure> {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    metrics::counter!("cio_gateway_actor_panics_total").increment(1);
+    tracing::error!(panic = %what, "delivery attempt panicked; the message is retried");
+    Err(Failure::retryable(format!("the attempt panicked: {what}")))
+}
+
+/// Test-only fault hook: the next delivery attempt for this user panics. Production code
+/// never arms it.
+#[doc(hidden)]
+pub fn panic_next_attempt_of(user: &str) {
+    *PANIC_NEXT.lock() = Some(user.to_string());
+}
+
+static PANIC_NEXT: Mutex<Option<String>> = Mutex::new(None);
+
+/// Called by the delivering actors while building a request.
+pub(crate) fn fault_hook(user: &str) {
+    let mut armed = PANIC_NEXT.lock();
+    if armed.as_deref() == Some(user) {
+        *armed = None;
+        drop(armed);
+        panic!("fault hook: injected panic for user {user}");
+    }
+}
