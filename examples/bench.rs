@@ -42,6 +42,10 @@ struct Args {
     /// Only the webhook ingestion run, against a gateway started for it (for profiling).
     #[arg(long)]
     webhooks_only: bool,
+    /// Another gateway binary (e.g. the previous commit's release build) whose unlimited
+    /// delivery is measured in the same run, beside this build's.
+    #[arg(long)]
+    previous_gateway: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,9 +88,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bare lapin consume+ack: {ceiling:.0} msg/s, {bare_cpu_per_message:.1} µs CPU per message"
     );
 
+    if let Some(previous) = &args.previous_gateway {
+        GATEWAY_BINARY.with(|b| *b.borrow_mut() = Some(previous.clone()));
+        let before = delivery_run(&args, None, false).await;
+        GATEWAY_BINARY.with(|b| *b.borrow_mut() = None);
+        let before = before?;
+        let now = delivery_run(&args, None, false).await?;
+        println!(
+            "previous gateway unlimited: {:.0} env/s, {:.1} µs CPU/envelope; this build: {:.0} env/s, {:.1} µs",
+            before.rate, before.cpu_per_event, now.rate, now.cpu_per_event
+        );
+        rows.push(Row {
+            what: "delivery, unlimited: this build vs the previous one (envelopes/s)".into(),
+            figure: format!("{:.0}", now.rate),
+            baseline: format!("{:.0} ({})", before.rate, previous.display()),
+            ratio: format!("{:.0}%", 100.0 * now.rate / before.rate),
+        });
+    }
+
     // The gateway with an unlimited sandbox, then with Customer.io's 100 req/s Track budget.
     for (label, budget) in [("unlimited", None), ("100 req/s budget", Some(100))] {
-        let run = delivery_run(&args, budget).await?;
+        let run = delivery_run(&args, budget, true).await?;
         println!(
             "gateway {label}: {:.0} env/s, p50 {} ms, p99 {} ms, {:.1} ops/request",
             run.rate, run.p50, run.p99, run.ops_per_request
@@ -364,6 +386,12 @@ fn pid_of(name: &str) -> Option<u32> {
         })
 }
 
+thread_local! {
+    /// The gateway binary to run instead of this build's (`--previous-gateway`).
+    static GATEWAY_BINARY: std::cell::RefCell<Option<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Kills the gateway on drop, even when the bench fails.
 struct GatewayProcess(Child, u16);
 
@@ -388,14 +416,19 @@ impl GatewayProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let binary = std::env::current_exe()?
-            .parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join("cio-gateway"))
-            .filter(|p| p.exists())
-            .ok_or_else(|| {
-                anyhow::anyhow!("build the gateway first: cargo build --release --bins --examples")
-            })?;
+        let binary = match GATEWAY_BINARY.with(|b| b.borrow().clone()) {
+            Some(binary) => binary,
+            None => std::env::current_exe()?
+                .parent()
+                .and_then(|p| p.parent())
+                .map(|p| p.join("cio-gateway"))
+                .filter(|p| p.exists())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "build the gateway first: cargo build --release --bins --examples"
+                    )
+                })?,
+        };
         let data = std::env::temp_dir().join(format!("cio-bench-{}", ulid::Ulid::new()));
         let mut command = Command::new(binary);
         command.envs(extra.iter().map(|(k, v)| (k, v)));
@@ -469,7 +502,12 @@ async fn wait_accepted(
     Ok(())
 }
 
-async fn delivery_run(args: &Args, budget: Option<u32>) -> anyhow::Result<DeliveryRun> {
+/// `extras`: with no budget, also the memory and webhook phases.
+async fn delivery_run(
+    args: &Args,
+    budget: Option<u32>,
+    extras: bool,
+) -> anyhow::Result<DeliveryRun> {
     let vhost = TestVhost::new("bench-delivery");
     let sandbox = sandbox::spawn(SandboxConfig {
         rps: budget,
@@ -539,7 +577,7 @@ async fn delivery_run(args: &Args, budget: Option<u32>) -> anyhow::Result<Delive
         webhook_p99: 0.0,
         webhook_cpu: String::new(),
     };
-    if budget.is_none() {
+    if budget.is_none() && extras {
         // Memory: 100k distinct new users, one envelope each; idle users' lanes are evicted.
         sandbox.sandbox.reset();
         publish(&producer, 100_000, 100_000, 1_000_000).await;

@@ -7,11 +7,13 @@ use crate::customerio::CustomerIo;
 use crate::http::{self, AppState};
 use crate::preferences::{PreferenceService, ResyncTask};
 use crate::sandbox::{Sandbox, SandboxConfig};
-use actix_web::{App, HttpServer, dev::ServerHandle, web};
+use actix_web::dev::{ServerHandle, Service};
+use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -48,6 +50,16 @@ impl Gateway {
         let server = HttpServer::new(move || {
             let sandbox = app_sandbox.clone();
             App::new()
+                .wrap_fn(|request, service| {
+                    // One span per request; ingestion records the correlationIds it assigned.
+                    let span = tracing::info_span!(
+                        "http",
+                        method = %request.method(),
+                        path = %request.path(),
+                        correlation_ids = tracing::field::Empty,
+                    );
+                    service.call(request).instrument(span)
+                })
                 .app_data(web::Data::new(app_state.clone()))
                 .configure(http::configure)
                 .configure(|cfg| {

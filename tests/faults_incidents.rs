@@ -37,47 +37,84 @@ fn env_for(sandbox: &RunningSandbox, vhost: &TestVhost) -> Vec<(&'static str, St
     gateway_env(vhost, &sandbox.track_url(), &sandbox.app_url(), &extra)
 }
 
+/// One incident's run: a gateway on its own vhost and sandbox (with `faults` set), and the
+/// envelopes published to it.
+struct Incident {
+    vhost: TestVhost,
+    sandbox: RunningSandbox,
+    producer: cio_gateway::broker::SharedBroker,
+    gateway: cio_gateway::app::Gateway,
+    sent: Vec<faults::Sent>,
+    users: usize,
+    per_user: u64,
+}
+
+impl Incident {
+    async fn start(name: &str, faults: Faults, users: usize, per_user: u64) -> Self {
+        let vhost = TestVhost::new(name);
+        let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+        sandbox.sandbox.set_faults(faults);
+        let producer = producer(&vhost).await;
+        let gateway = start_gateway(&env_for(&sandbox, &vhost)).await;
+        let sent = publish_range(&Publisher::new(producer.clone()), users, 0, per_user).await;
+        Self {
+            vhost,
+            sandbox,
+            producer,
+            gateway,
+            sent,
+            users,
+            per_user,
+        }
+    }
+
+    /// Waits until the sandbox saw more than `requests` requests (the fault was probed).
+    async fn probed(&self, requests: u64) {
+        let probed =
+            common::eventually(SETTLE, || self.sandbox.sandbox.stats().requests > requests).await;
+        assert!(
+            probed,
+            "the fault was probed: {:?}",
+            self.sandbox.sandbox.stats()
+        );
+    }
+
+    /// Everything is delivered once, in order, and nothing is dead-lettered.
+    async fn assert_all_delivered(self, timeout: Duration) {
+        assert_all_processed(&self.producer, &self.sent, true, timeout).await;
+        check_users(&self.sandbox.sandbox, 0..self.users, self.per_user);
+        assert_eq!(
+            depth(&self.vhost, DLQ_QUEUE).await,
+            0,
+            "nothing dead-lettered"
+        );
+        shutdown_within(self.gateway, Duration::from_secs(15)).await;
+    }
+}
+
 /// Every request answered `status` for `outage_ms`: afterwards everything is delivered once, in
 /// order, and nothing is dead-lettered although the outage outlasts three attempts many times.
 /// Meanwhile the HTTP edge stays ready.
 async fn survives_an_outage(name: &str, status: u16, outage_ms: u64) {
-    let vhost = TestVhost::new(name);
-    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-    sandbox.sandbox.set_faults(Faults {
+    let faults = Faults {
         outage_ms,
         outage_status: status,
         ..Faults::default()
-    });
-    let producer = producer(&vhost).await;
-    let gateway = start_gateway(&env_for(&sandbox, &vhost)).await;
-
-    let (users, per_user) = (20, 10u64);
-    let sent = publish_range(&Publisher::new(producer.clone()), users, 0, per_user).await;
-    let probed = common::eventually(SETTLE, || sandbox.sandbox.stats().requests > 3).await;
-    assert!(
-        probed,
-        "the outage was probed: {:?}",
-        sandbox.sandbox.stats()
-    );
-    assert_ready(&gateway).await;
+    };
+    let incident = Incident::start(name, faults, 20, 10).await;
+    incident.probed(3).await;
+    assert_ready(&incident.gateway).await;
 
     let started = std::time::Instant::now();
-    assert_all_processed(
-        &producer,
-        &sent,
-        true,
-        SETTLE + Duration::from_millis(outage_ms),
-    )
-    .await;
-    check_users(&sandbox.sandbox, 0..users, per_user);
-    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "nothing dead-lettered");
+    let (envelopes, sandbox) = (incident.sent.len(), incident.sandbox.sandbox.clone());
+    incident
+        .assert_all_delivered(SETTLE + Duration::from_millis(outage_ms))
+        .await;
     println!(
-        "{name}: {} envelopes, {status} for {outage_ms} ms: all delivered in order {:?} after the first probe, 0 dead-lettered, {:?}",
-        sent.len(),
+        "{name}: {envelopes} envelopes, {status} for {outage_ms} ms: all delivered in order {:?} after the first probe, 0 dead-lettered, {:?}",
         started.elapsed(),
-        sandbox.sandbox.stats()
+        sandbox.stats()
     );
-    shutdown_within(gateway, Duration::from_secs(15)).await;
 }
 
 /// Paused delivery must not take the webhook endpoint out of the Service.
@@ -111,39 +148,23 @@ fn outage_ms(scaled: u64) -> u64 {
 /// delivered in order and nothing is dead-lettered.
 #[actix_rt::test]
 async fn a_wrong_region_redirect_pauses_and_dead_letters_nothing() {
-    let vhost = TestVhost::new("incident-redirect");
-    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-    sandbox.sandbox.set_faults(Faults {
+    let faults = Faults {
         redirect_status: Some(301),
         ..Faults::default()
-    });
-    let producer = producer(&vhost).await;
-    let gateway = start_gateway(&env_for(&sandbox, &vhost)).await;
-    let (users, per_user) = (10, 5u64);
-    let sent = publish_range(&Publisher::new(producer.clone()), users, 0, per_user).await;
+    };
+    let incident = Incident::start("incident-redirect", faults, 10, 5).await;
     // Probed well past three attempts' worth, nothing applied meanwhile.
-    let probed = common::eventually(SETTLE, || sandbox.sandbox.stats().requests > 10).await;
+    incident.probed(10).await;
+    let sandbox = &incident.sandbox.sandbox;
     assert!(
-        probed,
-        "the redirect was probed: {:?}",
-        sandbox.sandbox.stats()
-    );
-    assert!(
-        sandbox.sandbox.records().is_empty(),
+        sandbox.records().is_empty(),
         "nothing applied while redirected"
     );
-    assert_eq!(
-        depth(&vhost, DLQ_QUEUE).await,
-        0,
-        "nothing dead-lettered while redirected"
-    );
-    assert_ready(&gateway).await;
-    sandbox.sandbox.set_faults(Faults::default());
-
-    assert_all_processed(&producer, &sent, true, SETTLE).await;
-    check_users(&sandbox.sandbox, 0..users, per_user);
-    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "nothing dead-lettered");
-    shutdown_within(gateway, Duration::from_secs(15)).await;
+    let dead = depth(&incident.vhost, DLQ_QUEUE).await;
+    assert_eq!(dead, 0, "nothing dead-lettered while redirected");
+    assert_ready(&incident.gateway).await;
+    sandbox.set_faults(Faults::default());
+    incident.assert_all_delivered(SETTLE).await;
 }
 
 /// 10 users' 50 envelopes are held by an outage while the broker connection is closed 25 times
@@ -152,23 +173,16 @@ async fn a_wrong_region_redirect_pauses_and_dead_letters_nothing() {
 /// dead-lettered, and everything is delivered once the outage ends.
 #[actix_rt::test]
 async fn an_outage_with_25_broker_disconnects_loses_nothing() {
-    let vhost = TestVhost::new("incident-disconnects");
-    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-    sandbox.sandbox.set_faults(Faults {
+    let faults = Faults {
         outage_ms: 600_000,
         ..Faults::default()
-    });
-    let producer = producer(&vhost).await;
-    let gateway = start_gateway(&env_for(&sandbox, &vhost)).await;
-    let (users, per_user) = (10, 5u64);
-    let sent = publish_range(&Publisher::new(producer.clone()), users, 0, per_user).await;
-    let probed = common::eventually(SETTLE, || sandbox.sandbox.stats().requests > 0).await;
-    assert!(probed, "the outage was probed");
-
+    };
+    let incident = Incident::start("incident-disconnects", faults, 10, 5).await;
+    incident.probed(0).await;
     for disconnect in 1..=25 {
-        close_connections(&vhost).await;
+        close_connections(&incident.vhost).await;
         let consuming = common::eventually_async(Duration::from_secs(30), || async {
-            let consumers = list_queues(&vhost, "consumers").await;
+            let consumers = list_queues(&incident.vhost, "consumers").await;
             let partitions = consumers
                 .iter()
                 .filter(|(queue, n)| queue.starts_with("customerio.partition.") && **n > 0)
@@ -181,13 +195,9 @@ async fn an_outage_with_25_broker_disconnects_loses_nothing() {
             "the gateway consumes again after disconnect {disconnect}"
         );
     }
-    assert_ready(&gateway).await;
-    sandbox.sandbox.set_faults(Faults::default());
-
-    assert_all_processed(&producer, &sent, true, SETTLE).await;
-    check_users(&sandbox.sandbox, 0..users, per_user);
-    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "nothing dead-lettered");
-    shutdown_within(gateway, Duration::from_secs(15)).await;
+    assert_ready(&incident.gateway).await;
+    incident.sandbox.sandbox.set_faults(Faults::default());
+    incident.assert_all_delivered(SETTLE).await;
 }
 
 /// One user whose every request is refused as a whole, among 40 healthy ones: the batch is

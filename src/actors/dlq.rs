@@ -67,6 +67,7 @@ impl Handler<DeadLetter> for DlqActor {
             metrics::counter!("cio_gateway_dead_letters_total", "error_kind" => letter.kind.as_str())
                 .increment(1);
             tracing::warn!(
+                correlation_id = letter.correlation_id.as_deref().unwrap_or(""),
                 kind = letter.kind.as_str(),
                 routing_key = %letter.original_routing_key,
                 error = %letter.error,

@@ -106,6 +106,8 @@ impl ErrorKind {
 #[derive(Message)]
 #[rtype(result = "Result<(), BrokerError>")]
 pub struct DeadLetter {
+    /// For the logs: the message's correlationId (or the webhook's event_id), when known.
+    pub correlation_id: Option<String>,
     /// The body as received; parsed again only to embed it as JSON when it is JSON.
     pub body: Vec<u8>,
     pub original_exchange: String,

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// What every shard shares: the broker, the delivering actors and the retry policy.
 pub struct ShardDeps {
@@ -61,6 +62,19 @@ struct Pending {
 }
 
 impl Pending {
+    /// The span of this message's attempt: every log line about it carries its ids.
+    fn span(&self, partition: &str) -> tracing::Span {
+        let envelope = &self.envelope;
+        tracing::info_span!(
+            "message",
+            user = %envelope.user.as_str(),
+            r#type = envelope.kind.as_str(),
+            correlation_id = envelope.correlation_id.as_ref().map_or("", |id| id.as_str()),
+            partition,
+            attempt = self.attempts,
+        )
+    }
+
     fn dead_lettered(self, error: String, kind: ErrorKind) -> Outcome {
         Outcome::DeadLettered {
             message_type: self.envelope.kind.as_str(),
@@ -71,6 +85,11 @@ impl Pending {
 
     fn into_dead_letter(self, error: String, kind: ErrorKind) -> DeadLetter {
         DeadLetter {
+            correlation_id: self
+                .envelope
+                .correlation_id
+                .as_ref()
+                .map(|id| id.to_string()),
             processing_time_ms: self.received.elapsed().as_millis() as u64,
             body: self.body,
             original_exchange: self.exchange,
@@ -154,6 +173,7 @@ impl ShardActor {
         let received = Instant::now();
         let refuse =
             |delivery: Delivery, error: String, kind: ErrorKind, attempts: u32| DeadLetter {
+                correlation_id: None,
                 body: delivery.body,
                 original_exchange: delivery.exchange,
                 original_routing_key: delivery.routing_key,
@@ -182,7 +202,8 @@ impl ShardActor {
                 delivery.delivery_count, self.deps.max_redeliveries
             );
             let count = delivery.delivery_count;
-            let letter = refuse(delivery, error, ErrorKind::Exhausted, count);
+            let mut letter = refuse(delivery, error, ErrorKind::Exhausted, count);
+            letter.correlation_id = envelope.correlation_id.map(|id| id.to_string());
             return self.settle(None, Outcome::refused(letter, kind), ctx);
         }
         if delivery.routing_key != envelope.user.as_str() {
@@ -193,7 +214,8 @@ impl ShardActor {
                 delivery.routing_key,
                 envelope.user.as_str()
             );
-            let letter = refuse(delivery, error, ErrorKind::Invalid, 0);
+            let mut letter = refuse(delivery, error, ErrorKind::Invalid, 0);
+            letter.correlation_id = envelope.correlation_id.map(|id| id.to_string());
             return self.settle(None, Outcome::refused(letter, kind), ctx);
         }
         let user = envelope.user.clone();
@@ -259,10 +281,15 @@ impl ShardActor {
             } else {
                 head.attempts += 1;
                 lane.state = LaneState::Attempting(generation);
-                Ok((head.envelope.clone(), key, head.attempts))
+                Ok((
+                    head.envelope.clone(),
+                    key,
+                    head.attempts,
+                    head.span(&self.queue),
+                ))
             }
         };
-        let (envelope, dedup_key, attempt) = match next {
+        let (envelope, dedup_key, attempt, span) = match next {
             Ok(attempt) => attempt,
             Err(outcome) => return self.settle(Some(user), outcome, ctx),
         };
@@ -279,6 +306,9 @@ impl ShardActor {
                 Route::Transactional => deps.transactional.send(message).await,
             };
             let result = sent.unwrap_or_else(|e| Err(Failure::retryable(e.to_string())));
+            if let Err(failure) = &result {
+                tracing::debug!(error = %failure.message, kind = ?failure.kind, "attempt failed");
+            }
             me.do_send(AttemptDone {
                 user,
                 generation,
@@ -286,7 +316,8 @@ impl ShardActor {
                 dedup_key,
                 result,
             });
-        });
+        }
+        .instrument(span));
     }
 
     fn forget_if_idle(&self, user: &UserId) {
@@ -348,7 +379,10 @@ impl ShardActor {
                                 .map_or("unknown", |p| p.envelope.kind.as_str());
                             metrics::counter!("cio_gateway_delivery_retries_total", "type" => kind)
                                 .increment(1);
-                            tracing::debug!(%user, attempts, ?delay, error = %failure.message, "retrying");
+                            let correlation_id = lane.pending.front().and_then(|p| {
+                                p.envelope.correlation_id.as_ref().map(|id| id.to_string())
+                            });
+                            tracing::debug!(%user, ?correlation_id, attempts, ?delay, error = %failure.message, "retrying");
                             let user = user.clone();
                             ctx.run_later(delay, move |act, ctx| act.retry(user, ctx));
                             return;
@@ -390,6 +424,15 @@ impl ShardActor {
     /// letter handed to the DLQ actor) with a confirm. The user's lane, if any, waits for it.
     fn settle(&mut self, user: Option<UserId>, outcome: Outcome, ctx: &mut Context<Self>) {
         let generation = self.generation;
+        let span = match &outcome {
+            Outcome::Delivered(pending) => pending.span(&self.queue),
+            Outcome::DeadLettered { letter, .. } => tracing::info_span!(
+                "message",
+                correlation_id = letter.correlation_id.as_deref().unwrap_or(""),
+                routing_key = %letter.original_routing_key,
+                partition = %self.queue,
+            ),
+        };
         if let Some(user) = &user
             && let Some(mut lane) = self.lanes.get_mut(user)
         {
@@ -429,14 +472,19 @@ impl ShardActor {
             }
         };
         let me = ctx.address();
-        actix::spawn(self.settles.track_future(async move {
-            let confirmed = durable.await;
-            me.do_send(Settled {
-                user,
-                generation,
-                confirmed,
-            });
-        }));
+        actix::spawn(
+            self.settles.track_future(
+                async move {
+                    let confirmed = durable.await;
+                    me.do_send(Settled {
+                        user,
+                        generation,
+                        confirmed,
+                    });
+                }
+                .instrument(span),
+            ),
+        );
     }
 
     /// Publishes the processed event, then acks; true once both are done.

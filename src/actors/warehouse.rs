@@ -86,6 +86,7 @@ impl WarehouseActor {
             Err(e) => {
                 tracing::error!(error = %e, "unparseable webhook event; dead-lettering");
                 let letter = DeadLetter {
+                    correlation_id: None,
                     body: delivery.body,
                     // Not the delivery's exchange: a replay to the warehouse queue comes through
                     // the default one, and replay knows only `customerio.webhooks`.
@@ -264,6 +265,7 @@ async fn write(
 async fn dead_letter(dlq: &Addr<DlqActor>, pending: Pending, error: String) -> Result<(), Pending> {
     metrics::counter!("cio_gateway_warehouse_rows_dead_lettered_total").increment(1);
     let letter = DeadLetter {
+        correlation_id: None,
         body: pending.body.clone(),
         original_exchange: WEBHOOKS_EXCHANGE.to_string(),
         original_routing_key: pending.routing_key.clone(),

@@ -144,6 +144,7 @@ async fn ingest(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) 
         .flat_map(|(f, _)| f.iter().copied())
         .collect();
     failed.sort_unstable();
+    tracing::Span::current().record("correlation_ids", correlation_ids.join(",").as_str());
     let accepted = correlation_ids.len() - failed.len();
     metrics::counter!("cio_gateway_ingest_accepted_total").increment(accepted as u64);
     if let Some(error) = outcomes.into_iter().find_map(|(_, e)| e) {
