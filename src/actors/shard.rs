@@ -27,8 +27,7 @@ use crate::broker::topology::PROCESSED_EXCHANGE;
 use crate::broker::{Acker, Delivery, Publish, SharedBroker};
 use crate::domain::{Envelope, Route, UserId};
 use actix::prelude::*;
-use dashmap::DashMap;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -144,7 +143,7 @@ pub struct ShardActor {
     queue: String,
     deps: Arc<ShardDeps>,
     generation: u64,
-    lanes: DashMap<UserId, Lane>,
+    lanes: HashMap<UserId, Lane>,
     settles: TaskTracker,
     /// Fired when this generation's subscription is gone: its attempts not yet on the wire
     /// are dropped, so none lands after the partition's next consumer's.
@@ -160,7 +159,7 @@ impl ShardActor {
             queue,
             deps,
             generation: 0,
-            lanes: DashMap::new(),
+            lanes: HashMap::new(),
             settles: TaskTracker::new(),
             cancel: CancellationToken::new(),
             resubscribe: Resubscribe::default(),
@@ -229,7 +228,7 @@ impl ShardActor {
             received,
         };
         let idle = {
-            let mut lane = self.lanes.entry(user.clone()).or_insert_with(|| {
+            let lane = self.lanes.entry(user.clone()).or_insert_with(|| {
                 metrics::gauge!("cio_gateway_active_users").increment(1.0);
                 Lane {
                     pending: VecDeque::new(),
@@ -252,15 +251,13 @@ impl ShardActor {
         }
         let generation = self.generation;
         let next = {
-            let Some(mut guard) = self.lanes.get_mut(&user) else {
+            let Some(lane) = self.lanes.get_mut(&user) else {
                 return;
             };
-            let lane = &mut *guard;
             if lane.state != LaneState::Idle {
                 return;
             }
             let Some(head) = lane.pending.front_mut() else {
-                drop(guard);
                 return self.forget_if_idle(&user);
             };
             let key = Dedup::key_of(&head.envelope);
@@ -320,11 +317,13 @@ impl ShardActor {
         .instrument(span));
     }
 
-    fn forget_if_idle(&self, user: &UserId) {
-        let removed = self.lanes.remove_if(user, |_, lane| {
-            lane.state == LaneState::Idle && lane.pending.is_empty()
-        });
-        if removed.is_some() {
+    fn forget_if_idle(&mut self, user: &UserId) {
+        let idle = self
+            .lanes
+            .get(user)
+            .is_some_and(|lane| lane.state == LaneState::Idle && lane.pending.is_empty());
+        if idle {
+            self.lanes.remove(user);
             metrics::gauge!("cio_gateway_active_users").decrement(1.0);
         }
     }
@@ -343,7 +342,7 @@ impl ShardActor {
         let user = done.user;
         let current = done.generation == self.generation;
         let outcome = {
-            let Some(mut lane) = self.lanes.get_mut(&user) else {
+            let Some(lane) = self.lanes.get_mut(&user) else {
                 return;
             };
             lane.state = LaneState::Idle;
@@ -388,13 +387,13 @@ impl ShardActor {
                             return;
                         }
                         FailureKind::Retryable { .. } => {
-                            dead(&mut lane, ErrorKind::Exhausted, &failure.message)
+                            dead(lane, ErrorKind::Exhausted, &failure.message)
                         }
                         FailureKind::Rejected => {
-                            dead(&mut lane, ErrorKind::Rejected, &failure.message)
+                            dead(lane, ErrorKind::Rejected, &failure.message)
                         }
                         FailureKind::Invalid => {
-                            dead(&mut lane, ErrorKind::Invalid, &failure.message)
+                            dead(lane, ErrorKind::Invalid, &failure.message)
                         }
                     },
                 }
@@ -408,7 +407,7 @@ impl ShardActor {
     }
 
     fn retry(&mut self, user: UserId, ctx: &mut Context<Self>) {
-        let waiting = self.lanes.get_mut(&user).map(|mut lane| {
+        let waiting = self.lanes.get_mut(&user).map(|lane| {
             let waiting = lane.state == LaneState::Waiting;
             if waiting {
                 lane.state = LaneState::Idle;
@@ -434,7 +433,7 @@ impl ShardActor {
             ),
         };
         if let Some(user) = &user
-            && let Some(mut lane) = self.lanes.get_mut(user)
+            && let Some(lane) = self.lanes.get_mut(user)
         {
             lane.state = LaneState::Settling(generation);
         }
@@ -518,7 +517,7 @@ impl ShardActor {
 
     fn settled(&mut self, settled: Settled, ctx: &mut Context<Self>) {
         if let Some(user) = &settled.user
-            && let Some(mut lane) = self.lanes.get_mut(user)
+            && let Some(lane) = self.lanes.get_mut(user)
             && lane.state == LaneState::Settling(settled.generation)
         {
             lane.state = LaneState::Idle;
@@ -537,7 +536,7 @@ impl ShardActor {
     }
 
     fn in_flight(&self) -> bool {
-        self.lanes.iter().any(|lane| {
+        self.lanes.values().any(|lane| {
             matches!(
                 lane.state,
                 LaneState::Attempting(_) | LaneState::Settling(_)
