@@ -7,10 +7,18 @@ use super::{
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+const POOL_SIZE: u32 = 8;
+/// User locks held at once. Each holds a connection for the length of a publish; the rest of
+/// the pool stays free for changes and reads, which must never wait for a publish.
+const MAX_LOCKS: usize = 6;
 
 pub struct PostgresStore {
     pool: PgPool,
+    locks: Arc<Semaphore>,
 }
 
 impl PostgresStore {
@@ -18,14 +26,17 @@ impl PostgresStore {
     /// starting together migrate once).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
         let mut migrator = sqlx::migrate!("migrations/preferences/postgres");
         migrator.dangerous_set_table_name(sql::MIGRATIONS_TABLE);
         migrator.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            locks: Arc::new(Semaphore::new(MAX_LOCKS)),
+        })
     }
 }
 
@@ -91,12 +102,22 @@ impl PreferenceStore for PostgresStore {
     async fn lock_user<'a>(&'a self, user: &'a str) -> Result<Box<dyn UserLock + 'a>, StoreError> {
         // A transaction-scoped advisory lock: it goes with the transaction however that ends,
         // a dropped connection included, so a dead replica never leaves a user locked.
+        let permit = self
+            .locks
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let mut tx = self.pool.begin().await?;
         sqlx::query(sql::LOCK_USER)
             .bind(user)
             .execute(&mut *tx)
             .await?;
-        Ok(Box::new(PgUserLock { tx, user }))
+        Ok(Box::new(PgUserLock {
+            tx,
+            user,
+            _permit: permit,
+        }))
     }
 
     async fn close(&self) {
@@ -109,6 +130,7 @@ impl PreferenceStore for PostgresStore {
 struct PgUserLock<'a> {
     tx: Transaction<'static, Postgres>,
     user: &'a str,
+    _permit: OwnedSemaphorePermit,
 }
 
 #[async_trait]
