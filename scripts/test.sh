@@ -17,7 +17,7 @@ trap 'bash scripts/rabbitmq4.sh stop' EXIT
 CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="bash scripts/rabbitmq4.sh ctl" \
   cargo test --locked --no-fail-fast --test quorum_safety --test faults_delivery \
   --test replicas --test faults_broker_restart --test pipeline --test faults_lanes \
-  --test faults_incidents
+  --test faults_incidents --test webhook_actions_order
 if [ -x deploy/check.sh ]; then
   bash deploy/check.sh
 fi

@@ -403,11 +403,14 @@ impl Settings {
             return Err(invalid("warehouse.batch_size", "must be at least 1"));
         }
         for (pattern, action) in &self.webhooks.rules {
-            if !matches!(action.as_str(), "suppress" | "unsubscribe" | "none") {
+            if !matches!(
+                action.as_str(),
+                "suppress" | "unsuppress" | "unsubscribe" | "none"
+            ) {
                 return Err(invalid(
                     "webhooks.rules",
                     format!(
-                        "{pattern:?} -> {action:?}: action must be suppress, unsubscribe or none"
+                        "{pattern:?} -> {action:?}: action must be suppress, unsuppress, unsubscribe or none"
                     ),
                 ));
             }

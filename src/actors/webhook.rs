@@ -5,7 +5,11 @@
 //! Customer.io after everything already queued for that person), with a correlation id derived
 //! from the event id, so a retried webhook yields the same id and is de-duplicated downstream.
 //! A delivery is acked only after its envelope is confirmed by the broker. Deliveries are
-//! handled one at a time, in queue order, so two events of one person are acted on in order.
+//! handled one at a time, in queue order, so two events of one person are acted on in order:
+//! the queue has a single active consumer (one replica at a time), and this actor takes one
+//! delivery at a time (prefetch 1), so an event it returns to the queue after a failed publish
+//! comes back before the next one (RabbitMQ redelivers returned messages first) instead of
+//! behind events already prefetched.
 //!
 //! An unparseable body (the edge validated it, so this is a bug or a foreign publisher) is
 //! acked with an error log here; the warehouse actor dead-letters its copy of it.
@@ -26,7 +30,9 @@ use std::time::{Duration, Instant};
 
 /// Event ids acted on recently; a redelivered event found here is acked without publishing.
 const DONE_CAPACITY: usize = 100_000;
-const PREFETCH: u16 = 64;
+/// One: a requeued event must not fall behind later ones already delivered to this consumer.
+/// Actions are few (bounces, unsubscribes), so the round trip per event costs little.
+const PREFETCH: u16 = 1;
 
 pub struct WebhookActor {
     broker: SharedBroker,

@@ -263,6 +263,22 @@ async fn declare_all(
                     "queue exists with older arguments; apply the policy {QUORUM_POLICY} from \
                      deploy/rabbitmq/definitions.json (delivery-limit, dead-letter-exchange)"
                 );
+                // No policy can add single-active-consumer; RabbitMQ names only the first
+                // argument that differs, so say it for every queue that should have it.
+                if matches!(
+                    queue.kind,
+                    QueueKind::Quorum {
+                        single_active: true
+                    }
+                ) {
+                    tracing::warn!(
+                        queue = %queue.name,
+                        "if this queue lacks x-single-active-consumer (customerio.webhooks.actions \
+                         declared by a version before it had it), its consumers run side by side \
+                         and may apply one person's actions out of order: drain it, delete it and \
+                         declare it again (docs/operations.md, \"Webhook actions in order\")"
+                    );
+                }
                 *channel = connection.create_channel().await.map_err(unavailable)?;
                 channel
                     .queue_declare(

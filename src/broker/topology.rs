@@ -168,7 +168,9 @@ impl Topology {
         queue_bindings.push(bind(DLQ_EXCHANGE, DLQ_QUEUE, ""));
         queues.push(quorum(WEBHOOKS_WAREHOUSE_QUEUE, false));
         queue_bindings.push(bind(WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE, "#"));
-        queues.push(quorum(WEBHOOKS_ACTIONS_QUEUE, false));
+        // One consumer at a time across replicas: a person's bounce and a later unsuppress
+        // are acted on in the order they arrived, never side by side.
+        queues.push(quorum(WEBHOOKS_ACTIONS_QUEUE, true));
         let mut keys: Vec<String> = rule_patterns.iter().map(|p| topic_pattern(p)).collect();
         keys.sort();
         keys.dedup();
@@ -240,6 +242,25 @@ mod tests {
         assert_eq!(topic_pattern("*.unsubscribed"), "*.unsubscribed");
         assert_eq!(topic_pattern("*"), "#");
         assert_eq!(topic_pattern("em*.bounced"), "#");
+    }
+
+    #[test]
+    fn actions_have_one_consumer_at_a_time() {
+        let t = Topology::new(2);
+        let kind = |name: &str| t.queues.iter().find(|q| q.name == name).unwrap().kind;
+        assert_eq!(
+            kind(WEBHOOKS_ACTIONS_QUEUE),
+            QueueKind::Quorum {
+                single_active: true
+            }
+        );
+        assert_eq!(
+            kind(WEBHOOKS_WAREHOUSE_QUEUE),
+            QueueKind::Quorum {
+                single_active: false
+            },
+            "the warehouse de-duplicates on event_id; order does not matter there"
+        );
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! only once RabbitMQ confirmed that identify for that very version. Whatever is still pending
 //! (RabbitMQ was down, the process died) is published later by the re-sync task of
 //! [`PreferenceService`], so a stored change always reaches Customer.io.
+//!
+//! A user's syncs (read the row, publish it, mark that version) run one at a time under the
+//! user's lock ([`PreferenceStore::lock_user`]): an advisory lock in PostgreSQL, which every
+//! replica sharing the database honours, and in-process only for SQLite (local mode, one
+//! process). So an older version can never be published after a newer one, by any replica.
 
 mod postgres;
 mod sqlite;
@@ -156,7 +161,7 @@ pub enum StoreError {
     Config(String),
 }
 
-/// Where preferences are kept. Every method is one statement, so concurrent changes to one
+/// Where preferences are kept. Every change is one statement, so concurrent changes to one
 /// user never lose an update.
 #[async_trait]
 pub trait PreferenceStore: Send + Sync + 'static {
@@ -174,8 +179,24 @@ pub trait PreferenceStore: Send + Sync + 'static {
     async fn pending(&self, limit: u32) -> Result<Vec<StoredPreferences>, StoreError>;
     /// How many rows are still to publish.
     async fn pending_count(&self) -> Result<u64, StoreError>;
+    /// Takes the user's sync lock: while the returned [`UserLock`] lives, no other sync of this
+    /// user reads, publishes or marks, in this process or (PostgreSQL) in any other sharing
+    /// the database. Changes ([`PreferenceStore::apply`]) are not blocked by it.
+    async fn lock_user<'a>(&'a self, user: &'a str) -> Result<Box<dyn UserLock + 'a>, StoreError>;
     /// Closes the connections.
     async fn close(&self);
+}
+
+/// A user's sync lock (see [`PreferenceStore::lock_user`]): read the row under it, publish,
+/// then mark the version read. Dropping it without [`UserLock::release`] also releases it.
+#[async_trait]
+pub trait UserLock: Send {
+    /// The user's row as it is now.
+    async fn get(&mut self) -> Result<Option<StoredPreferences>, StoreError>;
+    /// As [`PreferenceStore::mark_synced`]; made durable by `release`.
+    async fn mark_synced(&mut self, version: i64) -> Result<bool, StoreError>;
+    /// Ends the lock, keeping what `mark_synced` did.
+    async fn release(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 /// Opens the store the settings name: PostgreSQL for a `postgres://` `preferences.database_url`
@@ -232,6 +253,10 @@ mod sql {
     pub const PENDING: &str = "SELECT user_id, email, push, sms, in_app, sync_pending, version, updated_at \
          FROM user_preferences WHERE sync_pending ORDER BY updated_at LIMIT $1";
     pub const PENDING_COUNT: &str = "SELECT COUNT(*) FROM user_preferences WHERE sync_pending";
+    /// PostgreSQL only: the per-user sync lock, held until the transaction ends. The first key
+    /// keeps these locks apart from other advisory locks of the database (sqlx's migration lock);
+    /// two users whose ids hash alike only wait for each other.
+    pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock(1667854192, hashtext($1))";
     /// Where the migrations of this store are recorded: a table of its own, so a database
     /// shared with other sqlx users (the warehouse) keeps both histories apart.
     pub const MIGRATIONS_TABLE: &str = "_cio_preferences_migrations";

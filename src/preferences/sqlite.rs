@@ -1,7 +1,7 @@
 //! The SQLite preference store: local mode's default, a file under `app.data_dir`.
 
 use super::{
-    PreferenceStore, PreferencesChange, StoreError, StoredPreferences, apply_binds, sql,
+    PreferenceStore, PreferencesChange, StoreError, StoredPreferences, UserLock, apply_binds, sql,
     stored_from_row,
 };
 use async_trait::async_trait;
@@ -110,7 +110,33 @@ impl PreferenceStore for SqliteStore {
         Ok(count.max(0) as u64)
     }
 
+    async fn lock_user<'a>(&'a self, user: &'a str) -> Result<Box<dyn UserLock + 'a>, StoreError> {
+        // One process owns the file (local mode): the service's in-process lock, taken before
+        // this, is the whole lock. A database lock would block every writer while publishing.
+        Ok(Box::new(SqliteUserLock { store: self, user }))
+    }
+
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+struct SqliteUserLock<'a> {
+    store: &'a SqliteStore,
+    user: &'a str,
+}
+
+#[async_trait]
+impl UserLock for SqliteUserLock<'_> {
+    async fn get(&mut self) -> Result<Option<StoredPreferences>, StoreError> {
+        self.store.get(self.user).await
+    }
+
+    async fn mark_synced(&mut self, version: i64) -> Result<bool, StoreError> {
+        self.store.mark_synced(self.user, version).await
+    }
+
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -1,13 +1,16 @@
 //! Publishing preferences to Customer.io: after every change, on `POST /sync`, and from the
 //! re-sync task that retries whatever is still pending, with backoff, until RabbitMQ confirms.
 //!
-//! One user's syncs run one at a time (a lock per user stripe) and always publish the row as
-//! it is *now*, so two quick changes can never reach Customer.io in the wrong order: the later
-//! publish carries the later state. The pending mark is cleared only for the version published.
+//! One user's syncs run one at a time and always publish the row as read under the user's lock,
+//! so two quick changes can never reach Customer.io in the wrong order: the later publish
+//! carries the later state. The lock is a stripe in this process, then the store's own
+//! ([`PreferenceStore::lock_user`]: an advisory lock in PostgreSQL, so replicas sharing the
+//! database wait for each other too). The pending mark is cleared only for the version
+//! published, under the same lock.
 
 use super::{
-    PreferenceStore, Preferences, PreferencesChange, StoreError, StoredPreferences, UserSource,
-    UserSourceError,
+    PreferenceStore, Preferences, PreferencesChange, StoreError, StoredPreferences, UserLock,
+    UserSource, UserSourceError,
 };
 use crate::broker::BrokerError;
 use crate::config::Settings;
@@ -165,21 +168,21 @@ impl PreferenceService {
     }
 
     async fn sync_user_here(&self, user: &str) -> Result<Synced, SyncError> {
-        let mut attributes = match &self.users {
+        let attributes = match &self.users {
             Some(source) => source
                 .fetch(user)
                 .await?
                 .ok_or_else(|| SyncError::UnknownUser(user.to_string()))?,
             None => Map::new(),
         };
-        let _guard = self.lock(user).await;
-        let stored = self.store.get(user).await?;
-        let preferences = stored.as_ref().map(|s| s.preferences).unwrap_or_default();
-        attributes.extend(preferences.opt_in_attributes());
-        let names = attributes.keys().cloned().collect();
-        let correlation_id = self.publish_identify(user, attributes).await?;
-        if let Some(stored) = stored.filter(|s| s.sync_pending) {
-            self.store.mark_synced(user, stored.version).await?;
+        let (correlation_id, names, marked) = {
+            let _guard = self.lock(user).await;
+            let mut lock = self.store.lock_user(user).await?;
+            let published = self.publish_locked(&mut *lock, user, attributes).await;
+            lock.release().await?;
+            published?
+        };
+        if marked.is_some() {
             self.update_gauge().await;
         }
         Ok(Synced {
@@ -189,23 +192,64 @@ impl PreferenceService {
         })
     }
 
+    /// Under the user's lock: publishes `attributes` plus the stored preferences, and clears
+    /// the pending mark of the version read. Returns the correlation id, the attribute names
+    /// and, when the row was pending, whether the mark was cleared.
+    async fn publish_locked(
+        &self,
+        lock: &mut dyn UserLock,
+        user: &str,
+        mut attributes: Map<String, Value>,
+    ) -> Result<(String, Vec<String>, Option<bool>), SyncError> {
+        let stored = lock.get().await?;
+        let preferences = stored.as_ref().map(|s| s.preferences).unwrap_or_default();
+        attributes.extend(preferences.opt_in_attributes());
+        let names = attributes.keys().cloned().collect();
+        let correlation_id = self.publish_identify(user, attributes).await?;
+        let marked = match stored.filter(|s| s.sync_pending) {
+            Some(stored) => Some(lock.mark_synced(stored.version).await?),
+            None => None,
+        };
+        Ok((correlation_id, names, marked))
+    }
+
     /// Publishes the user's stored preferences as they are now; on confirm clears the pending
     /// mark for that version. Returns the row as it was published (`None` if there is none).
     async fn sync_preferences(&self, user: &str) -> Result<Option<StoredPreferences>, SyncError> {
-        let _guard = self.lock(user).await;
-        let Some(mut stored) = self.store.get(user).await? else {
+        let synced = {
+            let _guard = self.lock(user).await;
+            let mut lock = self.store.lock_user(user).await?;
+            let synced = self.sync_locked(&mut *lock, user).await;
+            // Released before anything else touches the pool: a lock holds a connection.
+            lock.release().await?;
+            synced?
+        };
+        if synced.as_ref().is_some_and(|(_, published)| *published) {
+            self.update_gauge().await;
+        }
+        Ok(synced.map(|(stored, _)| stored))
+    }
+
+    /// Under the user's lock: the row, and whether it was published (it was pending).
+    async fn sync_locked(
+        &self,
+        lock: &mut dyn UserLock,
+        user: &str,
+    ) -> Result<Option<(StoredPreferences, bool)>, SyncError> {
+        let Some(mut stored) = lock.get().await? else {
             return Ok(None);
         };
         if !stored.sync_pending {
-            return Ok(Some(stored));
+            return Ok(Some((stored, false)));
         }
         self.publish_identify(user, stored.preferences.opt_in_attributes())
             .await?;
-        if self.store.mark_synced(user, stored.version).await? {
+        // False when the row changed since it was read: that change's own sync, waiting for
+        // this lock, publishes it.
+        if lock.mark_synced(stored.version).await? {
             stored.sync_pending = false;
         }
-        self.update_gauge().await;
-        Ok(Some(stored))
+        Ok(Some((stored, true)))
     }
 
     async fn publish_identify(

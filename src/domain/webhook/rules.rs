@@ -17,6 +17,8 @@ pub enum Action {
     Suppress,
     /// Mark the person unsubscribed (an `identify` with `unsubscribed: true`).
     Unsubscribe,
+    /// Lift a suppression (an `unsuppress` envelope), e.g. on `customer.subscribed`.
+    Unsuppress,
     None,
 }
 
@@ -25,6 +27,7 @@ impl Action {
         match value {
             "suppress" => Some(Action::Suppress),
             "unsubscribe" => Some(Action::Unsubscribe),
+            "unsuppress" => Some(Action::Unsuppress),
             "none" => Some(Action::None),
             _ => None,
         }
@@ -34,6 +37,7 @@ impl Action {
         match self {
             Action::Suppress => "suppress",
             Action::Unsubscribe => "unsubscribe",
+            Action::Unsuppress => "unsuppress",
             Action::None => "none",
         }
     }
@@ -55,7 +59,7 @@ impl Rules {
                     .ok_or_else(|| {
                         ParseError::new(
                             pattern.clone(),
-                            format!("action {action:?} must be suppress, unsubscribe or none"),
+                            format!("action {action:?} must be suppress, unsuppress, unsubscribe or none"),
                         )
                     })
             })
@@ -123,6 +127,11 @@ pub fn action_envelope(event: &ReportingEvent, action: Action) -> Option<Value> 
         Action::None => None,
         Action::Suppress => Some(json!({
             "type": "suppress",
+            "userId": user,
+            "correlationId": correlation_id,
+        })),
+        Action::Unsuppress => Some(json!({
+            "type": "unsuppress",
             "userId": user,
             "correlationId": correlation_id,
         })),
@@ -197,6 +206,12 @@ mod tests {
         assert_eq!(a, action_envelope(&event, Action::Suppress).unwrap());
         assert_eq!(a["type"], "suppress");
         assert_eq!(a["userId"], "42");
+        let lifted = action_envelope(&event, Action::Unsuppress).unwrap();
+        assert_eq!(lifted["type"], "unsuppress");
+        assert_ne!(
+            lifted["correlationId"], a["correlationId"],
+            "one id per action"
+        );
         let cid = CorrelationId::parse(a["correlationId"].as_str().unwrap()).unwrap();
         assert!(cid.as_ulid().is_some());
         let u = action_envelope(&event, Action::Unsubscribe).unwrap();
