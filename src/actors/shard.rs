@@ -17,7 +17,7 @@ use super::messages::{AttemptDone, DeadLetter, Deliver, Drain, ErrorKind, Failur
 use super::retry::Backoff;
 use super::{Dedup, DlqActor, IdentifyActor, TrackActor, TransactionalActor};
 use crate::broker::topology::PROCESSED_EXCHANGE;
-use crate::broker::{Acker, Delivery, Publish, SharedBroker};
+use crate::broker::{Acker, BrokerError, Delivery, Publish, SharedBroker};
 use crate::domain::{Envelope, Route, UserId};
 use actix::prelude::*;
 use dashmap::DashMap;
@@ -26,6 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
+
+/// A processed event the broker did not confirm is published again for this long (first after
+/// this pause, then doubling) before its message goes back to the queue.
+const PROCESSED_RETRY_FOR: Duration = Duration::from_secs(1);
+const PROCESSED_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// What every shard shares: the broker, the delivering actors and the retry policy.
 pub struct ShardDeps {
@@ -368,14 +373,39 @@ impl ShardActor {
         let broker = self.deps.broker.clone();
         let acker = pending.acker;
         self.settles.spawn(async move {
-            match broker.publish(message).await {
-                Ok(()) => {
-                    if let Err(e) = acker.ack().await {
-                        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+            let started = Instant::now();
+            let mut pause = PROCESSED_RETRY_PAUSE;
+            loop {
+                match broker.publish(message.clone()).await {
+                    Ok(()) => {
+                        if let Err(e) = acker.ack().await {
+                            tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+                        }
+                        return;
+                    }
+                    // Nacks come in bursts (a queue leader elected after a node was lost):
+                    // try again shortly.
+                    Err(BrokerError::NotConfirmed(e)) if started.elapsed() < PROCESSED_RETRY_FOR => {
+                        tracing::debug!(error = %e, "processed event not confirmed; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    }
+                    // Returned to the queue, not left unacked: while its channel lives an
+                    // unacked message is never redelivered. The redelivery finds it in the
+                    // dedup window and publishes the processed event again, without a resend.
+                    Err(e @ BrokerError::NotConfirmed(_)) => {
+                        tracing::warn!(error = %e, "processed event not confirmed; requeued");
+                        if let Err(e) = acker.requeue().await {
+                            tracing::warn!(error = %e, "requeue failed; the message will be redelivered");
+                        }
+                        return;
+                    }
+                    // The connection is gone: the broker redelivers whatever it left unacked.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "processed event not confirmed");
+                        return;
                     }
                 }
-                // Left unacked: the broker redelivers it and the dedup window stops a resend.
-                Err(e) => tracing::warn!(error = %e, "processed event not confirmed"),
             }
         });
     }
