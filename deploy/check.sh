@@ -321,7 +321,7 @@ exported = {
     "cio_gateway_warehouse_rows_total", "cio_gateway_preferences_sync_pending",
     "cio_gateway_circuit_open", "cio_gateway_customerio_rate_limit_rps",
     "cio_gateway_batch_splits_total", "cio_gateway_webhooks_late_total",
-    "cio_gateway_dead_letters_replay_refused_total",
+    "cio_gateway_dead_letters_replay_refused_total", "cio_gateway_broker_publisher_reopened_total",
 }
 histograms = {m for m in exported if m.endswith("_seconds")}
 allowed = exported | {f"{h}_{s}" for h in histograms for s in ("bucket", "sum", "count")}

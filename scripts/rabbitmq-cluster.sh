@@ -215,13 +215,21 @@ stop() {
   local node pid
   for node in "${NODES[@]}"; do
     if running "$node"; then
-      ctl "$node" -q stop >/dev/null 2>&1 || true
+      # With the pid file, stop returns once the process has exited.
+      ctl "$node" -q stop "$ROOT/$node/pid" >/dev/null 2>&1 || true
     fi
   done
   # Whatever did not stop (or was half started): its beam by pid file, then the epmd of ours.
+  local i
   for node in "${NODES[@]}"; do
     pid="$(node_pid "$node")"
-    if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    if [ -n "$pid" ]; then
+      kill -KILL "$pid" 2>/dev/null || true
+      for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+    fi
   done
   in_env c1 epmd -port "$EPMD_PORT" -kill >/dev/null 2>&1 || true
   for node in "${NODES[@]}"; do rm -rf "${ROOT:?}/$node"; done

@@ -41,8 +41,10 @@ pub struct AmqpBroker {
     live: Mutex<Option<Live>>,
     connected: AtomicBool,
     closed: AtomicBool,
-    /// Publishes nacked in a row on the current publishing channel.
+    /// Publishes nacked in a row on the current publishing channel, and that channel's id
+    /// (nacks still arriving on a replaced one are not counted).
     nacks_in_a_row: AtomicU32,
+    publisher_id: AtomicU32,
     /// How often the publishing channel was replaced after persistent nacks.
     publisher_reopens: AtomicU64,
 }
@@ -70,6 +72,7 @@ impl AmqpBroker {
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             nacks_in_a_row: AtomicU32::new(0),
+            publisher_id: AtomicU32::new(0),
             publisher_reopens: AtomicU64::new(0),
         });
         broker.live().await?;
@@ -103,6 +106,8 @@ impl AmqpBroker {
         let connection = connect_any(&self.url).await?;
         declare_on(&connection, &self.topology).await?;
         let publisher = publisher_channel(&connection).await?;
+        self.publisher_id
+            .store(u32::from(publisher.id()), Ordering::Relaxed);
         self.nacks_in_a_row.store(0, Ordering::Relaxed);
         Ok(Live {
             connection: Arc::new(connection),
@@ -118,6 +123,9 @@ impl AmqpBroker {
     /// Counts a nack on `used`; after [`NACKS_BEFORE_REOPEN`] in a row, replaces the publishing
     /// channel (unless a concurrent publish already did) and closes the old one.
     async fn note_nack(&self, used: &Channel) {
+        if u32::from(used.id()) != self.publisher_id.load(Ordering::Relaxed) {
+            return;
+        }
         let nacks = self.nacks_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if nacks < NACKS_BEFORE_REOPEN {
             return;
@@ -129,6 +137,8 @@ impl AmqpBroker {
         }
         match publisher_channel(&live.connection).await {
             Ok(fresh) => {
+                self.publisher_id
+                    .store(u32::from(fresh.id()), Ordering::Relaxed);
                 let old = std::mem::replace(&mut live.publisher, fresh);
                 self.nacks_in_a_row.store(0, Ordering::Relaxed);
                 self.publisher_reopens.fetch_add(1, Ordering::Relaxed);
