@@ -18,6 +18,16 @@ CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="bash scripts/rabbitmq4.sh ctl" \
   cargo test --locked --no-fail-fast --test quorum_safety --test faults_delivery \
   --test replicas --test faults_broker_restart --test pipeline --test faults_lanes \
   --test faults_incidents --test webhook_actions_order
+bash scripts/rabbitmq4.sh stop
+trap - EXIT
+
+# A three-node cluster (scripts/rabbitmq-cluster.sh, about 30 s to form) and one node of it lost
+# under load: tests/cluster.rs. Torn down (data wiped) however the run ends.
+bash scripts/rabbitmq-cluster.sh start
+trap 'bash scripts/rabbitmq-cluster.sh stop' EXIT
+CIO_TEST_CLUSTER=1 cargo test --locked --no-fail-fast --test cluster
+bash scripts/rabbitmq-cluster.sh stop
+trap - EXIT
 if [ -x deploy/check.sh ]; then
   bash deploy/check.sh
 fi

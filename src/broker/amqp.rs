@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -28,6 +28,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// past it the message counts as not stored (the caller retries or answers 503), so no caller
 /// waits forever on a confirm lost with a dying channel.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Nacks in a row on the publishing channel after which it is replaced by a new one. On a
+/// cluster, a channel whose first publish to a quorum queue fell into the leader election after
+/// a node was lost was seen (3.10.8) to get a nack for every later publish too; a new channel
+/// publishes fine. A few nacks in a row are otherwise rare (a full queue rejecting publishes
+/// nacks every channel alike, and a new channel costs one round trip).
+const NACKS_BEFORE_REOPEN: u32 = 3;
 
 pub struct AmqpBroker {
     url: String,
@@ -35,6 +41,12 @@ pub struct AmqpBroker {
     live: Mutex<Option<Live>>,
     connected: AtomicBool,
     closed: AtomicBool,
+    /// Publishes nacked in a row on the current publishing channel, and that channel's id
+    /// (nacks still arriving on a replaced one are not counted).
+    nacks_in_a_row: AtomicU32,
+    publisher_id: AtomicU32,
+    /// How often the publishing channel was replaced after persistent nacks.
+    publisher_reopens: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -59,6 +71,9 @@ impl AmqpBroker {
             live: Mutex::new(None),
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            nacks_in_a_row: AtomicU32::new(0),
+            publisher_id: AtomicU32::new(0),
+            publisher_reopens: AtomicU64::new(0),
         });
         broker.live().await?;
         tokio::spawn(watchdog(Arc::downgrade(&broker)));
@@ -90,15 +105,55 @@ impl AmqpBroker {
     async fn open(&self) -> Result<Live, BrokerError> {
         let connection = connect_any(&self.url).await?;
         declare_on(&connection, &self.topology).await?;
-        let publisher = connection.create_channel().await.map_err(unavailable)?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(unavailable)?;
+        let publisher = publisher_channel(&connection).await?;
+        self.publisher_id
+            .store(u32::from(publisher.id()), Ordering::Relaxed);
+        self.nacks_in_a_row.store(0, Ordering::Relaxed);
         Ok(Live {
             connection: Arc::new(connection),
             publisher,
         })
+    }
+
+    /// How often the publishing channel was replaced after [`NACKS_BEFORE_REOPEN`] nacks in a row.
+    pub fn publisher_reopens(&self) -> u64 {
+        self.publisher_reopens.load(Ordering::Relaxed)
+    }
+
+    /// Counts a nack on `used`; after [`NACKS_BEFORE_REOPEN`] in a row, replaces the publishing
+    /// channel (unless a concurrent publish already did) and closes the old one.
+    async fn note_nack(&self, used: &Channel) {
+        if u32::from(used.id()) != self.publisher_id.load(Ordering::Relaxed) {
+            return;
+        }
+        let nacks = self.nacks_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if nacks < NACKS_BEFORE_REOPEN {
+            return;
+        }
+        let mut guard = self.live.lock().await;
+        let Some(live) = guard.as_mut() else { return };
+        if live.publisher.id() != used.id() || !live.connection.status().connected() {
+            return;
+        }
+        match publisher_channel(&live.connection).await {
+            Ok(fresh) => {
+                self.publisher_id
+                    .store(u32::from(fresh.id()), Ordering::Relaxed);
+                let old = std::mem::replace(&mut live.publisher, fresh);
+                self.nacks_in_a_row.store(0, Ordering::Relaxed);
+                self.publisher_reopens.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("cio_gateway_broker_publisher_reopened_total").increment(1);
+                tracing::warn!(
+                    nacks,
+                    "publishes nacked in a row; reopened the publishing channel"
+                );
+                tokio::spawn(async move {
+                    let close = old.close(200, "reopened after nacks".into());
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "reopening the publishing channel failed"),
+        }
     }
 
     fn set_connected(&self, up: bool) {
@@ -151,6 +206,16 @@ fn redacted(endpoint: &str) -> String {
         }
         Err(_) => "<unparsable endpoint>".to_string(),
     }
+}
+
+/// A confirm-mode channel for publishing.
+async fn publisher_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unavailable)?;
+    Ok(channel)
 }
 
 fn unavailable(e: lapin::Error) -> BrokerError {
@@ -224,6 +289,8 @@ async fn declare_all(
                 }
             })?;
     }
+    // Queues whose node is down: declared (and bound) again on the next connect.
+    let mut unreachable = Vec::new();
     for queue in &topology.queues {
         let mut args = FieldTable::default();
         match queue.kind {
@@ -294,6 +361,17 @@ async fn declare_all(
                         BrokerError::Protocol(format!("declaring queue {}: {e}", queue.name))
                     })?;
             }
+            // A classic queue lives on one node of a cluster; while that node is down the
+            // queue exists but cannot be declared. Reconnecting to the rest of the cluster must
+            // not wait for it (the partitions are quorum queues and keep serving).
+            Err(e)
+                if queue.kind == QueueKind::Classic
+                    && e.to_string().contains("is down or inaccessible") =>
+            {
+                tracing::warn!(queue = %queue.name, error = %e, "queue's node is down; going on without it");
+                unreachable.push(queue.name.as_str());
+                *channel = connection.create_channel().await.map_err(unavailable)?;
+            }
             Err(e) => {
                 return Err(BrokerError::Protocol(format!(
                     "declaring queue {}: {e}",
@@ -315,6 +393,9 @@ async fn declare_all(
             .map_err(|e| BrokerError::Protocol(format!("binding {}: {e}", b.source)))?;
     }
     for b in &topology.queue_bindings {
+        if unreachable.contains(&b.destination.as_str()) {
+            continue;
+        }
         channel
             .queue_bind(
                 b.destination.as_str().into(),
@@ -451,10 +532,16 @@ impl Broker for AmqpBroker {
             .map_err(|_| {
                 BrokerError::NotConfirmed(format!("no confirm within {CONFIRM_TIMEOUT:?}"))
             })??;
+        if !matches!(confirm, Confirmation::Nack(_)) {
+            self.nacks_in_a_row.store(0, Ordering::Relaxed);
+        }
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(message.exchange)),
-            Confirmation::Nack(_) => Err(BrokerError::NotConfirmed("broker nacked".into())),
+            Confirmation::Nack(_) => {
+                self.note_nack(&live.publisher).await;
+                Err(BrokerError::NotConfirmed("broker nacked".into()))
+            }
             Confirmation::NotRequested => Err(BrokerError::NotConfirmed(
                 "confirms not enabled on the channel".into(),
             )),

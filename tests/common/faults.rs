@@ -345,7 +345,8 @@ pub fn check_user(user: &str, records: &[Record], n: u64) -> (usize, usize) {
 
 /// `rabbitmqctl list_queues name <column>` for the vhost, without blocking the runtime.
 pub async fn list_queues(vhost: &TestVhost, column: &str) -> BTreeMap<String, u64> {
-    let out = crate::common::rabbitmqctl_async()
+    let out = vhost
+        .rabbitmqctl_async()
         .args([
             "-q",
             "list_queues",
@@ -379,7 +380,8 @@ pub async fn depth(vhost: &TestVhost, queue: &str) -> u64 {
 
 /// `rabbitmqctl close_all_connections` for the vhost, without blocking the runtime.
 pub async fn close_connections(vhost: &TestVhost) {
-    let status = crate::common::rabbitmqctl_async()
+    let status = vhost
+        .rabbitmqctl_async()
         .args([
             "-q",
             "close_all_connections",

@@ -18,7 +18,15 @@ pub fn amqp_host() -> String {
 
 /// `rabbitmqctl` for the broker under test: `CIO_TEST_RABBITMQCTL` is a command prefix.
 pub fn rabbitmqctl() -> Command {
-    let prefix = std::env::var("CIO_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    command_of(&rabbitmqctl_prefix())
+}
+
+fn rabbitmqctl_prefix() -> String {
+    std::env::var("CIO_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into())
+}
+
+/// A command from a prefix of whitespace-separated words.
+fn command_of(prefix: &str) -> Command {
     let mut words = prefix.split_whitespace();
     let mut command = Command::new(words.next().expect("CIO_TEST_RABBITMQCTL names a command"));
     command.args(words);
@@ -66,24 +74,49 @@ pub async fn routes_state(vars: &[(&str, &str)]) -> cio_gateway::http::AppState 
 /// A RabbitMQ vhost of one test's own, deleted (with everything in it) on drop.
 pub struct TestVhost {
     pub name: String,
+    /// One endpoint, or (on a cluster) every node's, comma-separated.
     pub url: String,
+    /// The `rabbitmqctl` command prefix that manages it.
+    ctl: String,
 }
 
 impl TestVhost {
+    /// On the broker under test ([`amqp_host`], [`rabbitmqctl`]).
     pub fn new(prefix: &str) -> Self {
+        Self::on(prefix, &rabbitmqctl_prefix(), &[amqp_host()])
+    }
+
+    /// On the broker managed by the `ctl` command prefix, reached at `hosts` (`host:port`, the
+    /// nodes of one cluster): the URL lists them all, in this order.
+    pub fn on(prefix: &str, ctl: &str, hosts: &[String]) -> Self {
         let name = unique(prefix);
-        run(rabbitmqctl().args(["-q", "add_vhost", &name]));
         let vhost = Self {
-            url: format!("amqp://guest:guest@{}/{name}", amqp_host()),
+            url: hosts
+                .iter()
+                .map(|host| format!("amqp://guest:guest@{host}/{name}"))
+                .collect::<Vec<_>>()
+                .join(","),
             name,
+            ctl: ctl.to_string(),
         };
+        run(vhost.rabbitmqctl().args(["-q", "add_vhost", &vhost.name]));
         run(&mut vhost.grant_guest());
         vhost
     }
 
+    /// `rabbitmqctl` for the broker this vhost is on.
+    pub fn rabbitmqctl(&self) -> Command {
+        command_of(&self.ctl)
+    }
+
+    /// [`TestVhost::rabbitmqctl`] that does not block the async runtime.
+    pub fn rabbitmqctl_async(&self) -> tokio::process::Command {
+        tokio::process::Command::from(self.rabbitmqctl())
+    }
+
     /// The command giving the guest user full permissions on this vhost.
     fn grant_guest(&self) -> Command {
-        let mut command = rabbitmqctl();
+        let mut command = self.rabbitmqctl();
         command.args([
             "-q",
             "set_permissions",
@@ -100,7 +133,9 @@ impl TestVhost {
     /// Makes this vhost unusable for the guest user (not the whole RabbitMQ: other tests run
     /// beside this one) and drops its connections, until the returned guard is dropped.
     pub fn outage(&self) -> Outage<'_> {
-        run(rabbitmqctl().args(["-q", "clear_permissions", "-p", &self.name, "guest"]));
+        run(self
+            .rabbitmqctl()
+            .args(["-q", "clear_permissions", "-p", &self.name, "guest"]));
         self.close_connections();
         Outage(self)
     }
@@ -116,7 +151,8 @@ impl TestVhost {
     }
 
     fn list_queues(&self, column: &str) -> BTreeMap<String, u64> {
-        let out = rabbitmqctl()
+        let out = self
+            .rabbitmqctl()
             .args([
                 "-q",
                 "list_queues",
@@ -139,7 +175,7 @@ impl TestVhost {
 
     /// Closes every client connection to this vhost, as a network fault would.
     pub fn close_connections(&self) {
-        run(rabbitmqctl().args([
+        run(self.rabbitmqctl().args([
             "-q",
             "close_all_connections",
             "--vhost",
@@ -162,7 +198,8 @@ impl Drop for Outage<'_> {
 
 impl Drop for TestVhost {
     fn drop(&mut self) {
-        let _ = rabbitmqctl()
+        let _ = self
+            .rabbitmqctl()
             .args(["-q", "delete_vhost", &self.name])
             .output();
     }
