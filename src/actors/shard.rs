@@ -389,12 +389,8 @@ impl ShardActor {
                         FailureKind::Retryable { .. } => {
                             dead(lane, ErrorKind::Exhausted, &failure.message)
                         }
-                        FailureKind::Rejected => {
-                            dead(lane, ErrorKind::Rejected, &failure.message)
-                        }
-                        FailureKind::Invalid => {
-                            dead(lane, ErrorKind::Invalid, &failure.message)
-                        }
+                        FailureKind::Rejected => dead(lane, ErrorKind::Rejected, &failure.message),
+                        FailureKind::Invalid => dead(lane, ErrorKind::Invalid, &failure.message),
                     },
                 }
             }

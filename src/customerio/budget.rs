@@ -5,8 +5,10 @@
 //! the same workspace spend the same budget, so the real one can be lower. Like Vector's
 //! adaptive request concurrency, a 429 halves the rate (at most once per second, so one burst of
 //! 429s counts once) and pauses the API for its `Retry-After`; then every second without a 429
-//! adds back a fiftieth of the ceiling. Requests are spaced by the current rate, with one
-//! second's worth of burst after idling.
+//! adds back a fiftieth of the ceiling. Requests are spaced by the current rate, with a quarter
+//! second's worth of burst after idling. A request that reserved its slot before a 429 takes a
+//! new one: many requests waiting at the old rate would otherwise all go out into the pause and
+//! keep the workspace answering 429.
 
 use super::CioError;
 use parking_lot::Mutex;
@@ -16,7 +18,7 @@ use tokio::time::Instant;
 /// Never below one request per second: a probe of the real budget must keep going.
 const MIN_RPS: f64 = 1.0;
 /// After idling, this much time's worth of requests may go at once.
-const BURST: Duration = Duration::from_secs(1);
+const BURST: Duration = Duration::from_millis(250);
 /// Decreases are at least this far apart.
 const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
 
@@ -32,6 +34,10 @@ struct State {
     next: Instant,
     last_increase: Instant,
     last_decrease: Option<Instant>,
+    /// Counts 429s: a slot reserved under an older count is void.
+    throttles: u64,
+    /// The end of the latest Retry-After pause.
+    paused_until: Instant,
 }
 
 impl Budget {
@@ -51,23 +57,33 @@ impl Budget {
                 next: now.checked_sub(BURST).unwrap_or(now),
                 last_increase: now,
                 last_decrease: None,
+                throttles: 0,
+                paused_until: now,
             }),
         })
     }
 
     /// Waits until one request fits the budget, and spends it.
     pub(crate) async fn acquire(&self) {
-        let at = {
-            let mut state = self.state.lock();
-            let now = Instant::now();
-            let interval = Duration::from_secs_f64(1.0 / state.rps);
-            // A burst is one second's worth of requests, not one more.
-            let earliest = (now + interval).checked_sub(BURST).unwrap_or(now);
-            let base = state.next.max(earliest);
-            state.next = base + interval;
-            base.max(now)
-        };
-        tokio::time::sleep_until(at).await;
+        loop {
+            let (at, throttles) = self.reserve();
+            tokio::time::sleep_until(at).await;
+            if self.state.lock().throttles == throttles {
+                return;
+            }
+        }
+    }
+
+    /// The next slot at the current rate, and the 429 count it was reserved under.
+    fn reserve(&self) -> (Instant, u64) {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        let interval = Duration::from_secs_f64(1.0 / state.rps);
+        // A burst is BURST's worth of requests, not one more.
+        let earliest = (now + interval).checked_sub(BURST).unwrap_or(now);
+        let base = state.next.max(earliest);
+        state.next = base + interval;
+        (base.max(now), state.throttles)
     }
 
     /// The current rate, requests per second.
@@ -97,7 +113,10 @@ impl Budget {
         let mut state = self.state.lock();
         let now = Instant::now();
         let pause = retry_after.unwrap_or(Duration::from_secs(1));
-        state.next = state.next.max(now + pause);
+        state.throttles += 1;
+        // Every waiting request reserves again, from the end of the pause.
+        state.paused_until = state.paused_until.max(now + pause);
+        state.next = state.paused_until;
         state.last_increase = now + pause;
         let recent = state
             .last_decrease
@@ -137,10 +156,10 @@ mod tests {
         for _ in 0..30 {
             b.acquire().await;
         }
-        // One second's burst (10) at once, then 20 more at 10/s.
+        // A quarter second's burst at once, then the rest at 10/s.
         let took = started.elapsed();
         assert!(
-            took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100),
+            took >= Duration::from_millis(2650) && took <= Duration::from_millis(2850),
             "{took:?}"
         );
     }
@@ -167,6 +186,35 @@ mod tests {
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         assert_eq!(b.rate(), MIN_RPS, "never below the floor");
+    }
+
+    /// Requests already waiting at the old rate when a 429 comes do not go out into the pause:
+    /// they take new slots, from its end, at the lowered rate.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_respect_a_later_429() {
+        let b = std::sync::Arc::new(budget(100));
+        let started = Instant::now();
+        let waiting: Vec<_> = (0..100)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    b.acquire().await;
+                    started.elapsed()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.on_throttled(Some(Duration::from_secs(1)));
+        let mut sent: Vec<Duration> = Vec::new();
+        for task in waiting {
+            sent.push(task.await.unwrap());
+        }
+        let paused = Duration::from_millis(100)..Duration::from_millis(1100);
+        let during = sent.iter().filter(|t| paused.contains(*t)).count();
+        assert_eq!(during, 0, "none sent during the Retry-After pause");
+        let last = sent.iter().max().unwrap();
+        // About 65 left (a burst and 100 ms went before the 429), at 50 rps after the pause.
+        assert!(*last >= Duration::from_millis(2200), "{last:?}");
     }
 
     #[tokio::test(start_paused = true)]
