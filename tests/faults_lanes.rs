@@ -1,7 +1,8 @@
 //! The shard's correctness (issue 11): a message whose routing key is not its userId is
 //! dead-lettered as `invalid`, since partitions follow the routing key and lanes the userId; a
 //! lane moves on only once its head's outcome is confirmed; a message's failed attempts are
-//! counted across reconnects.
+//! counted across reconnects; a redelivered copy is checked against the dedup window when it is
+//! dispatched; a panicking attempt is retried.
 
 mod common;
 #[path = "common/faults.rs"]
@@ -342,6 +343,51 @@ async fn a_panicking_attempt_is_retried_and_the_actor_survives() {
         .unwrap()
         .status();
     assert_eq!(ready, 200, "the actors survived the panic");
+    faults::shutdown_within(gateway, Duration::from_secs(15)).await;
+    producer.close().await;
+}
+
+/// A transactional send still on the wire (the sandbox answers after 3 s) when the connection
+/// drops: the broker redelivers the message, and its copy waits behind the old attempt. That
+/// attempt succeeds, so the copy is found in the dedup window when it reaches the head of its
+/// lane and is settled without a second email.
+#[actix_rt::test]
+async fn a_redelivered_copy_behind_a_successful_attempt_is_not_sent_again() {
+    use cio_gateway::publisher::Publisher;
+    use cio_gateway::sandbox::{self, Faults, SandboxConfig};
+
+    let vhost = common::TestVhost::new("lanes-dedup-dispatch");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    sandbox.sandbox.set_faults(Faults {
+        latency_ms: 3_000,
+        ..Faults::default()
+    });
+    let producer = faults::producer(&vhost).await;
+    let env = faults::gateway_env(&vhost, &sandbox.track_url(), &sandbox.app_url(), &[]);
+    let gateway = faults::start_gateway(&env).await;
+    let publisher = Publisher::new(producer.clone());
+    let sent = faults::publish_users(&publisher, 20..21, 0, 1, |_, _| "transactional").await;
+
+    let on_the_wire = common::eventually(Duration::from_secs(20), || {
+        sandbox.sandbox.stats().requests >= 1
+    })
+    .await;
+    assert!(on_the_wire, "the send reached Customer.io");
+    faults::close_connections(&vhost).await;
+
+    faults::assert_all_processed(&producer, &sent, true, Duration::from_secs(30)).await;
+    let sends = sandbox.sandbox.records_for(&faults::user_name(20));
+    assert_eq!(sends.len(), 1, "one email, not two: {sends:?}");
+    assert_eq!(
+        sandbox.sandbox.stats().requests,
+        1,
+        "one request to the App API"
+    );
+    assert_eq!(
+        faults::depth(&vhost, DLQ_QUEUE).await,
+        0,
+        "nothing dead-lettered"
+    );
     faults::shutdown_within(gateway, Duration::from_secs(15)).await;
     producer.close().await;
 }
