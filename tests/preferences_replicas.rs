@@ -6,13 +6,10 @@
 
 mod common;
 
-use async_trait::async_trait;
-use cio_gateway::broker::{
-    Broker, BrokerError, DeliveryStream, MemoryBroker, Publish, SharedBroker, Topology,
-};
+use cio_gateway::broker::{MemoryBroker, SharedBroker, Topology};
 use cio_gateway::preferences::{PostgresStore, PreferenceService, PreferencesChange};
 use cio_gateway::publisher::Publisher;
-use common::{TestDb, eventually_async};
+use common::{HookedBroker, TestDb, eventually_async};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -21,57 +18,27 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// A broker whose next publish waits, after telling the test it arrived, until the test
-/// releases it; every other call goes straight through.
-struct HeldBroker {
-    inner: SharedBroker,
-    hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
-}
-
-impl HeldBroker {
-    /// Returns the broker, a receiver that fires when the held publish arrives, and the sender
-    /// that lets it through.
-    fn new(inner: SharedBroker) -> (Arc<Self>, oneshot::Receiver<()>, oneshot::Sender<()>) {
-        let (arrived_tx, arrived_rx) = oneshot::channel();
-        let (release_tx, release_rx) = oneshot::channel();
-        let broker = Arc::new(Self {
-            inner,
-            hold: Mutex::new(Some((arrived_tx, release_rx))),
-        });
-        (broker, arrived_rx, release_tx)
-    }
-}
-
-#[async_trait]
-impl Broker for HeldBroker {
-    async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
-        self.inner.declare(topology).await
-    }
-
-    async fn publish(&self, message: Publish) -> Result<(), BrokerError> {
-        let held = self.hold.lock().take();
-        if let Some((arrived, release)) = held {
-            let _ = arrived.send(());
-            // A dropped sender (the test gave up) lets the publish through too.
-            let _ = release.await;
-        }
-        self.inner.publish(message).await
-    }
-
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
-        self.inner.consume(queue, prefetch).await
-    }
-
-    async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
-        self.inner.queue_len(queue).await
-    }
-
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected()
-    }
-
-    async fn close(&self) {
-        self.inner.close().await
-    }
+/// releases it; every other call goes straight through. Returns the broker, a receiver that
+/// fires when the held publish arrives, and the sender that lets it through.
+fn held_broker(inner: SharedBroker) -> (SharedBroker, oneshot::Receiver<()>, oneshot::Sender<()>) {
+    let (arrived_tx, arrived_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    let hold = Mutex::new(Some((arrived_tx, release_rx)));
+    let broker = HookedBroker::new(
+        inner,
+        Box::new(move |_| {
+            let held = hold.lock().take();
+            Box::pin(async move {
+                if let Some((arrived, release)) = held {
+                    let _ = arrived.send(());
+                    // A dropped sender (the test gave up) lets the publish through too.
+                    let _ = release.await;
+                }
+                Ok(())
+            })
+        }),
+    );
+    (broker, arrived_rx, release_tx)
 }
 
 fn email(opt_in: bool) -> PreferencesChange {
@@ -124,7 +91,7 @@ async fn an_older_version_published_late_by_one_replica_does_not_win() {
     let topology = Topology::new(2);
     let shared: SharedBroker = Arc::new(MemoryBroker::new());
     shared.declare(&topology).await.unwrap();
-    let (held, arrived, release) = HeldBroker::new(shared.clone());
+    let (held, arrived, release) = held_broker(shared.clone());
 
     // Two replicas: their own store connections and publishers, one database, one broker.
     let replica_a = PreferenceService::new(

@@ -9,15 +9,12 @@
 mod common;
 
 use actix::Actor;
-use async_trait::async_trait;
 use cio_gateway::actors::WebhookActor;
 use cio_gateway::broker::topology::{WEBHOOKS_ACTIONS_QUEUE, WEBHOOKS_EXCHANGE};
-use cio_gateway::broker::{
-    self, Broker, BrokerError, DeliveryStream, Publish, SharedBroker, Topology,
-};
+use cio_gateway::broker::{self, BrokerError, Publish, SharedBroker, Topology};
 use cio_gateway::domain::webhook::Rules;
 use cio_gateway::publisher::Publisher;
-use common::{TestVhost, eventually, eventually_async};
+use common::{HookedBroker, TestVhost, eventually, eventually_async};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -38,41 +35,21 @@ fn rules() -> Rules {
 
 /// A broker whose first `suppress` publish fails (while `armed`), as a publish RabbitMQ did
 /// not confirm would; every other call goes straight through.
-struct FailFirstSuppress {
-    inner: SharedBroker,
-    armed: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl Broker for FailFirstSuppress {
-    async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
-        self.inner.declare(topology).await
-    }
-
-    async fn publish(&self, message: Publish) -> Result<(), BrokerError> {
-        let kind = serde_json::from_slice::<Value>(&message.body).ok();
-        let suppress = kind.is_some_and(|v| v["type"] == "suppress");
-        if suppress && self.armed.swap(false, Ordering::SeqCst) {
-            return Err(BrokerError::NotConfirmed("test: the first suppress".into()));
-        }
-        self.inner.publish(message).await
-    }
-
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
-        self.inner.consume(queue, prefetch).await
-    }
-
-    async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
-        self.inner.queue_len(queue).await
-    }
-
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected()
-    }
-
-    async fn close(&self) {
-        self.inner.close().await
-    }
+fn fail_first_suppress(inner: SharedBroker, armed: Arc<AtomicBool>) -> SharedBroker {
+    HookedBroker::new(
+        inner,
+        Box::new(move |message| {
+            let kind = serde_json::from_slice::<Value>(&message.body).ok();
+            let suppress = kind.is_some_and(|v| v["type"] == "suppress");
+            let fail = suppress && armed.swap(false, Ordering::SeqCst);
+            Box::pin(async move {
+                if fail {
+                    return Err(BrokerError::NotConfirmed("test: the first suppress".into()));
+                }
+                Ok(())
+            })
+        }),
+    )
 }
 
 /// `rabbitmqctl list_consumers` of the actions queue: each consumer's activity status
@@ -159,10 +136,7 @@ async fn a_retried_bounce_does_not_undo_a_later_unsuppress() {
         let connection = broker::connect(&vhost.url, topology.clone())
             .await
             .expect("RabbitMQ connects");
-        let publisher = Publisher::new(Arc::new(FailFirstSuppress {
-            inner: connection.clone(),
-            armed: armed.clone(),
-        }));
+        let publisher = Publisher::new(fail_first_suppress(connection.clone(), armed.clone()));
         WebhookActor::new(connection.clone(), publisher, rules()).start();
         replicas.push(connection);
     }

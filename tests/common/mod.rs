@@ -282,3 +282,68 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What a [`HookedBroker`] runs before each publish: `Err` fails the publish, and a future that
+/// waits holds it back (as a refusing or slow RabbitMQ would).
+pub type PublishHook = Box<
+    dyn Fn(
+            &cio_gateway::broker::Publish,
+        )
+            -> futures::future::BoxFuture<'static, Result<(), cio_gateway::broker::BrokerError>>
+        + Send
+        + Sync,
+>;
+
+/// A broker that runs its hook on every publish, then passes it on; every other call goes
+/// straight to `inner`.
+pub struct HookedBroker {
+    inner: cio_gateway::broker::SharedBroker,
+    hook: PublishHook,
+}
+
+impl HookedBroker {
+    pub fn new(
+        inner: cio_gateway::broker::SharedBroker,
+        hook: PublishHook,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { inner, hook })
+    }
+}
+
+#[async_trait::async_trait]
+impl cio_gateway::broker::Broker for HookedBroker {
+    async fn declare(
+        &self,
+        topology: &cio_gateway::broker::Topology,
+    ) -> Result<(), cio_gateway::broker::BrokerError> {
+        self.inner.declare(topology).await
+    }
+
+    async fn publish(
+        &self,
+        message: cio_gateway::broker::Publish,
+    ) -> Result<(), cio_gateway::broker::BrokerError> {
+        (self.hook)(&message).await?;
+        self.inner.publish(message).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<cio_gateway::broker::DeliveryStream, cio_gateway::broker::BrokerError> {
+        self.inner.consume(queue, prefetch).await
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u32, cio_gateway::broker::BrokerError> {
+        self.inner.queue_len(queue).await
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
