@@ -309,7 +309,6 @@ for json_file in "$ROOT/deploy/rabbitmq/definitions.json" \
 done
 
 # Every metric an alert or a panel uses must be one the gateway exports (docs/operations.md).
-<<<<<<< HEAD
 check "PromQL parses and uses only exported cio_gateway_ metrics, all documented" \
   python3 - "$ROOT/deploy/monitoring/prometheus-rules.yaml" "$ROOT/deploy/monitoring/grafana-dashboard.json" \
   "$ROOT/src" "$ROOT/docs/operations.md" <<'PY'
@@ -322,23 +321,6 @@ operations = open(sys.argv[4]).read()
 undocumented = sorted(m for m in exported if f"`{m}`" not in operations)
 assert not undocumented, f"metrics missing from docs/operations.md: {undocumented}"
 histograms = set(re.findall(r'histogram!\(\s*"(cio_gateway_[a-z0-9_]+)"', src))
-=======
-check "PromQL parses and uses only exported cio_gateway_ metrics" \
-  python3 - "$ROOT/deploy/monitoring/prometheus-rules.yaml" "$ROOT/deploy/monitoring/grafana-dashboard.json" <<'PY'
-import json, re, sys, yaml
-exported = {
-    "cio_gateway_envelopes_received_total", "cio_gateway_deliveries_total",
-    "cio_gateway_delivery_duration_seconds", "cio_gateway_delivery_retries_total",
-    "cio_gateway_customerio_requests_total", "cio_gateway_customerio_request_duration_seconds",
-    "cio_gateway_dead_letters_total", "cio_gateway_broker_connected", "cio_gateway_active_users",
-    "cio_gateway_webhooks_received_total", "cio_gateway_webhooks_rejected_total",
-    "cio_gateway_warehouse_rows_total", "cio_gateway_preferences_sync_pending",
-    "cio_gateway_circuit_open", "cio_gateway_customerio_rate_limit_rps",
-    "cio_gateway_batch_splits_total", "cio_gateway_webhooks_late_total",
-    "cio_gateway_dead_letters_replay_refused_total", "cio_gateway_broker_publisher_reopened_total",
-}
-histograms = {m for m in exported if m.endswith("_seconds")}
->>>>>>> cluster
 allowed = exported | {f"{h}_{s}" for h in histograms for s in ("bucket", "sum", "count")}
 exprs = [r["expr"] for g in yaml.safe_load(open(sys.argv[1]))["spec"]["groups"] for r in g["rules"]]
 dash = json.load(open(sys.argv[2]))
