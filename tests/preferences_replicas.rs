@@ -10,7 +10,6 @@ use cio_gateway::broker::{MemoryBroker, SharedBroker, Topology};
 use cio_gateway::preferences::{PostgresStore, PreferenceService, PreferencesChange};
 use cio_gateway::publisher::Publisher;
 use common::{HookedBroker, TestDb, eventually_async};
-use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::sync::Arc;
@@ -50,26 +49,11 @@ fn email(opt_in: bool) -> PreferencesChange {
 
 /// The identify bodies queued for `user`, in queue order (what Customer.io receives, in order).
 async fn queued_identifies(broker: &SharedBroker, topology: &Topology, user: &str) -> Vec<Value> {
-    let mut found = Vec::new();
-    for queue in topology.partition_queues() {
-        let n = broker.queue_len(&queue).await.unwrap();
-        if n == 0 {
-            continue;
-        }
-        let mut stream = broker.consume(&queue, n as u16).await.unwrap();
-        for _ in 0..n {
-            let delivery = tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .expect("a queued message is delivered")
-                .expect("the stream is open");
-            let body: Value = serde_json::from_slice(&delivery.body).unwrap();
-            if body["type"] == "identify" && body["userId"] == user {
-                found.push(body);
-            }
-        }
-        stream.close().await;
-    }
-    found
+    let queued = common::queued_envelopes(broker, topology, user).await;
+    queued
+        .into_iter()
+        .filter(|body| body["type"] == "identify")
+        .collect()
 }
 
 /// Whether some session of `db` waits for an advisory lock.

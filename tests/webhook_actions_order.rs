@@ -15,7 +15,6 @@ use cio_gateway::broker::{self, BrokerError, Publish, SharedBroker, Topology};
 use cio_gateway::domain::webhook::Rules;
 use cio_gateway::publisher::Publisher;
 use common::{HookedBroker, TestVhost, eventually, eventually_async};
-use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,26 +91,11 @@ fn event(event_id: &str, object_type: &str, metric: &str, person: &str) -> Vec<u
 /// The envelope types queued for `person` in the partition queues, in queue order (what
 /// Customer.io receives, in order).
 async fn queued_types(broker: &SharedBroker, topology: &Topology, person: &str) -> Vec<String> {
-    let mut types = Vec::new();
-    for queue in topology.partition_queues() {
-        let n = broker.queue_len(&queue).await.unwrap();
-        if n == 0 {
-            continue;
-        }
-        let mut stream = broker.consume(&queue, n as u16).await.unwrap();
-        for _ in 0..n {
-            let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next())
-                .await
-                .expect("a queued message is delivered")
-                .expect("the stream is open");
-            let body: Value = serde_json::from_slice(&delivery.body).unwrap();
-            if body["userId"] == person {
-                types.push(body["type"].as_str().unwrap_or_default().to_string());
-            }
-        }
-        stream.close().await;
-    }
-    types
+    let queued = common::queued_envelopes(broker, topology, person).await;
+    queued
+        .iter()
+        .map(|body| body["type"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 async fn partition_depth(broker: &SharedBroker, topology: &Topology) -> u32 {

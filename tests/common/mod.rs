@@ -347,3 +347,33 @@ impl cio_gateway::broker::Broker for HookedBroker {
         self.inner.close().await
     }
 }
+
+/// The envelopes queued for `user` in the partition queues, in queue order (what Customer.io
+/// would receive, in order). Read without acking: they return to their queues.
+pub async fn queued_envelopes(
+    broker: &cio_gateway::broker::SharedBroker,
+    topology: &cio_gateway::broker::Topology,
+    user: &str,
+) -> Vec<serde_json::Value> {
+    use futures::StreamExt;
+    let mut found = Vec::new();
+    for queue in topology.partition_queues() {
+        let n = broker.queue_len(&queue).await.unwrap();
+        if n == 0 {
+            continue;
+        }
+        let mut stream = broker.consume(&queue, n as u16).await.unwrap();
+        for _ in 0..n {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("a queued message is delivered")
+                .expect("the stream is open");
+            let body: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap();
+            if body["userId"] == user {
+                found.push(body);
+            }
+        }
+        stream.close().await;
+    }
+    found
+}
