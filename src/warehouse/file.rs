@@ -6,128 +6,528 @@
 //! torn line. A segment holds at most `warehouse.rotate_bytes` (a larger batch is split), so
 //! "rotation by size" is a property of how segments are cut; segment names sort by time.
 //!
-//! De-duplication: the event ids of a day partition are loaded from its segments the first time
-//! the partition is written to (so a restart rebuilds them), and kept for the most recently
-//! written [`MAX_DAYS_IN_MEMORY`] days. Lines whose event id is already stored are skipped.
-//! Replicas sharing one directory only see each other's ids when they load a partition.
+//! De-duplication on `event_id` uses an index on disk, not memory:
+//! `<warehouse.path>/_index/delivery_events.sqlite` (SQLite, WAL, `synchronous=FULL`), kept
+//! out of the table directory so whatever lists its `dt=` partitions sees only data. It holds
+//! every stored event id with its day, the segments already indexed, and when each day was
+//! last written. Memory is SQLite's page cache ([`INDEX_CACHE_KIB`]) and one batch, however
+//! many ids are stored.
+//!
+//! A batch is one `BEGIN IMMEDIATE` transaction: look the batch's ids up (one query per day),
+//! write the segments, record their ids and names, commit. The write lock is held while the
+//! segments are written, so replicas sharing the directory take turns and see each other's
+//! ids.
+//!
+//! Crashes: before a segment is renamed into place its name is written, fsynced, to the intent
+//! file `_index/delivery_events.pending`. Whoever takes the lock next (this process after a
+//! restart, or another replica) first indexes any segment named there that exists but is not
+//! indexed; so a crash between writing a segment and committing its ids can neither duplicate
+//! a row (the ids are found) nor lose one (the message was not acked and is skipped only
+//! because its row is on disk).
+//!
+//! A day the index does not know (the first write after upgrading from the in-memory index, a
+//! day pruned, a deleted index) is indexed from its segments before it is written. Days not
+//! written for [`DEDUP_DAYS`] are pruned from the index; writing one again re-indexes it, so
+//! pruning costs a scan, never a duplicate.
 
 use super::{Sink, SinkError};
 use crate::domain::Row;
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use lru::LruCache;
-use parking_lot::Mutex;
-use std::collections::HashSet;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Day partitions whose event ids stay in memory.
-pub const MAX_DAYS_IN_MEMORY: usize = 8;
+/// A day not written for this many days leaves the index (see the module doc).
+pub const DEDUP_DAYS: i64 = 8;
+/// SQLite's page cache for the index, in KiB: the memory the de-duplication uses.
+pub const INDEX_CACHE_KIB: i64 = 8 * 1024;
+/// How long a writer waits for another one (a replica) holding the index's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a sink prunes the index.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// A temporary file older than this is a leftover of a crash and is removed.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
+/// Ids per insert statement when indexing existing segments (bounds that statement's memory).
+const INSERT_CHUNK: usize = 10_000;
+
+const SCHEMA: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY, day TEXT NOT NULL) \
+     WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS event_ids_day ON event_ids (day)",
+    "CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, day TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS days (day TEXT PRIMARY KEY, last_written INTEGER NOT NULL) \
+     WITHOUT ROWID",
+];
 
 pub struct FileSink {
+    /// `warehouse.path`.
+    path: PathBuf,
+    /// `warehouse.path/delivery_events`.
     root: PathBuf,
     rotate_bytes: u64,
-    days: Arc<Mutex<LruCache<NaiveDate, HashSet<String>>>>,
+    /// Opened with the first row, so an unused sink leaves no trace.
+    index: tokio::sync::OnceCell<Index>,
+    last_prune: parking_lot::Mutex<Option<Instant>>,
+    /// Test hook: fail a write after its segments are in place and before its ids are
+    /// committed, as a crash there would.
+    #[cfg(test)]
+    crash_before_commit: std::sync::atomic::AtomicBool,
+}
+
+struct Index {
+    pool: SqlitePool,
+    intent: PathBuf,
+}
+
+/// One segment about to be written: its name relative to the table directory, its lines and
+/// their ids.
+struct Segment {
+    name: String,
+    day: NaiveDate,
+    bytes: Vec<u8>,
+    ids: Vec<String>,
 }
 
 impl FileSink {
     /// `path` is `warehouse.path`; the table lives in `path/delivery_events`.
     pub fn new(path: &Path, rotate_bytes: u64) -> Self {
         Self {
+            path: path.to_path_buf(),
             root: path.join("delivery_events"),
             rotate_bytes: rotate_bytes.max(1),
-            days: Arc::new(Mutex::new(LruCache::new(
-                NonZeroUsize::new(MAX_DAYS_IN_MEMORY).expect("not zero"),
-            ))),
+            index: tokio::sync::OnceCell::new(),
+            last_prune: parking_lot::Mutex::new(None),
+            #[cfg(test)]
+            crash_before_commit: Default::default(),
         }
     }
 
     /// The directory of one day partition.
     pub fn partition_dir(root: &Path, day: NaiveDate) -> PathBuf {
-        root.join("delivery_events")
-            .join(format!("dt={}", day.format("%Y-%m-%d")))
+        root.join("delivery_events").join(day_dir(day))
     }
 
-    fn write_blocking(&self, rows: &[Row]) -> Result<usize, SinkError> {
-        let mut by_day: std::collections::BTreeMap<NaiveDate, Vec<&Row>> = Default::default();
+    async fn open(&self) -> Result<&Index, SinkError> {
+        self.index
+            .get_or_try_init(|| async {
+                let dir = self.path.join("_index");
+                blocking({
+                    let dir = dir.clone();
+                    move || create_dir_synced(&dir)
+                })
+                .await?;
+                let options = SqliteConnectOptions::new()
+                    .filename(dir.join("delivery_events.sqlite"))
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // The intent file covers segments only while the index keeps its commits.
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(BUSY_TIMEOUT)
+                    .pragma("cache_size", format!("-{INDEX_CACHE_KIB}"));
+                // One connection: writes take the index's write lock one at a time anyway.
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await
+                    .map_err(index_err)?;
+                for statement in SCHEMA {
+                    sqlx::query(statement)
+                        .execute(&pool)
+                        .await
+                        .map_err(index_err)?;
+                }
+                Ok(Index {
+                    pool,
+                    intent: dir.join("delivery_events.pending"),
+                })
+            })
+            .await
+    }
+
+    async fn write_rows(&self, rows: &[Row]) -> Result<usize, SinkError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let index = self.open().await?;
+        let mut by_day: BTreeMap<NaiveDate, Vec<&Row>> = BTreeMap::new();
         for row in rows {
             by_day.entry(row.day()).or_default().push(row);
         }
-        let mut written = 0;
+        let now = chrono::Utc::now().timestamp();
+        let mut tx = index
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(index_err)?;
+        // Indexed in this transaction: still named in the next intent, in case it rolls back.
+        let mut intent = recover(&mut tx, &index.intent, &self.root).await?;
+        let mut segments = Vec::new();
+        let mut batch_ids = HashSet::new();
         for (day, rows) in by_day {
-            match self.write_day(day, &rows) {
-                Ok(n) => written += n,
-                Err(e) => {
-                    // What is on disk is the truth: reload the ids on the next attempt.
-                    self.days.lock().pop(&day);
-                    return Err(e);
+            ensure_day_indexed(&mut tx, &self.root, day).await?;
+            touch_day(&mut tx, day, now).await?;
+            let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+            let known = lookup(&mut tx, &ids).await?;
+            let first = segments.len();
+            for row in rows {
+                if known.contains(&row.event_id) || !batch_ids.insert(row.event_id.as_str()) {
+                    continue;
                 }
+                let mut line = serde_json::to_vec(row).map_err(std::io::Error::other)?;
+                line.push(b'\n');
+                let fits = segments.len() > first
+                    && segments.last().is_some_and(|s: &Segment| {
+                        (s.bytes.len() + line.len()) as u64 <= self.rotate_bytes
+                    });
+                if !fits {
+                    segments.push(Segment {
+                        name: format!("{}/part-{}.ndjson", day_dir(day), ulid::Ulid::new()),
+                        day,
+                        bytes: Vec::new(),
+                        ids: Vec::new(),
+                    });
+                }
+                let segment = segments.last_mut().expect("just pushed");
+                segment.bytes.extend_from_slice(&line);
+                segment.ids.push(row.event_id.clone());
             }
         }
-        Ok(written)
+        if segments.is_empty() {
+            tx.commit().await.map_err(index_err)?;
+            return Ok(0);
+        }
+        intent.extend(segments.iter().map(|s| s.name.clone()));
+        let written = match self.write_segments(&index.intent, intent, segments).await {
+            Ok(segments) => segments,
+            Err(e) => {
+                // Segments already in place are named in the intent file: the next writer
+                // indexes them.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        if self.crashes_before_commit() {
+            let _ = tx.rollback().await;
+            return Err(std::io::Error::other("test: crash before the index commit").into());
+        }
+        let mut count = 0;
+        for segment in &written {
+            record_segment(&mut tx, &segment.name, segment.day, &segment.ids).await?;
+            count += segment.ids.len();
+        }
+        tx.commit().await.map_err(index_err)?;
+        self.prune_now_and_then(index).await;
+        Ok(count)
     }
 
-    fn write_day(&self, day: NaiveDate, rows: &[&Row]) -> Result<usize, SinkError> {
-        let dir = self.root.join(format!("dt={}", day.format("%Y-%m-%d")));
-        // Directories appear with the first row, so an unused sink leaves no trace.
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir)?;
-            sync_dir(&self.root)?;
-            if let Some(parent) = self.root.parent() {
-                sync_dir(parent)?;
+    /// Names the segments in the intent file, then puts them in place; returns them without
+    /// their bytes.
+    async fn write_segments(
+        &self,
+        intent_path: &Path,
+        intent: Vec<String>,
+        segments: Vec<Segment>,
+    ) -> Result<Vec<Segment>, SinkError> {
+        let root = self.root.clone();
+        let intent_path = intent_path.to_path_buf();
+        blocking(move || {
+            write_intent(&intent_path, &intent)?;
+            let mut written = Vec::with_capacity(segments.len());
+            for mut segment in segments {
+                let target = root.join(&segment.name);
+                let dir = target.parent().expect("a segment is in a day directory");
+                // Directories appear with the first row of their day.
+                if !dir.is_dir() {
+                    fs::create_dir_all(dir)?;
+                    sync_dir(&root)?;
+                    if let Some(parent) = root.parent() {
+                        sync_dir(parent)?;
+                    }
+                }
+                write_segment(&target, &segment.bytes)?;
+                segment.bytes = Vec::new();
+                written.push(segment);
             }
+            Ok(written)
+        })
+        .await
+    }
+
+    #[cfg(test)]
+    fn crashes_before_commit(&self) -> bool {
+        self.crash_before_commit
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[cfg(not(test))]
+    fn crashes_before_commit(&self) -> bool {
+        false
+    }
+
+    async fn prune_now_and_then(&self, index: &Index) {
+        {
+            let mut last = self.last_prune.lock();
+            if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
-        let mut known = match self.days.lock().pop(&day) {
-            Some(known) => known,
-            None => load_ids(&dir)?,
-        };
-        let mut segments: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
-        let mut batch_ids = HashSet::new();
-        for row in rows {
-            if known.contains(&row.event_id) || !batch_ids.insert(row.event_id.as_str()) {
-                continue;
-            }
-            let mut line = serde_json::to_vec(row).map_err(std::io::Error::other)?;
-            line.push(b'\n');
-            let fits = segments
-                .last()
-                .is_some_and(|(bytes, _)| (bytes.len() + line.len()) as u64 <= self.rotate_bytes);
-            if !fits {
-                segments.push((Vec::new(), Vec::new()));
-            }
-            let (bytes, ids) = segments.last_mut().expect("just pushed");
-            bytes.extend_from_slice(&line);
-            ids.push(row.event_id.clone());
+        if let Err(e) = prune(index, &self.root, chrono::Utc::now().timestamp()).await {
+            tracing::warn!(error = %e, "pruning the file sink's index failed; retried later");
         }
-        let mut written = 0;
-        let result = segments.into_iter().try_for_each(|(bytes, ids)| {
-            write_segment(&dir, &bytes)?;
-            written += ids.len();
-            known.extend(ids);
-            Ok::<_, SinkError>(())
-        });
-        self.days.lock().put(day, known);
-        result.map(|()| written)
     }
 }
 
+fn day_dir(day: NaiveDate) -> String {
+    format!("dt={}", day.format("%Y-%m-%d"))
+}
+
+fn day_key(day: NaiveDate) -> String {
+    day.format("%Y-%m-%d").to_string()
+}
+
+/// The index's errors are the file sink's, and transient (a busy lock, a full disk).
+fn index_err(e: sqlx::Error) -> SinkError {
+    SinkError::Io(std::io::Error::other(format!("index: {e}")))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Indexes the segments a crashed writer named in the intent file and did not record; returns
+/// those this transaction indexed.
+async fn recover(
+    tx: &mut Transaction<'static, Sqlite>,
+    intent_path: &Path,
+    root: &Path,
+) -> Result<Vec<String>, SinkError> {
+    let names = blocking({
+        let path = intent_path.to_path_buf();
+        move || read_intent(&path)
+    })
+    .await?;
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let json = serde_json::to_string(&names).map_err(std::io::Error::other)?;
+    let recorded: HashSet<String> = sqlx::query_scalar::<_, String>(
+        "SELECT name FROM segments WHERE name IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(index_err)?
+    .into_iter()
+    .collect();
+    let mut indexed = Vec::new();
+    for name in names {
+        if recorded.contains(&name) {
+            continue;
+        }
+        let Some(day) = day_of_segment(&name) else {
+            continue;
+        };
+        let path = root.join(&name);
+        match blocking(move || read_ids(&path)).await? {
+            Some(ids) => {
+                tracing::warn!(segment = %name, rows = ids.len(),
+                    "file sink: indexing a segment a crashed writer left unrecorded");
+                record_segment(tx, &name, day, &ids).await?;
+                indexed.push(name);
+            }
+            None => {
+                // Never renamed into place: its writer is gone (we hold the lock), and so is
+                // any use of its temporary file.
+                let temp = temp_path(&root.join(&name));
+                let _ = blocking(move || Ok(fs::remove_file(temp))).await;
+            }
+        }
+    }
+    Ok(indexed)
+}
+
+/// Indexes every segment of `day` if the index does not know the day.
+async fn ensure_day_indexed(
+    tx: &mut Transaction<'static, Sqlite>,
+    root: &Path,
+    day: NaiveDate,
+) -> Result<(), SinkError> {
+    let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM days WHERE day = ?1")
+        .bind(day_key(day))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(index_err)?;
+    if known.is_some() {
+        return Ok(());
+    }
+    let dir = root.join(day_dir(day));
+    let names = blocking(move || list_segments(&dir)).await?;
+    for name in names {
+        let name = format!("{}/{name}", day_dir(day));
+        let path = root.join(&name);
+        if let Some(ids) = blocking(move || read_ids(&path)).await? {
+            record_segment(tx, &name, day, &ids).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn touch_day(
+    tx: &mut Transaction<'static, Sqlite>,
+    day: NaiveDate,
+    now: i64,
+) -> Result<(), SinkError> {
+    sqlx::query(
+        "INSERT INTO days (day, last_written) VALUES (?1, ?2) \
+         ON CONFLICT (day) DO UPDATE SET last_written = max(last_written, excluded.last_written)",
+    )
+    .bind(day_key(day))
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(index_err)?;
+    Ok(())
+}
+
+/// Which of `ids` are stored already: one query.
+async fn lookup(
+    tx: &mut Transaction<'static, Sqlite>,
+    ids: &[&str],
+) -> Result<HashSet<String>, SinkError> {
+    let json = serde_json::to_string(ids).map_err(std::io::Error::other)?;
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT event_id FROM event_ids WHERE event_id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(index_err)?;
+    Ok(found.into_iter().collect())
+}
+
+/// Records a segment and its ids (ids stored already are kept as they are).
+async fn record_segment(
+    tx: &mut Transaction<'static, Sqlite>,
+    name: &str,
+    day: NaiveDate,
+    ids: &[String],
+) -> Result<(), SinkError> {
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        let json = serde_json::to_string(chunk).map_err(std::io::Error::other)?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO event_ids (event_id, day) SELECT value, ?2 FROM json_each(?1)",
+        )
+        .bind(json)
+        .bind(day_key(day))
+        .execute(&mut **tx)
+        .await
+        .map_err(index_err)?;
+    }
+    sqlx::query("INSERT OR IGNORE INTO segments (name, day) VALUES (?1, ?2)")
+        .bind(name)
+        .bind(day_key(day))
+        .execute(&mut **tx)
+        .await
+        .map_err(index_err)?;
+    Ok(())
+}
+
+/// Drops from the index the days not written since `now - DEDUP_DAYS`; returns how many ids
+/// went.
+async fn prune(index: &Index, root: &Path, now: i64) -> Result<u64, SinkError> {
+    let before = now - DEDUP_DAYS * 86_400;
+    let mut tx = index
+        .pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(index_err)?;
+    // Settle the intent file first, so that the names it keeps cannot bring pruned ids back.
+    let recovered = recover(&mut tx, &index.intent, root).await?;
+    let mut deleted = Vec::new();
+    for statement in [
+        "DELETE FROM event_ids WHERE day IN (SELECT day FROM days WHERE last_written < ?1)",
+        "DELETE FROM segments WHERE day IN (SELECT day FROM days WHERE last_written < ?1)",
+        "DELETE FROM days WHERE last_written < ?1",
+    ] {
+        let done = sqlx::query(statement)
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(index_err)?;
+        deleted.push(done.rows_affected());
+    }
+    let intent = index.intent.clone();
+    blocking(move || write_intent(&intent, &recovered)).await?;
+    tx.commit().await.map_err(index_err)?;
+    Ok(deleted[0])
+}
+
+/// `dt=YYYY-MM-DD/part-<ulid>.ndjson` -> its day; `None` for anything else.
+fn day_of_segment(name: &str) -> Option<NaiveDate> {
+    let (dir, file) = name.split_once('/')?;
+    let day = NaiveDate::parse_from_str(dir.strip_prefix("dt=")?, "%Y-%m-%d").ok()?;
+    let ok = file.starts_with("part-") && file.ends_with(".ndjson") && !file.contains('/');
+    ok.then_some(day)
+}
+
+/// Replaces the intent file's names, durably (its directory entry was synced when created).
+fn write_intent(path: &Path, names: &[String]) -> Result<(), SinkError> {
+    let created = !path.exists();
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    let mut text = String::new();
+    for name in names {
+        text.push_str(name);
+        text.push('\n');
+    }
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    if created {
+        sync_dir(path.parent().expect("the intent file is in _index"))?;
+    }
+    Ok(())
+}
+
+/// The intent file's whole lines (a torn last line was written before any segment it names).
+fn read_intent(path: &Path) -> Result<Vec<String>, SinkError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    Ok(complete
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 /// Writes one segment atomically: temp file, fsync, rename, fsync the directory.
-fn write_segment(dir: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-    let id = ulid::Ulid::new();
-    let temp = dir.join(format!(".part-{id}.ndjson.tmp"));
-    let target = dir.join(format!("part-{id}.ndjson"));
+fn write_segment(target: &Path, bytes: &[u8]) -> Result<(), SinkError> {
+    let dir = target.parent().expect("a segment is in a day directory");
+    let temp = temp_path(target);
     let result = (|| {
         let mut file = File::create(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&temp, &target)?;
+        fs::rename(&temp, target)?;
         sync_dir(dir)
     })();
     if result.is_err() {
@@ -136,21 +536,43 @@ fn write_segment(dir: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     Ok(result?)
 }
 
+/// `dt=…/.part-<ulid>.ndjson.tmp`: hidden from readers, recognised as a leftover by its name.
+fn temp_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .expect("a segment has a name")
+        .to_string_lossy();
+    target.with_file_name(format!(".{name}.tmp"))
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The event ids already stored in a partition; removes temp files a crash left behind.
-fn load_ids(dir: &Path) -> Result<HashSet<String>, SinkError> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        event_id: String,
+fn create_dir_synced(dir: &Path) -> Result<(), SinkError> {
+    if !dir.is_dir() {
+        fs::create_dir_all(dir)?;
+        let parent = dir.parent().expect("_index is in warehouse.path");
+        sync_dir(parent)?;
+        if let Some(grandparent) = parent.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(grandparent)?;
+        }
     }
-    let mut ids = HashSet::new();
-    for entry in fs::read_dir(dir)? {
+    Ok(())
+}
+
+/// The segment file names of a partition directory (none if it does not exist); removes temp
+/// files a crash left behind.
+fn list_segments(dir: &Path) -> Result<Vec<String>, SinkError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
         let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+        let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(".part-") && name.ends_with(".tmp") {
             let old = entry
                 .metadata()
@@ -161,18 +583,33 @@ fn load_ids(dir: &Path) -> Result<HashSet<String>, SinkError> {
             if old {
                 let _ = fs::remove_file(entry.path());
             }
-            continue;
-        }
-        if !(name.starts_with("part-") && name.ends_with(".ndjson")) {
-            continue;
-        }
-        for line in BufReader::new(File::open(entry.path())?).lines() {
-            if let Ok(row) = serde_json::from_str::<IdOnly>(&line?) {
-                ids.insert(row.event_id);
-            }
+        } else if name.starts_with("part-") && name.ends_with(".ndjson") {
+            names.push(name);
         }
     }
-    Ok(ids)
+    names.sort();
+    Ok(names)
+}
+
+/// The event ids of one segment; `None` if it does not exist. Holds one segment's ids at most
+/// (`warehouse.rotate_bytes` bounds it).
+fn read_ids(path: &Path) -> Result<Option<Vec<String>>, SinkError> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        event_id: String,
+    }
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut ids = Vec::new();
+    for line in BufReader::new(file).lines() {
+        if let Ok(row) = serde_json::from_str::<IdOnly>(&line?) {
+            ids.push(row.event_id);
+        }
+    }
+    Ok(Some(ids))
 }
 
 #[async_trait]
@@ -182,15 +619,7 @@ impl Sink for FileSink {
     }
 
     async fn write(&self, rows: &[Row]) -> Result<usize, SinkError> {
-        let rows = rows.to_vec();
-        let this = Self {
-            root: self.root.clone(),
-            rotate_bytes: self.rotate_bytes,
-            days: self.days.clone(),
-        };
-        tokio::task::spawn_blocking(move || this.write_blocking(&rows))
-            .await
-            .map_err(std::io::Error::other)?
+        self.write_rows(rows).await
     }
 }
 
@@ -199,6 +628,11 @@ mod tests {
     use super::*;
     use crate::domain::ReportingEvent;
     use serde_json::json;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    const DAY1: i64 = 1_700_000_000; // 2023-11-14
+    const DAY2: i64 = DAY1 + 86_400;
 
     fn row(id: &str, ts: i64) -> Row {
         let e = ReportingEvent::from_value(json!({"event_id": id, "object_type": "email",
@@ -207,6 +641,7 @@ mod tests {
         Row::new(&e, chrono::Utc::now())
     }
 
+    /// (partition, event id) of every stored row, sorted; duplicates stay visible.
     fn stored(root: &Path) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for day in fs::read_dir(root.join("delivery_events")).unwrap() {
@@ -227,44 +662,63 @@ mod tests {
         out
     }
 
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    async fn indexed_ids(sink: &FileSink) -> i64 {
+        let index = sink.open().await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM event_ids")
+            .fetch_one(&index.pool)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn partitions_by_utc_day_and_skips_duplicates_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let sink = FileSink::new(dir.path(), 1 << 20);
-        let day1 = 1_700_000_000; // 2023-11-14
-        let day2 = day1 + 86_400;
         let n = sink
-            .write(&[row("a", day1), row("b", day2), row("a", day1)])
+            .write(&[row("a", DAY1), row("b", DAY2), row("a", DAY1)])
             .await
             .unwrap();
         assert_eq!(n, 2);
-        assert_eq!(sink.write(&[row("a", day1)]).await.unwrap(), 0);
-        // A new sink (a restart) rebuilds the ids from the files.
+        assert_eq!(sink.write(&[row("a", DAY1)]).await.unwrap(), 0);
+        // A new sink (a restart) finds the ids in the index.
         let again = FileSink::new(dir.path(), 1 << 20);
         assert_eq!(
             again
-                .write(&[row("b", day2), row("c", day2)])
+                .write(&[row("b", DAY2), row("c", DAY2), row("a", DAY1)])
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(
             stored(dir.path()),
-            vec![
-                ("dt=2023-11-14".to_string(), "a".to_string()),
-                ("dt=2023-11-15".to_string(), "b".to_string()),
-                ("dt=2023-11-15".to_string(), "c".to_string()),
-            ]
+            pairs(&[
+                ("dt=2023-11-14", "a"),
+                ("dt=2023-11-15", "b"),
+                ("dt=2023-11-15", "c")
+            ])
         );
+    }
+
+    #[tokio::test]
+    async fn an_unused_sink_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(dir.path(), 1 << 20);
+        assert_eq!(sink.write(&[]).await.unwrap(), 0);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[tokio::test]
     async fn large_batches_are_cut_into_segments() {
         let dir = tempfile::tempdir().unwrap();
         let sink = FileSink::new(dir.path(), 300);
-        let rows: Vec<Row> = (0..10)
-            .map(|i| row(&format!("e{i}"), 1_700_000_000))
-            .collect();
+        let rows: Vec<Row> = (0..10).map(|i| row(&format!("e{i}"), DAY1)).collect();
         assert_eq!(sink.write(&rows).await.unwrap(), 10);
         let part = FileSink::partition_dir(dir.path(), rows[0].day());
         let segments = fs::read_dir(part).unwrap().count();
@@ -273,5 +727,209 @@ mod tests {
             "each ~290-byte line gets its own segment at 300 bytes"
         );
         assert_eq!(stored(dir.path()).len(), 10);
+    }
+
+    /// A crash after the segments are in place and before their ids are committed: the
+    /// rows are on disk, the index does not have them, the messages are redelivered.
+    #[tokio::test]
+    async fn a_segment_written_but_not_indexed_is_honoured_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(dir.path(), 1 << 20);
+        sink.write(&[row("a", DAY1)]).await.unwrap();
+        sink.crash_before_commit.store(true, Ordering::SeqCst);
+        let batch = [row("b", DAY1), row("c", DAY2)];
+        sink.write(&batch).await.unwrap_err();
+        assert_eq!(
+            indexed_ids(&sink).await,
+            1,
+            "the crash left b and c unrecorded"
+        );
+        drop(sink);
+
+        let restarted = FileSink::new(dir.path(), 1 << 20);
+        assert_eq!(restarted.write(&batch).await.unwrap(), 0);
+        assert_eq!(
+            restarted
+                .write(&[row("c", DAY2), row("d", DAY2)])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            stored(dir.path()),
+            pairs(&[
+                ("dt=2023-11-14", "a"),
+                ("dt=2023-11-14", "b"),
+                ("dt=2023-11-15", "c"),
+                ("dt=2023-11-15", "d")
+            ])
+        );
+    }
+
+    /// The same crash seen by a replica that already uses the day: it does not rescan the
+    /// day, the intent file tells it.
+    #[tokio::test]
+    async fn a_replica_honours_the_segments_of_a_crashed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashing = FileSink::new(dir.path(), 1 << 20);
+        let replica = FileSink::new(dir.path(), 1 << 20);
+        crashing.write(&[row("a", DAY1)]).await.unwrap();
+        replica.write(&[row("b", DAY1)]).await.unwrap();
+        crashing.crash_before_commit.store(true, Ordering::SeqCst);
+        crashing.write(&[row("c", DAY1)]).await.unwrap_err();
+        assert_eq!(
+            replica
+                .write(&[row("c", DAY1), row("a", DAY1)])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            stored(dir.path()),
+            pairs(&[
+                ("dt=2023-11-14", "a"),
+                ("dt=2023-11-14", "b"),
+                ("dt=2023-11-14", "c")
+            ])
+        );
+    }
+
+    /// Segments the index never saw (written by the in-memory version before an upgrade, or
+    /// by hand): the first write of their day indexes them.
+    #[tokio::test]
+    async fn segments_of_a_day_the_index_does_not_know_are_indexed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = FileSink::partition_dir(dir.path(), row("x", DAY1).day());
+        fs::create_dir_all(&part).unwrap();
+        let lines: String = ["old1", "old2"]
+            .iter()
+            .map(|id| serde_json::to_string(&row(id, DAY1)).unwrap() + "\n")
+            .collect();
+        fs::write(part.join("part-01AAAAAAAAAAAAAAAAAAAAAAAA.ndjson"), lines).unwrap();
+        let sink = FileSink::new(dir.path(), 1 << 20);
+        assert_eq!(
+            sink.write(&[row("old2", DAY1), row("new", DAY1)])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            stored(dir.path()),
+            pairs(&[
+                ("dt=2023-11-14", "new"),
+                ("dt=2023-11-14", "old1"),
+                ("dt=2023-11-14", "old2")
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn pruned_days_leave_the_index_and_are_reindexed_when_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(dir.path(), 1 << 20);
+        sink.write(&[row("a", DAY1), row("b", DAY2)]).await.unwrap();
+        let index = sink.open().await.unwrap();
+        let root = dir.path().join("delivery_events");
+        let now = chrono::Utc::now().timestamp();
+        let prune = |now| prune(index, &root, now);
+        assert_eq!(prune(now).await.unwrap(), 0, "both days are recent");
+        assert_eq!(prune(now + (DEDUP_DAYS + 1) * 86_400).await.unwrap(), 2);
+        assert_eq!(indexed_ids(&sink).await, 0);
+        // Writing day 1 again scans its segments: no duplicate.
+        assert_eq!(
+            sink.write(&[row("a", DAY1), row("c", DAY1)]).await.unwrap(),
+            1
+        );
+        assert_eq!(indexed_ids(&sink).await, 2);
+        assert_eq!(
+            stored(dir.path()),
+            pairs(&[
+                ("dt=2023-11-14", "a"),
+                ("dt=2023-11-14", "c"),
+                ("dt=2023-11-15", "b")
+            ])
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn replicas_sharing_a_directory_store_each_id_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks: Vec<Arc<FileSink>> = (0..3)
+            .map(|_| Arc::new(FileSink::new(dir.path(), 1 << 20)))
+            .collect();
+        // Every replica gets every id, in overlapping batches, at once.
+        let tasks: Vec<_> = sinks
+            .iter()
+            .map(|sink| {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut new = 0;
+                    for batch in 0..10 {
+                        let rows: Vec<Row> = (batch * 5..batch * 5 + 10)
+                            .map(|i| row(&format!("r{i}"), DAY1 + i * 3_600))
+                            .collect();
+                        new += sink.write(&rows).await.unwrap();
+                    }
+                    new
+                })
+            })
+            .collect();
+        let mut new = 0;
+        for task in tasks {
+            new += task.await.unwrap();
+        }
+        assert_eq!(new, 55, "ids r0..r54, each counted by one replica");
+        let rows = stored(dir.path());
+        let ids: HashSet<_> = rows.iter().map(|(_, id)| id.clone()).collect();
+        assert_eq!((rows.len(), ids.len()), (55, 55));
+    }
+
+    /// Memory does not grow with the ids stored: the sink keeps no per-id structure (its
+    /// fields are paths, the pool and a timestamp), and SQLite's memory stays within its page
+    /// cache bound while the index on disk outgrows it.
+    #[tokio::test]
+    async fn two_hundred_thousand_ids_live_on_disk_not_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(dir.path(), 64 << 20);
+        let batch = 5_000;
+        let mut peak_sqlite = 0i64;
+        for b in 0..40 {
+            let rows: Vec<Row> = (0..batch)
+                .map(|i| row(&format!("event-{b:03}-{i:05}-padding-to-a-ulid"), DAY1 + i))
+                .collect();
+            assert_eq!(sink.write(&rows).await.unwrap(), batch as usize);
+            // SAFETY: reads a counter; SQLite is thread-safe (SQLITE_THREADSAFE=1).
+            peak_sqlite = peak_sqlite.max(unsafe { libsqlite3_sys::sqlite3_memory_used() });
+        }
+        assert_eq!(indexed_ids(&sink).await, 200_000);
+        let db = dir.path().join("_index/delivery_events.sqlite");
+        let on_disk = fs::metadata(&db).unwrap().len()
+            + fs::metadata(db.with_extension("sqlite-wal")).map_or(0, |m| m.len());
+        let bound = INDEX_CACHE_KIB * 1024;
+        assert!(
+            on_disk as i64 > bound,
+            "the index ({on_disk} bytes) outgrows the page cache ({bound})"
+        );
+        // Other tests of this binary use SQLite too: allow them a few MiB besides the cache.
+        assert!(
+            peak_sqlite < bound + (8 << 20),
+            "SQLite held {peak_sqlite} bytes for an index of {on_disk}"
+        );
+        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&sink.open().await.unwrap().pool)
+            .await
+            .unwrap();
+        assert_eq!(cache, -INDEX_CACHE_KIB);
+        // And every id is still found: a restarted sink writes none of a sample again.
+        let restarted = FileSink::new(dir.path(), 64 << 20);
+        let again: Vec<Row> = (0..40)
+            .map(|b| {
+                row(
+                    &format!("event-{b:03}-{:05}-padding-to-a-ulid", b * 97),
+                    DAY1 + b * 97,
+                )
+            })
+            .collect();
+        assert_eq!(restarted.write(&again).await.unwrap(), 0);
     }
 }
