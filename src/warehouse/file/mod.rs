@@ -30,41 +30,30 @@
 //! written for [`DEDUP_DAYS`] are pruned from the index; writing one again re-indexes it, so
 //! pruning costs a scan, never a duplicate.
 
+mod index;
+mod segments;
+
 use super::{Sink, SinkError};
 use crate::domain::Row;
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+use index::{
+    BUSY_TIMEOUT, Index, SCHEMA, ensure_day_indexed, index_err, lookup, prune, record_segment,
+    recover, touch_day,
 };
-use sqlx::{Sqlite, Transaction};
+use segments::{create_dir_synced, sync_dir, write_intent, write_segment};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// A day not written for this many days leaves the index (see the module doc).
 pub const DEDUP_DAYS: i64 = 8;
 /// SQLite's page cache for the index, in KiB: the memory the de-duplication uses.
 pub const INDEX_CACHE_KIB: i64 = 8 * 1024;
-/// How long a writer waits for another one (a replica) holding the index's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a sink prunes the index.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// A temporary file older than this is a leftover of a crash and is removed.
-const STALE_TEMP: Duration = Duration::from_secs(3600);
-/// Ids per insert statement when indexing existing segments (bounds that statement's memory).
-const INSERT_CHUNK: usize = 10_000;
-
-const SCHEMA: [&str; 4] = [
-    "CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY, day TEXT NOT NULL) \
-     WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS event_ids_day ON event_ids (day)",
-    "CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, day TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS days (day TEXT PRIMARY KEY, last_written INTEGER NOT NULL) \
-     WITHOUT ROWID",
-];
 
 pub struct FileSink {
     /// `warehouse.path`.
@@ -79,11 +68,6 @@ pub struct FileSink {
     /// committed, as a crash there would.
     #[cfg(test)]
     crash_before_commit: std::sync::atomic::AtomicBool,
-}
-
-struct Index {
-    pool: SqlitePool,
-    intent: PathBuf,
 }
 
 /// One segment about to be written: its name relative to the table directory, its lines and
@@ -285,331 +269,16 @@ impl FileSink {
     }
 }
 
-fn day_dir(day: NaiveDate) -> String {
+pub(super) fn day_dir(day: NaiveDate) -> String {
     format!("dt={}", day.format("%Y-%m-%d"))
 }
 
-fn day_key(day: NaiveDate) -> String {
-    day.format("%Y-%m-%d").to_string()
-}
-
-/// The index's errors are the file sink's, and transient (a busy lock, a full disk).
-fn index_err(e: sqlx::Error) -> SinkError {
-    SinkError::Io(std::io::Error::other(format!("index: {e}")))
-}
-
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
 ) -> Result<T, SinkError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(std::io::Error::other)?
-}
-
-/// Indexes the segments a crashed writer named in the intent file and did not record; returns
-/// those this transaction indexed.
-async fn recover(
-    tx: &mut Transaction<'static, Sqlite>,
-    intent_path: &Path,
-    root: &Path,
-) -> Result<Vec<String>, SinkError> {
-    let names = blocking({
-        let path = intent_path.to_path_buf();
-        move || read_intent(&path)
-    })
-    .await?;
-    if names.is_empty() {
-        return Ok(names);
-    }
-    let json = serde_json::to_string(&names).map_err(std::io::Error::other)?;
-    let recorded: HashSet<String> = sqlx::query_scalar::<_, String>(
-        "SELECT name FROM segments WHERE name IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(json)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(index_err)?
-    .into_iter()
-    .collect();
-    let mut indexed = Vec::new();
-    for name in names {
-        if recorded.contains(&name) {
-            continue;
-        }
-        let Some(day) = day_of_segment(&name) else {
-            continue;
-        };
-        let path = root.join(&name);
-        match blocking(move || read_ids(&path)).await? {
-            Some(ids) => {
-                tracing::warn!(segment = %name, rows = ids.len(),
-                    "file sink: indexing a segment a crashed writer left unrecorded");
-                record_segment(tx, &name, day, &ids).await?;
-                indexed.push(name);
-            }
-            None => {
-                // Never renamed into place: its writer is gone (we hold the lock), and so is
-                // any use of its temporary file.
-                let temp = temp_path(&root.join(&name));
-                let _ = blocking(move || Ok(fs::remove_file(temp))).await;
-            }
-        }
-    }
-    Ok(indexed)
-}
-
-/// Indexes every segment of `day` if the index does not know the day.
-async fn ensure_day_indexed(
-    tx: &mut Transaction<'static, Sqlite>,
-    root: &Path,
-    day: NaiveDate,
-) -> Result<(), SinkError> {
-    let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM days WHERE day = ?1")
-        .bind(day_key(day))
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(index_err)?;
-    if known.is_some() {
-        return Ok(());
-    }
-    let dir = root.join(day_dir(day));
-    let names = blocking(move || list_segments(&dir)).await?;
-    for name in names {
-        let name = format!("{}/{name}", day_dir(day));
-        let path = root.join(&name);
-        if let Some(ids) = blocking(move || read_ids(&path)).await? {
-            record_segment(tx, &name, day, &ids).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn touch_day(
-    tx: &mut Transaction<'static, Sqlite>,
-    day: NaiveDate,
-    now: i64,
-) -> Result<(), SinkError> {
-    sqlx::query(
-        "INSERT INTO days (day, last_written) VALUES (?1, ?2) \
-         ON CONFLICT (day) DO UPDATE SET last_written = max(last_written, excluded.last_written)",
-    )
-    .bind(day_key(day))
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .map_err(index_err)?;
-    Ok(())
-}
-
-/// Which of `ids` are stored already: one query.
-async fn lookup(
-    tx: &mut Transaction<'static, Sqlite>,
-    ids: &[&str],
-) -> Result<HashSet<String>, SinkError> {
-    let json = serde_json::to_string(ids).map_err(std::io::Error::other)?;
-    let found: Vec<String> = sqlx::query_scalar(
-        "SELECT event_id FROM event_ids WHERE event_id IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(json)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(index_err)?;
-    Ok(found.into_iter().collect())
-}
-
-/// Records a segment and its ids (ids stored already are kept as they are).
-async fn record_segment(
-    tx: &mut Transaction<'static, Sqlite>,
-    name: &str,
-    day: NaiveDate,
-    ids: &[String],
-) -> Result<(), SinkError> {
-    for chunk in ids.chunks(INSERT_CHUNK) {
-        let json = serde_json::to_string(chunk).map_err(std::io::Error::other)?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO event_ids (event_id, day) SELECT value, ?2 FROM json_each(?1)",
-        )
-        .bind(json)
-        .bind(day_key(day))
-        .execute(&mut **tx)
-        .await
-        .map_err(index_err)?;
-    }
-    sqlx::query("INSERT OR IGNORE INTO segments (name, day) VALUES (?1, ?2)")
-        .bind(name)
-        .bind(day_key(day))
-        .execute(&mut **tx)
-        .await
-        .map_err(index_err)?;
-    Ok(())
-}
-
-/// Drops from the index the days not written since `now - DEDUP_DAYS`; returns how many ids
-/// went.
-async fn prune(index: &Index, root: &Path, now: i64) -> Result<u64, SinkError> {
-    let before = now - DEDUP_DAYS * 86_400;
-    let mut tx = index
-        .pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(index_err)?;
-    // Settle the intent file first, so that the names it keeps cannot bring pruned ids back.
-    let recovered = recover(&mut tx, &index.intent, root).await?;
-    let mut deleted = Vec::new();
-    for statement in [
-        "DELETE FROM event_ids WHERE day IN (SELECT day FROM days WHERE last_written < ?1)",
-        "DELETE FROM segments WHERE day IN (SELECT day FROM days WHERE last_written < ?1)",
-        "DELETE FROM days WHERE last_written < ?1",
-    ] {
-        let done = sqlx::query(statement)
-            .bind(before)
-            .execute(&mut *tx)
-            .await
-            .map_err(index_err)?;
-        deleted.push(done.rows_affected());
-    }
-    let intent = index.intent.clone();
-    blocking(move || write_intent(&intent, &recovered)).await?;
-    tx.commit().await.map_err(index_err)?;
-    Ok(deleted[0])
-}
-
-/// `dt=YYYY-MM-DD/part-<ulid>.ndjson` -> its day; `None` for anything else.
-fn day_of_segment(name: &str) -> Option<NaiveDate> {
-    let (dir, file) = name.split_once('/')?;
-    let day = NaiveDate::parse_from_str(dir.strip_prefix("dt=")?, "%Y-%m-%d").ok()?;
-    let ok = file.starts_with("part-") && file.ends_with(".ndjson") && !file.contains('/');
-    ok.then_some(day)
-}
-
-/// Replaces the intent file's names, durably (its directory entry was synced when created).
-fn write_intent(path: &Path, names: &[String]) -> Result<(), SinkError> {
-    let created = !path.exists();
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(path)?;
-    let mut text = String::new();
-    for name in names {
-        text.push_str(name);
-        text.push('\n');
-    }
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    if created {
-        sync_dir(path.parent().expect("the intent file is in _index"))?;
-    }
-    Ok(())
-}
-
-/// The intent file's whole lines (a torn last line was written before any segment it names).
-fn read_intent(path: &Path) -> Result<Vec<String>, SinkError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    Ok(complete
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
-}
-
-/// Writes one segment atomically: temp file, fsync, rename, fsync the directory.
-fn write_segment(target: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-    let dir = target.parent().expect("a segment is in a day directory");
-    let temp = temp_path(target);
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, target)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    Ok(result?)
-}
-
-/// `dt=…/.part-<ulid>.ndjson.tmp`: hidden from readers, recognised as a leftover by its name.
-fn temp_path(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .expect("a segment has a name")
-        .to_string_lossy();
-    target.with_file_name(format!(".{name}.tmp"))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn create_dir_synced(dir: &Path) -> Result<(), SinkError> {
-    if !dir.is_dir() {
-        fs::create_dir_all(dir)?;
-        let parent = dir.parent().expect("_index is in warehouse.path");
-        sync_dir(parent)?;
-        if let Some(grandparent) = parent.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(grandparent)?;
-        }
-    }
-    Ok(())
-}
-
-/// The segment file names of a partition directory (none if it does not exist); removes temp
-/// files a crash left behind.
-fn list_segments(dir: &Path) -> Result<Vec<String>, SinkError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".part-") && name.ends_with(".tmp") {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| SystemTime::now().duration_since(m).ok())
-                .is_some_and(|age| age > STALE_TEMP);
-            if old {
-                let _ = fs::remove_file(entry.path());
-            }
-        } else if name.starts_with("part-") && name.ends_with(".ndjson") {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-/// The event ids of one segment; `None` if it does not exist. Holds one segment's ids at most
-/// (`warehouse.rotate_bytes` bounds it).
-fn read_ids(path: &Path) -> Result<Option<Vec<String>>, SinkError> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        event_id: String,
-    }
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let mut ids = Vec::new();
-    for line in BufReader::new(file).lines() {
-        if let Ok(row) = serde_json::from_str::<IdOnly>(&line?) {
-            ids.push(row.event_id);
-        }
-    }
-    Ok(Some(ids))
 }
 
 #[async_trait]
