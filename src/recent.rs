@@ -22,12 +22,13 @@ impl<K: Hash + Eq> RecentSet<K> {
         }
     }
 
+    /// Whether `key` was seen; looking counts as seeing it again (it moves to the back).
     pub fn contains<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.seen.lock().contains(key)
+        self.seen.lock().get(key).is_some()
     }
 
     pub fn insert(&self, key: K) {
