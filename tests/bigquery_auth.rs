@@ -70,7 +70,10 @@ async fn metadata_server_tokens_survive_expiry_revocation_and_an_outage() {
         google.token_requests.load(Ordering::SeqCst) >= before + 3
     })
     .await;
-    assert!(retried, "the token is asked for again while the server fails");
+    assert!(
+        retried,
+        "the token is asked for again while the server fails"
+    );
     assert!(third.iter().all(|id| google.count(id) == 0));
     let waiting = eventually(WAIT, || {
         vhost.queue_depths().get(WEBHOOKS_WAREHOUSE_QUEUE).copied() == Some(3)

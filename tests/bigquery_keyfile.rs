@@ -44,9 +44,20 @@ async fn a_service_account_key_file_is_exchanged_for_tokens() {
     let keys = dir.path();
     openssl(
         keys,
-        &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "key.pem"],
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "key.pem",
+        ],
     );
-    openssl(keys, &["pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"]);
+    openssl(
+        keys,
+        &["pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"],
+    );
     let token_uri = format!("http://{addr}/token");
     let email = "cio-gateway@proj.iam.gserviceaccount.com";
     let credentials = json!({
@@ -104,11 +115,23 @@ async fn a_service_account_key_file_is_exchanged_for_tokens() {
             "https://www.googleapis.com/auth/bigquery.insertdata"
         );
         assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
-        std::fs::write(keys.join("signed.txt"), format!("{}.{}", parts[0], parts[1])).unwrap();
+        std::fs::write(
+            keys.join("signed.txt"),
+            format!("{}.{}", parts[0], parts[1]),
+        )
+        .unwrap();
         std::fs::write(keys.join("signature.bin"), decode(parts[2])).unwrap();
         let verified = openssl(
             keys,
-            &["dgst", "-sha256", "-verify", "pub.pem", "-signature", "signature.bin", "signed.txt"],
+            &[
+                "dgst",
+                "-sha256",
+                "-verify",
+                "pub.pem",
+                "-signature",
+                "signature.bin",
+                "signed.txt",
+            ],
         );
         assert!(verified.contains("Verified OK"), "{verified}");
     }

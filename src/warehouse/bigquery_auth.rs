@@ -52,7 +52,9 @@ impl BigQueryAuth {
     /// What happens after a 401, for the sink's error.
     pub fn on_refusal(&self) -> &'static str {
         match self {
-            Self::Static(_) => "the static warehouse.bigquery.token: replace it, or unset it for Application Default Credentials",
+            Self::Static(_) => {
+                "the static warehouse.bigquery.token: replace it, or unset it for Application Default Credentials"
+            }
             Self::Adc(_) => "retried with a new token",
         }
     }
@@ -133,9 +135,12 @@ impl Adc {
 /// has already fetched its first token.
 async fn build() -> Result<(Arc<dyn TokenSource>, &'static str), String> {
     let config = Config::default().with_scopes(SCOPES);
-    let named = ["GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_APPLICATION_CREDENTIALS_JSON"]
-        .iter()
-        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+    let named = [
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+    ]
+    .iter()
+    .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
     match CredentialsFile::new().await {
         Ok(file) => {
             let source = create_token_source_from_credentials(&file, &config)
@@ -175,7 +180,10 @@ mod tests {
     async fn a_static_token_wins_and_an_empty_one_means_adc() {
         let auth = BigQueryAuth::new(Some("t0k"));
         assert_eq!(auth.token().await.unwrap(), "t0k");
-        assert!(matches!(BigQueryAuth::new(Some("  ")), BigQueryAuth::Adc(_)));
+        assert!(matches!(
+            BigQueryAuth::new(Some("  ")),
+            BigQueryAuth::Adc(_)
+        ));
         assert!(matches!(BigQueryAuth::new(None), BigQueryAuth::Adc(_)));
     }
 

@@ -108,7 +108,10 @@ impl Google {
 
 async fn metadata_token(req: HttpRequest, google: web::Data<Google>) -> HttpResponse {
     google.token_requests.fetch_add(1, Ordering::SeqCst);
-    let flavor = req.headers().get("metadata-flavor").and_then(|v| v.to_str().ok());
+    let flavor = req
+        .headers()
+        .get("metadata-flavor")
+        .and_then(|v| v.to_str().ok());
     if flavor != Some("Google") {
         google.without_flavor.fetch_add(1, Ordering::SeqCst);
         return HttpResponse::Forbidden().body("Missing Metadata-Flavor:Google header.");
