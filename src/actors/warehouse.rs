@@ -44,6 +44,9 @@ pub struct WarehouseActor {
     /// A write failed; the next attempt waits for its timer.
     backing_off: bool,
     write_failures: FailureStreak,
+    /// The write failure last logged: a run of the same one (an outage, retried with
+    /// backoff) is logged once, not once per retry.
+    last_error: Option<String>,
     resubscribe: Resubscribe,
     draining: bool,
 }
@@ -80,6 +83,7 @@ impl WarehouseActor {
             flush_timer: None,
             backing_off: false,
             write_failures: WRITE_BACKOFF.streak(),
+            last_error: None,
             resubscribe: Resubscribe::default(),
             draining: false,
         }
@@ -157,6 +161,9 @@ impl WarehouseActor {
                 Ok(_) => {
                     act.backing_off = false;
                     act.write_failures.succeeded();
+                    if let Some(error) = act.last_error.take() {
+                        tracing::info!(sink = act.sink.name(), %error, "warehouse writes succeed again");
+                    }
                     if act.draining {
                         return;
                     }
@@ -171,8 +178,15 @@ impl WarehouseActor {
                 }
                 Err((e, batch)) => {
                     let delay = act.write_failures.failed();
-                    tracing::warn!(sink = act.sink.name(), rows = batch.len(), error = %e, ?delay,
-                        "warehouse write failed; will retry the batch");
+                    let error = e.to_string();
+                    if act.last_error.as_deref() == Some(error.as_str()) {
+                        tracing::debug!(sink = act.sink.name(), rows = batch.len(), %error, ?delay,
+                            "warehouse write failed again; will retry the batch");
+                    } else {
+                        tracing::warn!(sink = act.sink.name(), rows = batch.len(), %error, ?delay,
+                            "warehouse write failed; will retry the batch (logged again when the error changes)");
+                        act.last_error = Some(error);
+                    }
                     metrics::counter!(metric::WAREHOUSE_WRITE_ERRORS, "sink" => act.sink.name())
                         .increment(1);
                     act.buffer.splice(0..0, batch);

@@ -73,6 +73,10 @@ catalogue! {
         "Envelopes accepted by POST /v1/events.";
     Counter INGEST_REJECTED = "cio_gateway_ingest_rejected_total":
         "Envelopes refused by POST /v1/events.";
+    Counter BIGQUERY_TOKEN_ERRORS = "cio_gateway_bigquery_token_errors_total":
+        "Failures to obtain a BigQuery access token (retried; nothing is dead-lettered).";
+    Counter BIGQUERY_UNAUTHORIZED = "cio_gateway_bigquery_unauthorized_total":
+        "BigQuery insertAll answers 401 (the batch is retried with a fresh token).";
     Counter ACTOR_PANICS = "cio_gateway_actor_panics_total":
         "Delivery attempts that panicked (a bug); each is retried as a failed attempt.";
 }

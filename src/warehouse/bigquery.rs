@@ -5,8 +5,11 @@
 //! other reasons (`stopped`, `backendError`, `timeout`) retry the whole batch. The JSON
 //! columns `identifiers` and `raw` are sent as JSON text, which BigQuery accepts for `JSON`
 //! and `STRING` columns alike; the campaign/action/... ids as integers, as the schema in
-//! `deploy/bigquery/delivery_events.json` declares them.
+//! `deploy/bigquery/delivery_events.json` declares them. The bearer token comes from
+//! [`BigQueryAuth`] (a static token, else Application Default Credentials); a 401 is a
+//! transient error whose retry uses a fresh token.
 
+use super::bigquery_auth::BigQueryAuth;
 use super::{Sink, SinkError};
 use crate::config::BigQuerySettings;
 use crate::domain::Row;
@@ -30,7 +33,7 @@ const INTEGER_COLUMNS: [&str; 5] = [
 pub struct BigQuerySink {
     client: reqwest::Client,
     url: String,
-    token: Option<String>,
+    auth: BigQueryAuth,
 }
 
 impl BigQuerySink {
@@ -56,7 +59,7 @@ impl BigQuerySink {
         Ok(Self {
             client,
             url,
-            token: settings.token.as_ref().map(|t| t.expose().to_string()),
+            auth: BigQueryAuth::new(settings.token.as_ref().map(|t| t.expose())),
         })
     }
 
@@ -133,14 +136,24 @@ impl Sink for BigQuerySink {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut request = self.client.post(&self.url).json(&Self::request_body(rows));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let token = self.auth.token().await?;
+        let request = self
+            .client
+            .post(&self.url)
+            .bearer_auth(token)
+            .json(&Self::request_body(rows));
         let failed = |e: reqwest::Error| SinkError::BigQuery(e.without_url().to_string());
         let response = request.send().await.map_err(failed)?;
         let status = response.status();
         let text = response.text().await.map_err(failed)?;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            // The token, not the rows: retried (never dead-lettered) with a fresh one.
+            self.auth.refused();
+            return Err(SinkError::BigQuery(format!(
+                "insertAll answered {status}: the access token was refused ({})",
+                self.auth.on_refusal()
+            )));
+        }
         if !status.is_success() {
             let excerpt: String = text.chars().take(300).collect();
             return Err(SinkError::BigQuery(format!(

@@ -3,6 +3,7 @@
 //! crash between the write and the ack) changes nothing.
 
 mod bigquery;
+mod bigquery_auth;
 mod file;
 mod postgres;
 
@@ -24,6 +25,9 @@ pub enum SinkError {
     Postgres(#[from] sqlx::Error),
     #[error("bigquery sink: {0}")]
     BigQuery(String),
+    /// No access token could be had (metadata server down, key file unreadable): transient.
+    #[error("bigquery sink: no access token: {0}")]
+    Credentials(String),
     /// The sink stored nothing and named the rows it will never take (by index in the batch,
     /// with its reason); the others may be written again as they are.
     #[error("{sink} sink refused {} rows", rows.len())]
