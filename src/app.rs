@@ -1,11 +1,13 @@
 //! Starting and stopping the whole gateway: broker, sandbox (local mode), HTTP server, actors.
 
 use crate::actors::{Pipeline, Reporting, start_reporting};
-use crate::broker::{self, BrokerError, SharedBroker, Topology};
+use crate::broker::topology::DLQ_QUEUE;
+use crate::broker::{self, BrokerError, QueueBacklog, SharedBroker, Topology};
 use crate::config::{Region, Settings};
 use crate::customerio::CustomerIo;
 use crate::http::{self, AppState};
 use crate::preferences::{self, PreferenceService, ResyncTask};
+use crate::retry::Backoff;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use actix_web::dev::{ServerHandle, Service};
 use actix_web::{App, HttpServer, web};
@@ -126,31 +128,109 @@ impl Gateway {
         &self.state.broker
     }
 
-    /// Graceful stop: no new work, in-flight deliveries settle (up to the drain deadline),
-    /// the HTTP server finishes its requests, then the broker connection closes.
-    pub async fn shutdown(self) {
+    /// Graceful stop, within `shutdown.drain_secs`: the edge stops taking work, in-flight
+    /// deliveries settle, the HTTP server finishes its requests, the broker connection closes.
+    /// In local mode the in-process queues die with the process, so what they hold is
+    /// delivered first (the sandbox, served by this same server, keeps answering meanwhile);
+    /// the report and the log say exactly what, if anything, was left.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + self.drain;
         self.state.actors.clear();
+        self.state.intake.close();
+        self.resync.stop().await;
+        let broker = self.state.broker.clone();
+        if broker.volatile_backlog().is_some() {
+            drain_volatile_queues(&broker, deadline).await;
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         // One deadline for all: Kubernetes' grace period is sized to `shutdown.drain_secs`.
         let (pipeline, reporting, ()) = futures::future::join3(
-            self.pipeline.drain(self.drain),
-            self.reporting.drain(self.drain),
+            self.pipeline.drain(remaining),
+            self.reporting.drain(remaining),
             self.server.stop(true),
         )
         .await;
-        if !(pipeline && reporting) {
-            tracing::warn!("drain deadline passed; unsettled messages will be redelivered");
-        }
         let _ = self.server_task.await;
-        self.resync.stop().await;
+        let report = ShutdownReport {
+            settled: pipeline && reporting,
+            lost: broker
+                .volatile_backlog()
+                .map(|queues| queues.into_iter().filter(|q| q.total() > 0).collect())
+                .unwrap_or_default(),
+        };
+        report.log(broker.volatile_backlog().is_some());
         self.preferences.close().await;
-        self.state.broker.close().await;
+        broker.close().await;
+        report
+    }
+}
+
+/// What a shutdown left behind.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownReport {
+    /// Every actor settled what it held before the deadline.
+    pub settled: bool,
+    /// Local mode only: what the in-process queues still held at exit, lost with the process
+    /// (dead letters in `customerio.dlq` included). RabbitMQ keeps its queues: always empty.
+    pub lost: Vec<QueueBacklog>,
+}
+
+impl ShutdownReport {
+    fn log(&self, volatile: bool) {
+        if !volatile {
+            if !self.settled {
+                tracing::warn!(
+                    "drain deadline passed; unsettled messages stay in RabbitMQ and are redelivered"
+                );
+            }
+            return;
+        }
+        if self.lost.is_empty() {
+            tracing::info!("local mode: everything queued was delivered before exit");
+            return;
+        }
+        let total: u64 = self.lost.iter().map(QueueBacklog::total).sum();
+        let queues: Vec<String> = self
+            .lost
+            .iter()
+            .map(|q| format!("{}: {} ready, {} unacked", q.queue, q.ready, q.unacked))
+            .collect();
+        tracing::warn!(
+            lost = total,
+            queues = %queues.join("; "),
+            "local mode: exiting with messages the in-process broker still held; they are lost"
+        );
+    }
+}
+
+/// Waits until the in-process queues hold nothing but dead letters, or `deadline`.
+async fn drain_volatile_queues(broker: &SharedBroker, deadline: tokio::time::Instant) {
+    let pending = || -> u64 {
+        broker
+            .volatile_backlog()
+            .unwrap_or_default()
+            .iter()
+            .filter(|q| q.queue != DLQ_QUEUE)
+            .map(QueueBacklog::total)
+            .sum()
+    };
+    let first = pending();
+    if first > 0 {
+        tracing::info!(
+            queued = first,
+            "local mode: delivering what is queued before exit"
+        );
+    }
+    while pending() > 0 && tokio::time::Instant::now() < deadline {
+        // The in-process broker has no "empty" event across queues; a short poll is cheap.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Connects to the broker, waiting up to 30 s for it to come up; a missing plugin fails at once.
 async fn connect_with_retry(url: &str, topology: Topology) -> anyhow::Result<SharedBroker> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut delay = Duration::from_millis(200);
+    let mut failures = Backoff::exact(Duration::from_millis(200), Duration::from_secs(3)).streak();
     loop {
         match broker::connect(url, topology.clone()).await {
             Ok(broker) => return Ok(broker),
@@ -160,8 +240,7 @@ async fn connect_with_retry(url: &str, topology: Topology) -> anyhow::Result<Sha
             }
             Err(e) => {
                 tracing::warn!(error = %e, "broker not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(3));
+                tokio::time::sleep(failures.failed()).await;
             }
         }
     }
@@ -174,7 +253,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     print_banner(&gateway, local);
     wait_for_signal().await;
     tracing::info!("shutting down");
-    gateway.shutdown().await;
+    let report = gateway.shutdown().await;
+    if !report.lost.is_empty() {
+        let lost: u64 = report.lost.iter().map(QueueBacklog::total).sum();
+        eprintln!(
+            "cio-gateway: {lost} queued message(s) were not delivered before exit (see the log)"
+        );
+    }
     Ok(())
 }
 

@@ -62,11 +62,11 @@ pub async fn topology(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cio-gateway dlq list|show|replay|purge` (the logic is `crate::dlq`, shared with the admin
+/// `cio-gateway dlq list|show|replay|purge` (the logic is `crate::dlq_admin`, shared with the admin
 /// routes). `list` prints a table (or JSON with `--json`); the others print JSON. Exit 1 when a
 /// dead letter was not found or a replay stopped early, 2 for a refused or malformed request.
 pub async fn dlq(settings: Settings, action: DlqAction) -> anyhow::Result<ExitCode> {
-    use crate::dlq::{self, Selection};
+    use crate::dlq_admin::{self as dlq, Selection};
     require_shared_broker(&settings, "dlq")?;
     let selection = match &action {
         DlqAction::Replay {
@@ -98,9 +98,9 @@ pub async fn dlq(settings: Settings, action: DlqAction) -> anyhow::Result<ExitCo
 async fn dlq_action(
     broker: &crate::broker::SharedBroker,
     action: DlqAction,
-    selection: Option<crate::dlq::Selection>,
+    selection: Option<crate::dlq_admin::Selection>,
 ) -> anyhow::Result<ExitCode> {
-    use crate::dlq::{self, DlqError};
+    use crate::dlq_admin::{self as dlq, DlqError};
     match action {
         DlqAction::List { limit, json } => {
             let limit = u32::try_from(limit).unwrap_or(u32::MAX);
@@ -125,8 +125,20 @@ async fn dlq_action(
         },
         DlqAction::Replay { .. } => {
             let selection = selection.expect("checked above");
-            match dlq::replay(broker, &selection).await {
+            let mut progress = ProgressLine::new("replay");
+            match dlq::replay_with_progress(broker, &selection, &mut |p| progress.show(p)).await {
                 Ok(report) => {
+                    eprintln!(
+                        "replay: {} replayed, {} skipped (not replayable){}; {} dead letter(s) left in customerio.dlq",
+                        report.replayed.len(),
+                        report.skipped.len(),
+                        report
+                            .error
+                            .as_ref()
+                            .map(|e| format!(", stopped early: {e}"))
+                            .unwrap_or_default(),
+                        report.remaining
+                    );
                     println!("{}", serde_json::to_string_pretty(&report)?);
                     Ok(if report.error.is_some() {
                         ExitCode::FAILURE
@@ -147,15 +159,45 @@ async fn dlq_action(
                 eprintln!("refusing to delete {n} dead letter(s) without --yes");
                 return Ok(ExitCode::from(2));
             }
-            let purged = dlq::purge(broker).await?;
+            let mut progress = ProgressLine::new("purge");
+            let purged = dlq::purge_with_progress(broker, &mut |p| progress.show(p)).await?;
+            eprintln!("purge: {purged} dead letter(s) deleted");
             println!("{}", json!({"purged": purged}));
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+/// Progress of a long `dlq replay` / `purge` on stderr: a line every [`ProgressLine::EVERY`]
+/// dead letters or every second, whichever comes first, and one at the end.
+struct ProgressLine {
+    verb: &'static str,
+    last: std::time::Instant,
+}
+
+impl ProgressLine {
+    const EVERY: u64 = 1000;
+
+    fn new(verb: &'static str) -> Self {
+        Self {
+            verb,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn show(&mut self, progress: crate::dlq_admin::Progress) {
+        let due = progress.done.is_multiple_of(Self::EVERY)
+            || progress.done == progress.of
+            || self.last.elapsed() >= std::time::Duration::from_secs(1);
+        if due {
+            self.last = std::time::Instant::now();
+            eprintln!("{}: {} of {}", self.verb, progress.done, progress.of);
+        }
+    }
+}
+
 /// The `dlq list` table: one line per dead letter, then a count.
-fn dlq_table(listing: &crate::dlq::Listing) -> String {
+fn dlq_table(listing: &crate::dlq_admin::Listing) -> String {
     let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut out = format!(
         "{:<28} {:<14} {:<20} {:<10} {:>8}  ERROR\n",

@@ -16,12 +16,14 @@ fn main() -> ExitCode {
         .command
         .unwrap_or(Command::Serve(ConfigArg { config: None }));
     // The demo prints its own story; only problems are worth a log line there.
-    telemetry::init_logging(if matches!(command, Command::Demo) {
+    let level = if matches!(command, Command::Demo) {
         "warn"
     } else {
         "info"
-    });
+    };
+    let tracing = telemetry::init_logging(level, telemetry::otlp::endpoint_from_env().as_deref());
     let result = actix_rt::System::new().block_on(run(command));
+    tracing.shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {

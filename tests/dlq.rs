@@ -344,7 +344,7 @@ async fn replay_publishes_only_to_allowed_exchanges() {
         DLQ_EXCHANGE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, TRACK_EXCHANGE,
         WEBHOOKS_ACTIONS_QUEUE, WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE,
     };
-    use cio_gateway::dlq::{Selection, replay};
+    use cio_gateway::dlq_admin::{Selection, replay};
 
     let vhost = TestVhost::new("dlq-allow-list");
     let broker = broker::connect(&vhost.url, Topology::new(4)).await.unwrap();
@@ -410,5 +410,66 @@ async fn replay_publishes_only_to_allowed_exchanges() {
     // The publisher channel survived: publishing still works.
     let again = replay(&broker, &Selection::Count(10)).await.unwrap();
     assert_eq!(again.error, None);
+    broker.close().await;
+}
+
+/// Issue 13.8: a replay or purge over many dead letters shows how far it got, then a summary.
+#[actix_rt::test]
+async fn replay_and_purge_of_many_show_progress_and_a_summary() {
+    use cio_gateway::broker::Publish;
+    use cio_gateway::broker::topology::{
+        DLQ_EXCHANGE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, TRACK_EXCHANGE,
+    };
+
+    let vhost = TestVhost::new("dlq-progress");
+    let broker = broker::connect(&vhost.url, Topology::new(4)).await.unwrap();
+    let publish_letters = |n: usize| {
+        let broker = broker.clone();
+        async move {
+            let letters = (0..n).map(|i| {
+                let user = format!("u{i}");
+                let body = json!({"type": "track", "userId": user, "correlationId": format!("c{i}"),
+                    "payload": {"name": "x"}, "status": "failed", "error": "e",
+                    "errorKind": "rejected", "attempts": 1, "processingTime": 1});
+                let message = Publish::new(DLQ_EXCHANGE, &user, serde_json::to_vec(&body).unwrap())
+                    .header(HEADER_ORIGINAL_EXCHANGE, TRACK_EXCHANGE)
+                    .header(HEADER_ORIGINAL_ROUTING_KEY, user.as_str());
+                let broker = broker.clone();
+                async move { broker.publish(message).await.unwrap() }
+            });
+            futures::future::join_all(letters).await;
+        }
+    };
+
+    publish_letters(2500).await;
+    let output = cli(&vhost, &["dlq", "replay", "--count", "2500"]).await;
+    let report = json_out(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(report["replayed"].as_array().unwrap().len(), 2500);
+    for line in [
+        "replay: 1000 of 2500",
+        "replay: 2000 of 2500",
+        "replay: 2500 of 2500",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in: {stderr}");
+    }
+    assert!(
+        stderr.contains("replay: 2500 replayed, 0 skipped (not replayable); 0 dead letter(s) left"),
+        "{stderr}"
+    );
+    assert_eq!(dlq_len(&broker).await, 0);
+
+    publish_letters(1500).await;
+    let output = cli(&vhost, &["dlq", "purge", "--yes"]).await;
+    assert_eq!(json_out(&output)["purged"], 1500);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for line in [
+        "purge: 1000 of 1500",
+        "purge: 1500 of 1500",
+        "purge: 1500 dead letter(s) deleted",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in: {stderr}");
+    }
+    assert_eq!(dlq_len(&broker).await, 0);
     broker.close().await;
 }

@@ -394,6 +394,10 @@ async fn put_and_patch_reach_customer_io_as_identifies() {
         metrics.contains("cio_gateway_preferences_sync_pending"),
         "the gauge is exported"
     );
+    assert!(
+        metrics.contains("# HELP cio_gateway_preferences_sync_pending Preference changes"),
+        "with its help text: {metrics}"
+    );
     assert_eq!(setup.identifies("pat").len(), 3, "nothing published twice");
     setup.stop().await;
 }

@@ -16,6 +16,7 @@
 use super::messages::Failure;
 use crate::customerio::{CioError, CustomerIo, Permit, TrackCall, unless_cancelled};
 use crate::domain::limits::MAX_V2_BATCH_BYTES;
+use crate::telemetry::metric;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -167,7 +168,7 @@ fn cancelled() -> Failure {
 async fn send_batch(client: &CustomerIo, permit: Permit, batch: Vec<Job>) {
     let (calls, waiters): (Vec<TrackCall>, Vec<_>) =
         batch.into_iter().map(|job| (job.call, job.done)).unzip();
-    metrics::histogram!("cio_gateway_batch_size").record(calls.len() as f64);
+    metrics::histogram!(metric::BATCH_SIZE).record(calls.len() as f64);
     match client.batch_with(permit, &calls).await {
         Ok(results) => {
             for (waiter, result) in waiters.into_iter().zip(results) {

@@ -6,33 +6,31 @@
 //! subscribes again. Deliveries not acked return to the queue with the old channel, in order.
 
 use crate::broker::{BrokerError, Delivery, SharedBroker};
+use crate::retry::{Backoff, FailureStreak};
 use actix::prelude::*;
 use std::future::Future;
 use std::time::Duration;
 
-const FIRST_DELAY: Duration = Duration::from_millis(200);
-const MAX_DELAY: Duration = Duration::from_secs(5);
+const BACKOFF: Backoff = Backoff::exact(Duration::from_millis(200), Duration::from_secs(5));
 
 /// The pause before the next attempt to subscribe: doubles per failure, up to 5 s.
 /// Kept in the actor, so it survives the supervisor's restarts.
 #[derive(Debug)]
-pub struct Resubscribe(Duration);
+pub struct Resubscribe(FailureStreak);
 
 impl Default for Resubscribe {
     fn default() -> Self {
-        Self(FIRST_DELAY)
+        Self(BACKOFF.streak())
     }
 }
 
 impl Resubscribe {
     fn succeeded(&mut self) {
-        self.0 = FIRST_DELAY;
+        self.0.succeeded();
     }
 
     fn failed(&mut self) -> Duration {
-        let delay = self.0;
-        self.0 = (delay * 2).min(MAX_DELAY);
-        delay
+        self.0.failed()
     }
 }
 

@@ -3,9 +3,7 @@
 //! a send, that share an id never swallow each other. Bounded: the oldest keys fall out first.
 
 use crate::domain::{CorrelationId, Envelope, MessageType, UserId};
-use lru::LruCache;
-use parking_lot::Mutex;
-use std::num::NonZeroUsize;
+use crate::recent::RecentSet;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DedupKey {
@@ -15,14 +13,13 @@ pub struct DedupKey {
 }
 
 pub struct Dedup {
-    seen: Mutex<LruCache<DedupKey, ()>>,
+    seen: RecentSet<DedupKey>,
 }
 
 impl Dedup {
     pub fn new(capacity: usize) -> Self {
-        let capacity = NonZeroUsize::new(capacity.max(1)).expect("capacity is at least 1");
         Self {
-            seen: Mutex::new(LruCache::new(capacity)),
+            seen: RecentSet::new(capacity),
         }
     }
 
@@ -36,7 +33,7 @@ impl Dedup {
     }
 
     pub fn contains(&self, key: &DedupKey) -> bool {
-        self.seen.lock().contains(key)
+        self.seen.contains(key)
     }
 
     #[cfg(test)]
@@ -45,7 +42,7 @@ impl Dedup {
     }
 
     pub fn insert(&self, key: DedupKey) {
-        self.seen.lock().put(key, ());
+        self.seen.insert(key);
     }
 }
 

@@ -7,6 +7,7 @@ use crate::broker::topology::{
     DLQ_EXCHANGE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY,
 };
 use crate::broker::{BrokerError, Publish, SharedBroker};
+use crate::telemetry::metric;
 use actix::prelude::*;
 use serde_json::{Value, json};
 
@@ -64,7 +65,7 @@ impl Handler<DeadLetter> for DlqActor {
                 letter.original_routing_key.clone(),
             );
             publish_confirmed(&broker, message).await?;
-            metrics::counter!("cio_gateway_dead_letters_total", "error_kind" => letter.kind.as_str())
+            metrics::counter!(metric::DEAD_LETTERS, "error_kind" => letter.kind.as_str())
                 .increment(1);
             tracing::warn!(
                 correlation_id = letter.correlation_id.as_deref().unwrap_or(""),

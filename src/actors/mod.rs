@@ -17,21 +17,21 @@ mod ledger;
 pub mod messages;
 pub mod panic_guard;
 mod reporting;
-mod retry;
 mod settle;
 mod shard;
 mod track;
+mod track_api;
 mod transactional;
 mod warehouse;
 mod webhook;
 
+pub use crate::retry::Backoff;
 pub use batcher::{BatchLimits, TrackSender};
 pub use dedup::Dedup;
 pub use dlq::{DlqActor, dead_letter_body};
 pub use identify::IdentifyActor;
 use ledger::AttemptLedger;
 pub use reporting::{Reporting, start_reporting};
-pub use retry::Backoff;
 pub use shard::{ShardActor, ShardDeps};
 pub use track::TrackActor;
 pub use transactional::TransactionalActor;
@@ -91,10 +91,10 @@ impl Pipeline {
             dlq,
             dedup: Arc::new(Dedup::new(delivery.dedup_window)),
             ledger: Arc::new(AttemptLedger::new(delivery.dedup_window)),
-            backoff: Backoff {
-                base: Duration::from_millis(delivery.backoff_base_ms),
-                max: Duration::from_millis(delivery.backoff_max_ms),
-            },
+            backoff: Backoff::jittered(
+                Duration::from_millis(delivery.backoff_base_ms),
+                Duration::from_millis(delivery.backoff_max_ms),
+            ),
             max_attempts: delivery.max_attempts,
             max_redeliveries: delivery.max_redeliveries,
             prefetch: settings.broker.prefetch,

@@ -4,6 +4,7 @@
 //! restarts only actors that stop) and every later message of its kind would fail.
 
 use super::messages::Failure;
+use crate::telemetry::metric;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 use parking_lot::Mutex;
@@ -32,7 +33,7 @@ fn panicked(panic: Box<dyn Any + Send>) -> Result<(), Failure> {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into());
-    metrics::counter!("cio_gateway_actor_panics_total").increment(1);
+    metrics::counter!(metric::ACTOR_PANICS).increment(1);
     tracing::error!(panic = %what, "delivery attempt panicked; the message is retried");
     Err(Failure::retryable(format!("the attempt panicked: {what}")))
 }

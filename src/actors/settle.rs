@@ -3,16 +3,13 @@
 //! then is the message acked. A caller that still gets an error must not move on: it closes its
 //! consumer channel, so the broker redelivers the message (and all after it) in order.
 
-use super::retry::Backoff;
 use crate::broker::{BrokerError, Publish, SharedBroker};
+use crate::retry::Backoff;
 use std::time::Duration;
 
 /// Publishes tried before giving up: with this backoff, about 6 s at most.
 const TRIES: u32 = 6;
-const BACKOFF: Backoff = Backoff {
-    base: Duration::from_millis(100),
-    max: Duration::from_secs(2),
-};
+const BACKOFF: Backoff = Backoff::jittered(Duration::from_millis(100), Duration::from_secs(2));
 
 /// Publishes `message` until the broker confirms it, up to [`TRIES`] times.
 pub async fn publish_confirmed(broker: &SharedBroker, message: Publish) -> Result<(), BrokerError> {

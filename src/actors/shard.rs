@@ -20,12 +20,13 @@ use super::ledger::AttemptLedger;
 use super::messages::{
     AttemptDone, DeadLetter, Deliver, Drain, ErrorKind, Failure, FailureKind, Settled,
 };
-use super::retry::Backoff;
 use super::settle::publish_confirmed;
 use super::{Dedup, DlqActor, IdentifyActor, TrackActor, TransactionalActor};
 use crate::broker::topology::PROCESSED_EXCHANGE;
 use crate::broker::{Acker, Delivery, Publish, SharedBroker};
 use crate::domain::{Envelope, Route, UserId};
+use crate::retry::Backoff;
+use crate::telemetry::metric;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -185,14 +186,13 @@ impl ShardActor {
         let envelope = match Envelope::parse(&delivery.body) {
             Ok(envelope) => envelope,
             Err(e) => {
-                metrics::counter!("cio_gateway_envelopes_received_total", "type" => "invalid")
-                    .increment(1);
+                metrics::counter!(metric::ENVELOPES_RECEIVED, "type" => "invalid").increment(1);
                 let letter = refuse(delivery, e.to_string(), ErrorKind::Invalid, 0);
                 return self.settle(None, Outcome::refused(letter, "unparsed"), ctx);
             }
         };
         let kind = envelope.kind.as_str();
-        metrics::counter!("cio_gateway_envelopes_received_total", "type" => kind).increment(1);
+        metrics::counter!(metric::ENVELOPES_RECEIVED, "type" => kind).increment(1);
         if delivery.delivery_count > self.deps.max_redeliveries {
             // Returned to its queue this often with no outcome: something about it keeps its
             // consumer from finishing (a crash, a hang). Bounded here, never by the broker.
@@ -229,7 +229,7 @@ impl ShardActor {
         };
         let idle = {
             let lane = self.lanes.entry(user.clone()).or_insert_with(|| {
-                metrics::gauge!("cio_gateway_active_users").increment(1.0);
+                metrics::gauge!(metric::ACTIVE_USERS).increment(1.0);
                 Lane {
                     pending: VecDeque::new(),
                     state: LaneState::Idle,
@@ -324,7 +324,7 @@ impl ShardActor {
             .is_some_and(|lane| lane.state == LaneState::Idle && lane.pending.is_empty());
         if idle {
             self.lanes.remove(user);
-            metrics::gauge!("cio_gateway_active_users").decrement(1.0);
+            metrics::gauge!(metric::ACTIVE_USERS).decrement(1.0);
         }
     }
 
@@ -376,7 +376,7 @@ impl ShardActor {
                                 .pending
                                 .front()
                                 .map_or("unknown", |p| p.envelope.kind.as_str());
-                            metrics::counter!("cio_gateway_delivery_retries_total", "type" => kind)
+                            metrics::counter!(metric::DELIVERY_RETRIES, "type" => kind)
                                 .increment(1);
                             let correlation_id = lane.pending.front().and_then(|p| {
                                 p.envelope.correlation_id.as_ref().map(|id| id.to_string())
@@ -448,7 +448,7 @@ impl ShardActor {
                 if let Some(key) = key {
                     self.deps.ledger.forget(&key);
                 }
-                metrics::counter!("cio_gateway_deliveries_total", "type" => message_type, "outcome" => "dead_letter")
+                metrics::counter!(metric::DELIVERIES, "type" => message_type, "outcome" => "dead_letter")
                     .increment(1);
                 let dlq = self.deps.dlq.clone();
                 Box::pin(async move {
@@ -485,11 +485,10 @@ impl ShardActor {
     /// Publishes the processed event, then acks; true once both are done.
     fn delivered(&self, pending: Pending) -> futures::future::BoxFuture<'static, bool> {
         let kind = pending.envelope.kind.as_str();
-        metrics::counter!("cio_gateway_deliveries_total", "type" => kind, "outcome" => "success")
-            .increment(1);
+        metrics::counter!(metric::DELIVERIES, "type" => kind, "outcome" => "success").increment(1);
         if let Some(published) = pending.envelope.timestamp {
             let now = chrono::Utc::now().timestamp_millis();
-            metrics::histogram!("cio_gateway_delivery_duration_seconds", "type" => kind)
+            metrics::histogram!(metric::DELIVERY_DURATION, "type" => kind)
                 .record((now - published).max(0) as f64 / 1000.0);
         }
         let body = processed_body(&pending.body, pending.attempts, pending.received.elapsed());

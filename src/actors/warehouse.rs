@@ -22,10 +22,15 @@ use crate::broker::topology::{WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE};
 use crate::broker::{Acker, Delivery, SharedBroker};
 use crate::domain::{ReportingEvent, Row};
 use crate::http::webhooks::HEADER_RECEIVED_AT;
+use crate::retry::{Backoff, FailureStreak};
+use crate::telemetry::metric;
 use crate::warehouse::{SharedSink, SinkError};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
+
+/// Between writes of a batch the sink refused for now (it is down, or busy).
+const WRITE_BACKOFF: Backoff = Backoff::exact(Duration::from_millis(200), Duration::from_secs(10));
 
 pub struct WarehouseActor {
     broker: SharedBroker,
@@ -38,7 +43,7 @@ pub struct WarehouseActor {
     flush_timer: Option<SpawnHandle>,
     /// A write failed; the next attempt waits for its timer.
     backing_off: bool,
-    retry_delay: Duration,
+    write_failures: FailureStreak,
     resubscribe: Resubscribe,
     draining: bool,
 }
@@ -74,7 +79,7 @@ impl WarehouseActor {
             buffer: Vec::new(),
             flush_timer: None,
             backing_off: false,
-            retry_delay: Duration::from_millis(200),
+            write_failures: WRITE_BACKOFF.streak(),
             resubscribe: Resubscribe::default(),
             draining: false,
         }
@@ -151,7 +156,7 @@ impl WarehouseActor {
             match result {
                 Ok(_) => {
                     act.backing_off = false;
-                    act.retry_delay = Duration::from_millis(200);
+                    act.write_failures.succeeded();
                     if act.draining {
                         return;
                     }
@@ -165,11 +170,10 @@ impl WarehouseActor {
                     }
                 }
                 Err((e, batch)) => {
-                    let delay = act.retry_delay;
-                    act.retry_delay = (delay * 2).min(Duration::from_secs(10));
+                    let delay = act.write_failures.failed();
                     tracing::warn!(sink = act.sink.name(), rows = batch.len(), error = %e, ?delay,
                         "warehouse write failed; will retry the batch");
-                    metrics::counter!("cio_gateway_warehouse_write_errors_total", "sink" => act.sink.name())
+                    metrics::counter!(metric::WAREHOUSE_WRITE_ERRORS, "sink" => act.sink.name())
                         .increment(1);
                     act.buffer.splice(0..0, batch);
                     if act.draining {
@@ -201,7 +205,7 @@ async fn write(
         match sink.write(&rows).await {
             Ok(new) => {
                 written += new;
-                metrics::counter!("cio_gateway_warehouse_rows_total", "sink" => sink.name())
+                metrics::counter!(metric::WAREHOUSE_ROWS, "sink" => sink.name())
                     .increment(new as u64);
                 tracing::debug!(
                     sink = sink.name(),
@@ -263,7 +267,7 @@ async fn write(
 /// Dead-letters one row's event (the DLQ actor acks it once the dead letter is confirmed);
 /// hands it back when that could not be done, so it is retried with the batch.
 async fn dead_letter(dlq: &Addr<DlqActor>, pending: Pending, error: String) -> Result<(), Pending> {
-    metrics::counter!("cio_gateway_warehouse_rows_dead_lettered_total").increment(1);
+    metrics::counter!(metric::WAREHOUSE_ROWS_DEAD_LETTERED).increment(1);
     let letter = DeadLetter {
         correlation_id: None,
         body: pending.body.clone(),

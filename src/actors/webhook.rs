@@ -33,6 +33,7 @@ use crate::domain::ReportingEvent;
 use crate::domain::webhook::{Action, Rules, action_envelope};
 use crate::preferences::{ActionLedger, ActionRecord, Verdict};
 use crate::publisher::{PublishError, Publisher};
+use crate::telemetry::metric;
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,7 +110,7 @@ impl WebhookActor {
             Err(e) => {
                 // The warehouse actor dead-letters its copy; one dead letter per bad message.
                 tracing::error!(error = %e, "unparseable webhook event; no action taken");
-                metrics::counter!("cio_gateway_webhook_actions_total",
+                metrics::counter!(metric::WEBHOOK_ACTIONS,
                     "action" => "none", "outcome" => "invalid")
                 .increment(1);
                 let acker = delivery.acker;
@@ -156,7 +157,7 @@ impl WebhookActor {
                 Outcome::Skipped(why) => (action.as_str(), *why),
                 Outcome::Retry(_) => (action.as_str(), "retry"),
             };
-            metrics::counter!("cio_gateway_webhook_actions_total",
+            metrics::counter!(metric::WEBHOOK_ACTIONS,
                 "action" => action_label, "outcome" => outcome_label)
             .increment(1);
             tracing::debug!(event_id = %event.event_id, action = action_label,

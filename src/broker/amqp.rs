@@ -4,6 +4,8 @@
 
 use super::topology::{ExchangeKind, QueueKind, Topology};
 use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, Headers, Publish};
+use crate::retry::Backoff;
+use crate::telemetry::metric;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
@@ -142,7 +144,7 @@ impl AmqpBroker {
                 let old = std::mem::replace(&mut live.publisher, fresh);
                 self.nacks_in_a_row.store(0, Ordering::Relaxed);
                 self.publisher_reopens.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("cio_gateway_broker_publisher_reopened_total").increment(1);
+                metrics::counter!(metric::BROKER_PUBLISHER_REOPENED).increment(1);
                 tracing::warn!(
                     nacks,
                     "publishes nacked in a row; reopened the publishing channel"
@@ -158,15 +160,19 @@ impl AmqpBroker {
 
     fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
-        metrics::gauge!("cio_gateway_broker_connected").set(if up { 1.0 } else { 0.0 });
+        metrics::gauge!(metric::BROKER_CONNECTED).set(if up { 1.0 } else { 0.0 });
     }
 }
 
+/// How often the watchdog looks at a healthy connection.
+const HEALTHY_CHECK: Duration = Duration::from_millis(500);
+
 /// Notices a lost connection even when nothing is publishing, and reconnects with backoff.
 async fn watchdog(broker: std::sync::Weak<AmqpBroker>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut failures = Backoff::exact(Duration::from_millis(400), Duration::from_secs(5)).streak();
+    let mut wait = Duration::from_millis(200);
     loop {
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(wait).await;
         let Some(broker) = broker.upgrade() else {
             return;
         };
@@ -174,10 +180,13 @@ async fn watchdog(broker: std::sync::Weak<AmqpBroker>) {
             return;
         }
         match broker.live().await {
-            Ok(_) => backoff = Duration::from_millis(500),
+            Ok(_) => {
+                failures.succeeded();
+                wait = HEALTHY_CHECK;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "RabbitMQ unavailable, retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                wait = failures.failed();
             }
         }
     }

@@ -3,7 +3,7 @@
 //! key over the bound queues; single-active-consumer is honoured (one stream per queue at a time).
 
 use super::topology::{ExchangeKind, Topology};
-use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, Headers, Publish};
+use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, Headers, Publish, QueueBacklog};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -307,6 +307,23 @@ impl Broker for MemoryBroker {
 
     fn is_connected(&self) -> bool {
         true
+    }
+
+    fn volatile_backlog(&self) -> Option<Vec<QueueBacklog>> {
+        let queues = self.queues.lock();
+        let mut backlog: Vec<QueueBacklog> = queues
+            .iter()
+            .map(|(name, queue)| {
+                let state = queue.state.lock();
+                QueueBacklog {
+                    queue: name.clone(),
+                    ready: state.ready.len() as u64,
+                    unacked: state.unacked.len() as u64,
+                }
+            })
+            .collect();
+        backlog.sort_by(|a, b| a.queue.cmp(&b.queue));
+        Some(backlog)
     }
 
     async fn close(&self) {}

@@ -200,11 +200,31 @@ pub trait Broker: Send + Sync + 'static {
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError>;
     /// Whether the broker is reachable right now (readiness).
     fn is_connected(&self) -> bool;
+    /// For a broker whose queues die with the process (local mode's in-process broker): what
+    /// each queue still holds, ready or unacked, so shutdown can drain it first. `None` for a
+    /// broker that keeps its queues (RabbitMQ): what is left there is redelivered later.
+    fn volatile_backlog(&self) -> Option<Vec<QueueBacklog>> {
+        None
+    }
     /// Closes connections; unacked deliveries return to their queues.
     async fn close(&self);
 }
 
 pub type SharedBroker = Arc<dyn Broker>;
+
+/// What one queue holds: messages waiting, and messages delivered but not yet settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueBacklog {
+    pub queue: String,
+    pub ready: u64,
+    pub unacked: u64,
+}
+
+impl QueueBacklog {
+    pub fn total(&self) -> u64 {
+        self.ready + self.unacked
+    }
+}
 
 /// Connects to the broker named by `url` and declares the topology.
 pub async fn connect(url: &str, topology: Topology) -> Result<SharedBroker, BrokerError> {

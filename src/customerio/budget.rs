@@ -11,6 +11,7 @@
 //! keep the workspace answering 429.
 
 use super::CioError;
+use crate::telemetry::metric;
 use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -47,7 +48,7 @@ impl Budget {
         }
         let now = Instant::now();
         let ceiling = f64::from(rps);
-        metrics::gauge!("cio_gateway_customerio_rate_limit_rps", "api" => api).set(ceiling);
+        metrics::gauge!(metric::RATE_LIMIT_RPS, "api" => api).set(ceiling);
         Ok(Self {
             api,
             ceiling,
@@ -105,7 +106,7 @@ impl Budget {
         }
         let step = self.ceiling / 50.0 * since.as_secs_f64().min(1.0);
         state.rps = (state.rps + step).min(self.ceiling);
-        metrics::gauge!("cio_gateway_customerio_rate_limit_rps", "api" => self.api).set(state.rps);
+        metrics::gauge!(metric::RATE_LIMIT_RPS, "api" => self.api).set(state.rps);
     }
 
     /// Customer.io answered 429: halve the rate and wait for `retry_after` (1 s if not said).
@@ -124,8 +125,7 @@ impl Budget {
         if !recent {
             state.last_decrease = Some(now);
             state.rps = (state.rps / 2.0).max(MIN_RPS);
-            metrics::gauge!("cio_gateway_customerio_rate_limit_rps", "api" => self.api)
-                .set(state.rps);
+            metrics::gauge!(metric::RATE_LIMIT_RPS, "api" => self.api).set(state.rps);
             tracing::info!(
                 api = self.api,
                 rps = state.rps,

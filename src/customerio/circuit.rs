@@ -8,6 +8,8 @@
 //! Transient failures (5xx, timeouts, connection errors) open it once `threshold` requests in a
 //! row failed: a lone 5xx among successes stays the message's own, retryable failure.
 
+use crate::retry::{Backoff, FailureStreak};
+use crate::telemetry::metric;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +53,8 @@ struct State {
 struct Open {
     reason: String,
     since: Instant,
-    backoff: Duration,
+    /// Failed probes since it opened: each waits longer, up to `max_backoff`.
+    probes: FailureStreak,
     next_probe: Instant,
     probing: bool,
 }
@@ -84,7 +87,7 @@ impl Pass {
 
 impl Circuit {
     pub(crate) fn new(api: &'static str, threshold: u32, max_backoff: Duration) -> Arc<Self> {
-        metrics::gauge!("cio_gateway_circuit_open", "api" => api).set(0.0);
+        metrics::gauge!(metric::CIRCUIT_OPEN, "api" => api).set(0.0);
         Arc::new(Self {
             api,
             threshold: threshold.max(1),
@@ -94,9 +97,12 @@ impl Circuit {
         })
     }
 
-    /// The first wait between probes: a quarter of the cap, at most a second.
-    fn first_backoff(&self) -> Duration {
-        (self.max_backoff / 4).min(Duration::from_secs(1))
+    /// Between probes: from a quarter of the cap (at most a second) up to the cap.
+    fn probe_backoff(&self) -> Backoff {
+        Backoff::exact(
+            (self.max_backoff / 4).min(Duration::from_secs(1)),
+            self.max_backoff,
+        )
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -145,7 +151,7 @@ impl Circuit {
             Verdict::Healthy => {
                 state.consecutive_failures = 0;
                 if let Some(open) = state.open.take() {
-                    metrics::gauge!("cio_gateway_circuit_open", "api" => self.api).set(0.0);
+                    metrics::gauge!(metric::CIRCUIT_OPEN, "api" => self.api).set(0.0);
                     tracing::info!(
                         api = self.api,
                         open_for_ms = open.since.elapsed().as_millis() as u64,
@@ -191,21 +197,23 @@ impl Circuit {
             Some(open) => {
                 if probe {
                     open.probing = false;
-                    open.backoff = (open.backoff * 2).min(self.max_backoff);
-                    open.next_probe = now + open.backoff;
-                    tracing::debug!(api = self.api, backoff_ms = open.backoff.as_millis() as u64, %reason, "probe failed");
+                    let backoff = open.probes.failed();
+                    open.next_probe = now + backoff;
+                    tracing::debug!(api = self.api, backoff_ms = backoff.as_millis() as u64, %reason, "probe failed");
                 }
                 open.reason = reason;
             }
             None => {
-                metrics::gauge!("cio_gateway_circuit_open", "api" => self.api).set(1.0);
+                metrics::gauge!(metric::CIRCUIT_OPEN, "api" => self.api).set(1.0);
                 tracing::warn!(api = self.api, %reason, "Customer.io circuit opened: delivery paused");
-                let backoff = self.first_backoff();
+                let mut probes = self.probe_backoff().streak();
+                // The failure that opened it counts: the first probe waits the base.
+                let first = probes.failed();
                 state.open = Some(Open {
                     reason,
                     since: now,
-                    backoff,
-                    next_probe: now + backoff,
+                    next_probe: now + first,
+                    probes,
                     probing: false,
                 });
             }

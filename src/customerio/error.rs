@@ -3,15 +3,15 @@
 //!
 //! Classification follows Customer.io's own Node SDK (FACTS): 408, 429, 500, 502, 503, 504, 522
 //! and 524 are worth another attempt, as are network errors and timeouts; `Retry-After` (seconds
-//! or an HTTP-date) is honoured up to 300 s. Every other 4xx is permanent: the same request fails
+//! or an HTTP-date) is honoured up to the gateway's one cap, [`crate::retry::MAX_RETRY_AFTER`]
+//! (60 s: the circuit probes again by then anyway). Every other 4xx is permanent: the same request fails
 //! again. Other 5xx (501, 505, ...) are treated as retryable too: a server-side failure says
 //! nothing about the request, and the pipeline's attempt budget bounds the cost.
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::Duration;
 
-/// The longest `Retry-After` honoured, as Customer.io's SDK caps it.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+use crate::retry::MAX_RETRY_AFTER;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CioError {

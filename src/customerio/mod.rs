@@ -12,7 +12,7 @@ mod error;
 mod region;
 pub mod wire;
 
-pub use error::{CioError, MAX_RETRY_AFTER, is_retryable_status};
+pub use error::{CioError, is_retryable_status};
 pub use region::{BaseUrls, EU_APP_URL, EU_TRACK_URL, US_APP_URL, US_TRACK_URL};
 
 use crate::config::{CustomerIoSettings, Region};
@@ -21,6 +21,7 @@ use crate::domain::{
     Attributes, Device, Event, Operation, Page, PersonRef, TransactionalRequest, UserId,
 };
 use crate::sandbox::{SANDBOX_API_KEY, SANDBOX_APP_API_KEY, SANDBOX_SITE_ID};
+use crate::telemetry::metric;
 use budget::Budget;
 use circuit::{Blame, Circuit, Pass, Verdict};
 use reqwest::Method;
@@ -356,7 +357,7 @@ impl CustomerIo {
         // Nothing of this request was accepted: send the innocent part again, split in two when
         // the answer named nobody, so the offending operation ends up alone.
         let parts: Vec<&[usize]> = if resend.len() == positions.len() {
-            metrics::counter!("cio_gateway_batch_splits_total").increment(1);
+            metrics::counter!(metric::BATCH_SPLITS).increment(1);
             tracing::debug!(
                 status,
                 ops = resend.len(),
@@ -689,13 +690,13 @@ impl CustomerIo {
             Err(_) => "error".to_string(),
         };
         metrics::counter!(
-            "cio_gateway_customerio_requests_total",
+            metric::CUSTOMERIO_REQUESTS,
             "api" => api.as_str(),
             "status" => status_label.clone()
         )
         .increment(1);
         metrics::histogram!(
-            "cio_gateway_customerio_request_duration_seconds",
+            metric::CUSTOMERIO_REQUEST_DURATION,
             "api" => api.as_str()
         )
         .record(elapsed.as_secs_f64());

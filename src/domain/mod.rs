@@ -8,6 +8,7 @@ mod correlation_id;
 mod envelope;
 mod error;
 mod event;
+mod identifier;
 pub mod limits;
 mod transactional;
 mod user_id;

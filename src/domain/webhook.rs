@@ -20,6 +20,7 @@ pub use signature::{
 
 use super::ParseError;
 use super::attributes::kind as json_kind;
+use super::identifier::identifier;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -32,43 +33,9 @@ pub const MAX_TOKEN_BYTES: usize = 64;
 /// Latest event timestamp accepted: 9999-12-31T23:59:59Z, so a day partition is `YYYY-MM-DD`.
 pub const MAX_TIMESTAMP_SECS: i64 = 253_402_300_799;
 
-/// Customer.io's unique id of one reporting event; it repeats when Customer.io retries.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub struct EventId(String);
-
-impl EventId {
-    pub fn parse(value: &str) -> Result<Self, ParseError> {
-        if value.trim().is_empty() {
-            return Err(ParseError::new("event_id", "must not be empty"));
-        }
-        if value.len() > MAX_EVENT_ID_BYTES {
-            return Err(ParseError::new(
-                "event_id",
-                format!(
-                    "is {} bytes, at most {MAX_EVENT_ID_BYTES} allowed",
-                    value.len()
-                ),
-            ));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(ParseError::new(
-                "event_id",
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(value.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+identifier! {
+    /// Customer.io's unique id of one reporting event; it repeats when Customer.io retries.
+    EventId { field: "event_id", max_bytes: MAX_EVENT_ID_BYTES }
 }
 
 /// Declares a string enum with known values and an `Other` that keeps anything else.

@@ -1,8 +1,8 @@
-//! `GET /admin/dlq` and `POST /admin/dlq/replay`: the dead-letter tooling of `src/dlq.rs`
+//! `GET /admin/dlq` and `POST /admin/dlq/replay`: the dead-letter tooling of `src/dlq_admin.rs`
 //! over HTTP, guarded by `admin.token` (the routes answer 404 while no token is configured).
 
 use super::{AppState, auth};
-use crate::dlq::{self, DlqError, Selection};
+use crate::dlq_admin::{self as dlq, DlqError, Selection};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -46,6 +46,9 @@ async fn list(
 }
 
 async fn replay(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    if let Some(refusal) = state.intake.refusal() {
+        return refusal;
+    }
     if let Some(refusal) = auth::admin_refusal(&req, &state) {
         return refusal;
     }

@@ -9,6 +9,8 @@
 
 use super::{AppState, auth};
 use crate::domain::{Envelope, limits};
+use crate::publisher::Publisher;
+use crate::telemetry::metric;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -39,26 +41,78 @@ fn item_error(index: Option<usize>, field: &str, reason: impl Into<String>) -> V
 }
 
 async fn ingest(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    if let Some(refusal) = state.intake.refusal() {
+        return refusal;
+    }
     if let Some(refusal) = auth::ingest_refusal(&req, &state) {
         return refusal;
     }
-    let items = match serde_json::from_slice::<Value>(&body) {
+    let items = match parse_items(&body) {
+        Ok(items) => items,
+        Err(error) => return bad_request(vec![error]),
+    };
+    let prepared = match prepare_all(&state, items) {
+        Ok(prepared) => prepared,
+        Err(errors) => {
+            metrics::counter!(metric::INGEST_REJECTED).increment(errors.len() as u64);
+            return bad_request(errors);
+        }
+    };
+    let correlation_ids: Vec<String> = prepared
+        .iter()
+        .map(|(e, _)| {
+            e.correlation_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    tracing::Span::current().record("correlation_ids", correlation_ids.join(",").as_str());
+    let (failed, error) = publish_by_user(&state.publisher, prepared).await;
+    let accepted = correlation_ids.len() - failed.len();
+    metrics::counter!(metric::INGEST_ACCEPTED).increment(accepted as u64);
+    if let Some(error) = error {
+        tracing::warn!(error = %error, failed = failed.len(), "ingestion could not publish");
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "error": error,
+            "accepted": accepted,
+            "correlationIds": correlation_ids,
+            "failed": failed,
+        }));
+    }
+    HttpResponse::Accepted().json(json!({
+        "accepted": accepted,
+        "correlationIds": correlation_ids,
+    }))
+}
+
+/// The envelopes of a body: one object, or a non-empty array of them.
+fn parse_items(body: &[u8]) -> Result<Vec<Value>, Value> {
+    let items = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(items)) => items,
         Ok(item @ Value::Object(_)) => vec![item],
         Ok(_) => {
-            return bad_request(vec![item_error(
+            return Err(item_error(
                 None,
                 "",
                 "body must be an envelope object or an array of them",
-            )]);
+            ));
         }
-        Err(e) => return bad_request(vec![item_error(None, "", format!("invalid JSON: {e}"))]),
+        Err(e) => return Err(item_error(None, "", format!("invalid JSON: {e}"))),
     };
     if items.is_empty() {
-        return bad_request(vec![item_error(None, "", "the array holds no envelope")]);
+        return Err(item_error(None, "", "the array holds no envelope"));
     }
+    Ok(items)
+}
 
-    let mut prepared: Vec<(Envelope, Vec<u8>)> = Vec::with_capacity(items.len());
+/// Validates every item; all of them, or an error naming each bad one (nothing is published
+/// when one is bad).
+fn prepare_all(
+    state: &AppState,
+    items: Vec<Value>,
+) -> Result<Vec<(Envelope, Vec<u8>)>, Vec<Value>> {
+    let mut prepared = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         let size = serde_json::to_vec(&item).map(|v| v.len()).unwrap_or(0);
@@ -78,21 +132,19 @@ async fn ingest(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) 
             Err(e) => errors.push(item_error(Some(index), &e.field, e.reason)),
         }
     }
-    if !errors.is_empty() {
-        metrics::counter!("cio_gateway_ingest_rejected_total").increment(errors.len() as u64);
-        return bad_request(errors);
+    if errors.is_empty() {
+        Ok(prepared)
+    } else {
+        Err(errors)
     }
+}
 
-    let correlation_ids: Vec<String> = prepared
-        .iter()
-        .map(|(e, _)| {
-            e.correlation_id
-                .as_ref()
-                .map(|c| c.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
-    // One lane per user, in array order; lanes run concurrently.
+/// Publishes one lane per user, in array order, lanes concurrently. Returns the indexes not
+/// published (sorted) and the first error.
+async fn publish_by_user(
+    publisher: &Publisher,
+    prepared: Vec<(Envelope, Vec<u8>)>,
+) -> (Vec<usize>, Option<String>) {
     let mut lanes: BTreeMap<String, Vec<(usize, Envelope, Vec<u8>)>> = BTreeMap::new();
     for (index, (envelope, body)) in prepared.into_iter().enumerate() {
         lanes
@@ -100,64 +152,47 @@ async fn ingest(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) 
             .or_default()
             .push((index, envelope, body));
     }
-    let publisher = state.publisher.clone();
     let outcomes: Vec<(Vec<usize>, Option<String>)> = futures::stream::iter(lanes.into_values())
-        .map(|lane| {
-            let publisher = publisher.clone();
-            async move {
-                let mut failed = Vec::new();
-                let mut error = None;
-                for (index, envelope, body) in lane {
-                    if error.is_some() {
-                        // Publishing later items of this user would overtake the failed one.
-                        failed.push(index);
-                        continue;
-                    }
-                    let result = tokio::time::timeout(
-                        PUBLISH_TIMEOUT,
-                        publisher.publish_prepared(&envelope, body),
-                    )
-                    .await;
-                    match result {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            error = Some(e.to_string());
-                            failed.push(index);
-                        }
-                        Err(_) => {
-                            error = Some(format!(
-                                "RabbitMQ did not confirm within {PUBLISH_TIMEOUT:?}"
-                            ));
-                            failed.push(index);
-                        }
-                    }
-                }
-                (failed, error)
-            }
-        })
+        .map(|lane| publish_lane(publisher.clone(), lane))
         .buffer_unordered(CONCURRENT_USERS)
         .collect()
         .await;
-
     let mut failed: Vec<usize> = outcomes
         .iter()
         .flat_map(|(f, _)| f.iter().copied())
         .collect();
     failed.sort_unstable();
-    tracing::Span::current().record("correlation_ids", correlation_ids.join(",").as_str());
-    let accepted = correlation_ids.len() - failed.len();
-    metrics::counter!("cio_gateway_ingest_accepted_total").increment(accepted as u64);
-    if let Some(error) = outcomes.into_iter().find_map(|(_, e)| e) {
-        tracing::warn!(error = %error, failed = failed.len(), "ingestion could not publish");
-        return HttpResponse::ServiceUnavailable().json(json!({
-            "error": error,
-            "accepted": accepted,
-            "correlationIds": correlation_ids,
-            "failed": failed,
-        }));
+    (failed, outcomes.into_iter().find_map(|(_, e)| e))
+}
+
+/// One user's envelopes in order; after a failure the rest are not published, since they
+/// would overtake the failed one.
+async fn publish_lane(
+    publisher: Publisher,
+    lane: Vec<(usize, Envelope, Vec<u8>)>,
+) -> (Vec<usize>, Option<String>) {
+    let mut failed = Vec::new();
+    let mut error = None;
+    for (index, envelope, body) in lane {
+        if error.is_some() {
+            failed.push(index);
+            continue;
+        }
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish_prepared(&envelope, body))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error = Some(e.to_string());
+                failed.push(index);
+            }
+            Err(_) => {
+                error = Some(format!(
+                    "RabbitMQ did not confirm within {PUBLISH_TIMEOUT:?}"
+                ));
+                failed.push(index);
+            }
+        }
     }
-    HttpResponse::Accepted().json(json!({
-        "accepted": accepted,
-        "correlationIds": correlation_ids,
-    }))
+    (failed, error)
 }

@@ -12,10 +12,12 @@ use crate::broker::SharedBroker;
 use crate::config::Settings;
 use crate::preferences::PreferenceService;
 use crate::publisher::Publisher;
-use actix_web::web;
+use crate::recent::RecentSet;
+use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What every handler may need. Cheap to clone.
 #[derive(Clone)]
@@ -25,6 +27,10 @@ pub struct AppState {
     pub publisher: Publisher,
     pub metrics: PrometheusHandle,
     pub actors: Liveness,
+    /// Closed once shutdown begins: routes that take work answer 503 from then on.
+    pub intake: Intake,
+    /// Webhook event ids confirmed recently (answering Customer.io's retries at once).
+    pub recent_webhooks: Arc<RecentSet<String>>,
     /// The preferences store and its sync; `None` until [`AppState::with_preferences`].
     pub preferences: Option<Arc<PreferenceService>>,
 }
@@ -37,6 +43,8 @@ impl AppState {
             broker,
             metrics: crate::telemetry::metrics(),
             actors: Liveness::default(),
+            intake: Intake::default(),
+            recent_webhooks: Arc::new(RecentSet::new(webhooks::RECENT_CAPACITY)),
             preferences: None,
         }
     }
@@ -68,6 +76,28 @@ impl Liveness {
 
     pub fn alive(&self) -> bool {
         self.0.read().as_ref().is_some_and(|check| check())
+    }
+}
+
+/// Whether the edge still takes work (events, webhooks, preference changes, replays). Shutdown
+/// closes it first, so nothing new is accepted while what is queued drains; the probes, the
+/// metrics and, in local mode, the sandbox keep serving until the server stops.
+#[derive(Clone, Default)]
+pub struct Intake(Arc<AtomicBool>);
+
+impl Intake {
+    pub fn close(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// A 503 with `Retry-After` once closed: the client (or Customer.io) sends it again, to
+    /// another replica or after the restart.
+    pub fn refusal(&self) -> Option<HttpResponse> {
+        self.0.load(Ordering::SeqCst).then(|| {
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", "5"))
+                .json(serde_json::json!({"error": "shutting down; send again later"}))
+        })
     }
 }
 

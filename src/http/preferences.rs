@@ -108,6 +108,9 @@ async fn change(
     body: web::Bytes,
     full: bool,
 ) -> HttpResponse {
+    if let Some(refusal) = state.intake.refusal() {
+        return refusal;
+    }
     let (user, service) = match prelude(&req, &state, &id) {
         Ok(ok) => ok,
         Err(response) => return *response,
@@ -140,6 +143,9 @@ async fn sync_user(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> HttpResponse {
+    if let Some(refusal) = state.intake.refusal() {
+        return refusal;
+    }
     let (user, service) = match prelude(&req, &state, &id) {
         Ok(ok) => ok,
         Err(response) => return *response,

@@ -9,17 +9,15 @@
 use super::AppState;
 use crate::broker::topology::WEBHOOKS_EXCHANGE;
 use crate::broker::{BrokerError, Publish};
+use crate::domain::ReceivedEvent;
 use crate::domain::webhook::{Freshness, SignatureVerifier, parse_webhook_body};
+use crate::telemetry::metric;
 use actix_web::http::header::{CONTENT_LENGTH, RETRY_AFTER};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::BytesMut;
 use futures::StreamExt;
-use lru::LruCache;
-use parking_lot::Mutex;
 use serde_json::json;
 use std::collections::HashSet;
-use std::num::NonZeroUsize;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 pub const PATH: &str = "/webhooks/customerio";
@@ -31,26 +29,19 @@ const DRAIN_BYTES: usize = 8 * 1024 * 1024;
 /// Customer.io waits 4 s for an answer; a 503 before that is better than a timeout.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(3500);
 /// Event ids confirmed recently, for answering Customer.io's retries without publishing again.
-const RECENT_CAPACITY: usize = 100_000;
+pub const RECENT_CAPACITY: usize = 100_000;
 
 /// The header carrying the event id on `customerio.webhooks`.
 pub const HEADER_EVENT_ID: &str = "x-event-id";
 /// The header carrying when the gateway received the event (RFC 3339, UTC).
 pub const HEADER_RECEIVED_AT: &str = "x-received-at";
 
-/// One per process (the HTTP workers share it), which is one gateway in production.
-static RECENT: LazyLock<Mutex<LruCache<String, ()>>> = LazyLock::new(|| {
-    Mutex::new(LruCache::new(
-        NonZeroUsize::new(RECENT_CAPACITY).expect("not zero"),
-    ))
-});
-
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource(PATH).route(web::post().to(receive)));
 }
 
 fn reject(reason: &'static str) {
-    metrics::counter!("cio_gateway_webhooks_rejected_total", "reason" => reason).increment(1);
+    metrics::counter!(metric::WEBHOOKS_REJECTED, "reason" => reason).increment(1);
 }
 
 async fn receive(
@@ -58,46 +49,17 @@ async fn receive(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    if let Some(refusal) = state.intake.refusal() {
+        return refusal;
+    }
     let body = match read_body(&req, payload).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            reject("too_large");
-            return HttpResponse::PayloadTooLarge()
-                .json(json!({"error": format!("body is over {MAX_BODY_BYTES} bytes")}));
-        }
-        Err(BodyError::Broken(e)) => {
-            reject("malformed");
-            return HttpResponse::BadRequest().json(json!({"error": format!("reading body: {e}")}));
-        }
+        Err(e) => return e.refusal(),
     };
-
-    let webhooks = &state.settings.webhooks;
-    let verifier = SignatureVerifier::new(
-        webhooks.signing_secrets.iter().map(|s| s.expose()),
-        webhooks.tolerance_secs,
-    );
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now();
-    match verifier.verify(
-        header("x-cio-timestamp"),
-        header("x-cio-signature"),
-        &body,
-        now.timestamp(),
-    ) {
-        Ok(Freshness::Fresh) => {}
-        Ok(Freshness::Late { age_secs }) => {
-            // Authentic but signed long ago: a retry of Customer.io's. Accepted (refusing it
-            // would hold back the endpoint's stream for days); a replay is caught by event_id.
-            metrics::counter!("cio_gateway_webhooks_late_total").increment(1);
-            tracing::info!(age_secs, "authentic webhook with an old timestamp accepted");
-        }
-        Err(e) => {
-            reject(e.reason());
-            tracing::warn!(error = %e, "webhook refused");
-            return HttpResponse::Unauthorized().json(json!({"error": e.to_string()}));
-        }
+    if let Err(refusal) = verify(&req, &body, &state, now.timestamp()) {
+        return *refusal;
     }
-
     let events = match parse_webhook_body(&body) {
         Ok(events) => events,
         Err(e) => {
@@ -108,21 +70,76 @@ async fn receive(
     };
     for received in &events {
         let e = &received.event;
-        metrics::counter!("cio_gateway_webhooks_received_total",
+        metrics::counter!(metric::WEBHOOKS_RECEIVED,
             "object_type" => e.object_type.to_string(), "metric" => e.metric.to_string())
         .increment(1);
     }
+    match store(&state, &events, now).await {
+        Ok(published) => {
+            tracing::debug!(events = events.len(), published, "webhook stored");
+            HttpResponse::Ok().json(json!({"received": events.len()}))
+        }
+        Err(e) => {
+            metrics::counter!(metric::WEBHOOKS_UNAVAILABLE).increment(1);
+            tracing::error!(error = %e, "webhook events not confirmed by the broker; answering 503");
+            HttpResponse::ServiceUnavailable()
+                .insert_header((RETRY_AFTER, "5"))
+                .json(json!({"error": format!("not stored: {e}")}))
+        }
+    }
+}
 
-    // Each event id once per request, and not again while it is recent.
+/// Checks `X-CIO-Signature` and the timestamp's age; the 401 to answer if they fail.
+fn verify(
+    req: &HttpRequest,
+    body: &[u8],
+    state: &AppState,
+    now_secs: i64,
+) -> Result<(), Box<HttpResponse>> {
+    let webhooks = &state.settings.webhooks;
+    let verifier = SignatureVerifier::new(
+        webhooks.signing_secrets.iter().map(|s| s.expose()),
+        webhooks.tolerance_secs,
+    );
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    match verifier.verify(
+        header("x-cio-timestamp"),
+        header("x-cio-signature"),
+        body,
+        now_secs,
+    ) {
+        Ok(Freshness::Fresh) => Ok(()),
+        Ok(Freshness::Late { age_secs }) => {
+            // Authentic but signed long ago: a retry of Customer.io's. Accepted (refusing it
+            // would hold back the endpoint's stream for days); a replay is caught by event_id.
+            metrics::counter!(metric::WEBHOOKS_LATE).increment(1);
+            tracing::info!(age_secs, "authentic webhook with an old timestamp accepted");
+            Ok(())
+        }
+        Err(e) => {
+            reject(e.reason());
+            tracing::warn!(error = %e, "webhook refused");
+            Err(Box::new(
+                HttpResponse::Unauthorized().json(json!({"error": e.to_string()})),
+            ))
+        }
+    }
+}
+
+/// Publishes each event not seen recently (once per request) to `customerio.webhooks`, all
+/// confirmed, or the first error; returns how many were published.
+async fn store(
+    state: &AppState,
+    events: &[ReceivedEvent],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, BrokerError> {
+    let recent = &state.recent_webhooks;
     let mut in_request = HashSet::new();
-    let fresh: Vec<_> = {
-        let recent = RECENT.lock();
-        events
-            .iter()
-            .filter(|r| in_request.insert(r.event.event_id.as_str()))
-            .filter(|r| !recent.contains(r.event.event_id.as_str()))
-            .collect()
-    };
+    let fresh: Vec<_> = events
+        .iter()
+        .filter(|r| in_request.insert(r.event.event_id.as_str()))
+        .filter(|r| !recent.contains(r.event.event_id.as_str()))
+        .collect();
     let received_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let publishes = fresh.iter().map(|r| {
         let message = Publish::new(WEBHOOKS_EXCHANGE, &r.event.routing_key(), r.body.clone())
@@ -138,35 +155,34 @@ async fn receive(
     });
     let results = futures::future::join_all(publishes).await;
     let mut failure = None;
-    {
-        let mut recent = RECENT.lock();
-        for (r, result) in fresh.iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    recent.put(r.event.event_id.as_str().to_string(), ());
-                }
-                Err(e) => failure = Some(e),
-            }
+    for (r, result) in fresh.iter().zip(results) {
+        match result {
+            Ok(()) => recent.insert(r.event.event_id.as_str().to_string()),
+            Err(e) => failure = Some(e),
         }
     }
-    if let Some(e) = failure {
-        metrics::counter!("cio_gateway_webhooks_unavailable_total").increment(1);
-        tracing::error!(error = %e, "webhook events not confirmed by the broker; answering 503");
-        return HttpResponse::ServiceUnavailable()
-            .insert_header((RETRY_AFTER, "5"))
-            .json(json!({"error": format!("not stored: {e}")}));
-    }
-    tracing::debug!(
-        events = events.len(),
-        published = fresh.len(),
-        "webhook stored"
-    );
-    HttpResponse::Ok().json(json!({"received": events.len()}))
+    failure.map_or(Ok(fresh.len()), Err)
 }
 
 enum BodyError {
     TooLarge,
     Broken(String),
+}
+
+impl BodyError {
+    fn refusal(self) -> HttpResponse {
+        match self {
+            BodyError::TooLarge => {
+                reject("too_large");
+                HttpResponse::PayloadTooLarge()
+                    .json(json!({"error": format!("body is over {MAX_BODY_BYTES} bytes")}))
+            }
+            BodyError::Broken(e) => {
+                reject("malformed");
+                HttpResponse::BadRequest().json(json!({"error": format!("reading body: {e}")}))
+            }
+        }
+    }
 }
 
 /// Reads the body, refusing more than [`MAX_BODY_BYTES`] (declared or actual).

@@ -16,6 +16,8 @@ use crate::broker::BrokerError;
 use crate::config::Settings;
 use crate::domain::{ParseError, UserId};
 use crate::publisher::{PublishError, Publisher};
+use crate::retry::Backoff;
+use crate::telemetry::metric;
 use serde_json::{Map, Value, json};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -25,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one publish may wait for RabbitMQ before the change is left to the re-sync task.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Re-sync backoff after a failure: doubling from the first to the second.
-const RESYNC_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// Re-sync backoff after a failure.
+const RESYNC_BACKOFF: Backoff = Backoff::exact(Duration::from_millis(500), Duration::from_secs(30));
 /// With nothing known to be pending, the re-sync task still looks this often (another
 /// replica may have died with rows pending).
 const RESYNC_IDLE: Duration = Duration::from_secs(30);
@@ -283,7 +285,7 @@ impl PreferenceService {
 
     async fn update_gauge(&self) {
         if let Ok(count) = self.store.pending_count().await {
-            metrics::gauge!("cio_gateway_preferences_sync_pending").set(count as f64);
+            metrics::gauge!(metric::PREFERENCES_SYNC_PENDING).set(count as f64);
         }
     }
 
@@ -299,7 +301,7 @@ impl PreferenceService {
             }
         }
         let left = self.store.pending_count().await?;
-        metrics::gauge!("cio_gateway_preferences_sync_pending").set(left as f64);
+        metrics::gauge!(metric::PREFERENCES_SYNC_PENDING).set(left as f64);
         result.map(|_| left)
     }
 
@@ -311,7 +313,7 @@ impl PreferenceService {
         let token = stop.clone();
         let task = tokio::spawn(async move {
             let mut delay = Duration::ZERO;
-            let mut backoff = RESYNC_BACKOFF.0;
+            let mut failures = RESYNC_BACKOFF.streak();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
@@ -320,24 +322,23 @@ impl PreferenceService {
                         // A change could not be published just now: give RabbitMQ a moment.
                         tokio::select! {
                             _ = token.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(failures.next_delay()) => {}
                         }
                     }
                 }
                 match this.resync_pending().await {
                     Ok(0) => {
                         delay = RESYNC_IDLE;
-                        backoff = RESYNC_BACKOFF.0;
+                        failures.succeeded();
                     }
                     Ok(_) => {
                         // More than one round's worth, or rows changed while publishing.
                         delay = Duration::from_millis(100);
-                        backoff = RESYNC_BACKOFF.0;
+                        failures.succeeded();
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "preference re-sync failed");
-                        delay = backoff;
-                        backoff = (backoff * 2).min(RESYNC_BACKOFF.1);
+                        delay = failures.failed();
+                        tracing::warn!(error = %e, retry_in = ?delay, "preference re-sync failed");
                     }
                 }
             }

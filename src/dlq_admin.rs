@@ -1,4 +1,5 @@
-//! Dead-letter tooling shared by `cio-gateway dlq` and the `/admin/dlq` routes.
+//! Dead-letter administration (list, show, replay, purge), shared by `cio-gateway dlq` and the
+//! `/admin/dlq` routes. The actor that writes dead letters is `actors::DlqActor`.
 //!
 //! Reading never loses a message: the classic queue `customerio.dlq` is consumed with manual
 //! acks, the wanted deliveries are held unacked, and the consumer is then closed and awaited,
@@ -13,6 +14,7 @@ use crate::broker::topology::{
 };
 use crate::broker::{BrokerError, Delivery, DeliveryStream, Publish, SharedBroker};
 use crate::domain::MessageType;
+use crate::telemetry::metric;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -240,11 +242,27 @@ pub struct ReplayReport {
     pub remaining: u32,
 }
 
+/// How far a replay or purge has got: `done` of the `of` dead letters it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub of: u64,
+}
+
 /// Republishes the selected dead letters to their original exchange with their original
 /// routing key, each acked only after RabbitMQ confirmed its republish. Everything else stays.
 pub async fn replay(
     broker: &SharedBroker,
     selection: &Selection,
+) -> Result<ReplayReport, DlqError> {
+    replay_with_progress(broker, selection, &mut |_| {}).await
+}
+
+/// [`replay`], calling `progress` after each dead letter it holds has been handled.
+pub async fn replay_with_progress(
+    broker: &SharedBroker,
+    selection: &Selection,
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<ReplayReport, DlqError> {
     let scan = match selection {
         Selection::Count(n) => (*n).min(MAX_SCAN),
@@ -253,7 +271,9 @@ pub async fn replay(
     let mut held = hold(broker, scan).await?;
     let mut report = ReplayReport::default();
     let mut matched = 0;
-    for delivery in std::mem::take(&mut held.deliveries) {
+    let of = held.deliveries.len() as u64;
+    for (done, delivery) in (1..).zip(std::mem::take(&mut held.deliveries)) {
+        progress(Progress { done, of });
         let letter = DeadLetter::from_delivery(&delivery);
         let selected = match selection {
             Selection::Count(_) => true,
@@ -272,7 +292,7 @@ pub async fn replay(
             tracing::warn!(correlation_id = ?letter.correlation_id,
                 original_exchange = ?letter.original_exchange,
                 "dead letter not replayed: its original exchange is not a replay target");
-            metrics::counter!("cio_gateway_dead_letters_replay_refused_total").increment(1);
+            metrics::counter!(metric::DEAD_LETTERS_REPLAY_REFUSED).increment(1);
             report.skipped.push(letter.correlation_id);
             held.deliveries.push(delivery);
             continue;
@@ -283,7 +303,7 @@ pub async fn replay(
         };
         match outcome {
             Ok(()) => {
-                metrics::counter!("cio_gateway_dead_letters_replayed_total").increment(1);
+                metrics::counter!(metric::DEAD_LETTERS_REPLAYED).increment(1);
                 report.replayed.push(letter.correlation_id);
             }
             Err(e) => {
@@ -304,7 +324,16 @@ pub async fn replay(
 
 /// Deletes the dead letters that are in the queue now; returns how many.
 pub async fn purge(broker: &SharedBroker) -> Result<u64, DlqError> {
+    purge_with_progress(broker, &mut |_| {}).await
+}
+
+/// [`purge`], calling `progress` after each dead letter deleted.
+pub async fn purge_with_progress(
+    broker: &SharedBroker,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<u64, DlqError> {
     let mut left = broker.queue_len(DLQ_QUEUE).await?;
+    let of = u64::from(left);
     let mut purged = 0u64;
     while left > 0 {
         let mut held = hold(broker, left.min(MAX_SCAN)).await?;
@@ -312,6 +341,10 @@ pub async fn purge(broker: &SharedBroker) -> Result<u64, DlqError> {
         for delivery in std::mem::take(&mut held.deliveries) {
             delivery.acker.ack().await?;
             acked += 1;
+            progress(Progress {
+                done: purged + u64::from(acked),
+                of: of.max(purged + u64::from(acked)),
+            });
         }
         held.release().await;
         if acked == 0 {
