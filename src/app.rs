@@ -6,7 +6,7 @@ use crate::broker::{self, BrokerError, QueueBacklog, SharedBroker, Topology};
 use crate::config::{Region, Settings};
 use crate::customerio::CustomerIo;
 use crate::http::{self, AppState};
-use crate::preferences::{PreferenceService, ResyncTask};
+use crate::preferences::{self, PreferenceService, ResyncTask};
 use crate::retry::Backoff;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use actix_web::dev::{ServerHandle, Service};
@@ -37,9 +37,14 @@ impl Gateway {
         let topology = Topology::for_settings(&settings);
         let broker = connect_with_retry(settings.broker.url.expose(), topology).await?;
         let state = AppState::new(settings.clone(), broker.clone());
-        let preferences = PreferenceService::open(&settings, state.publisher.clone())
+        let stores = preferences::open_stores(&settings)
             .await
             .context("opening the preferences store (preferences.database_url, app.data_dir)")?;
+        let preferences = PreferenceService::with_store(
+            stores.preferences.clone(),
+            &settings,
+            state.publisher.clone(),
+        )?;
         let state = state.with_preferences(preferences.clone());
 
         // In local mode "Customer.io" is the sandbox, served by this same HTTP server.
@@ -84,7 +89,12 @@ impl Gateway {
             customerio.app_url = Some(format!("http://{addr}/sandbox/v1"));
         }
         let client = CustomerIo::new(&customerio).context("customerio settings")?;
-        let reporting = start_reporting(&settings, broker.clone(), state.publisher.clone())?;
+        let reporting = start_reporting(
+            &settings,
+            broker.clone(),
+            state.publisher.clone(),
+            stores.actions,
+        )?;
 
         let server = server.run();
         let handle = server.handle();

@@ -12,25 +12,14 @@ use actix::Actor;
 use cio_gateway::actors::WebhookActor;
 use cio_gateway::broker::topology::{WEBHOOKS_ACTIONS_QUEUE, WEBHOOKS_EXCHANGE};
 use cio_gateway::broker::{self, BrokerError, Publish, SharedBroker, Topology};
-use cio_gateway::domain::webhook::Rules;
+use cio_gateway::preferences::{ActionLedger, PostgresStore, SqliteStore};
 use cio_gateway::publisher::Publisher;
-use common::{HookedBroker, TestVhost, eventually, eventually_async};
+use common::{ACTION_PATTERNS as PATTERNS, action_rules as rules};
+use common::{HookedBroker, TestDb, TestVhost, eventually, eventually_async};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-const PATTERNS: [&str; 2] = ["email.bounced", "customer.subscribed"];
-
-fn rules() -> Rules {
-    let config: BTreeMap<String, String> = [
-        ("email.bounced".to_string(), "suppress".to_string()),
-        ("customer.subscribed".to_string(), "unsuppress".to_string()),
-    ]
-    .into();
-    Rules::parse(&config).unwrap()
-}
 
 /// A broker whose first `suppress` publish fails (while `armed`), as a publish RabbitMQ did
 /// not confirm would; every other call goes straight through.
@@ -112,6 +101,8 @@ async fn a_retried_bounce_does_not_undo_a_later_unsuppress() {
     let vhost = TestVhost::new("actions-order");
     let topology = Topology::with_action_patterns(2, &PATTERNS);
     let armed = Arc::new(AtomicBool::new(true));
+    // The replicas share the action ledger's database, as in production.
+    let db = TestDb::new("actions-order");
 
     // Two replicas: a connection each, consuming the actions queue and publishing through
     // the same kind of faulty publisher (whichever takes the bounce fails once).
@@ -121,7 +112,9 @@ async fn a_retried_bounce_does_not_undo_a_later_unsuppress() {
             .await
             .expect("RabbitMQ connects");
         let publisher = Publisher::new(fail_first_suppress(connection.clone(), armed.clone()));
-        WebhookActor::new(connection.clone(), publisher, rules()).start();
+        let ledger: Arc<dyn ActionLedger> =
+            Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+        WebhookActor::new(connection.clone(), publisher, rules(), ledger).start();
         replicas.push(connection);
     }
     assert!(
@@ -216,10 +209,21 @@ async fn the_actions_queue_of_the_previous_version_is_used_then_recreated() {
         .expect("no PRECONDITION_FAILED against the old actions queue");
     // Supervised, as in the gateway (src/actors/reporting.rs): restarted when its
     // subscription ends, while its address is held.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger: Arc<dyn ActionLedger> = Arc::new(
+        SqliteStore::open(&dir.path().join("preferences.db"))
+            .await
+            .unwrap(),
+    );
     let _actions = {
         let broker = broker.clone();
         actix::Supervisor::start(move |_| {
-            WebhookActor::new(broker.clone(), Publisher::new(broker.clone()), rules())
+            WebhookActor::new(
+                broker.clone(),
+                Publisher::new(broker.clone()),
+                rules(),
+                ledger,
+            )
         })
     };
     assert!(

@@ -11,8 +11,10 @@ use super::{DlqActor, WarehouseActor, WebhookActor};
 use crate::broker::SharedBroker;
 use crate::config::Settings;
 use crate::domain::webhook::Rules;
+use crate::preferences::ActionLedger;
 use crate::publisher::Publisher;
 use actix::{Addr, Supervisor};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The running reporting actors.
@@ -27,6 +29,7 @@ pub fn start_reporting(
     settings: &Settings,
     broker: SharedBroker,
     publisher: Publisher,
+    ledger: Arc<dyn ActionLedger>,
 ) -> anyhow::Result<Reporting> {
     let rules = Rules::parse(&settings.webhooks.rules)
         .map_err(|e| anyhow::anyhow!("configuration key `webhooks.rules`: {e}"))?;
@@ -49,7 +52,10 @@ pub fn start_reporting(
         let broker = broker.clone();
         Supervisor::start(move |_| WarehouseActor::new(broker, sink, dlq, batch_size, flush))
     };
-    let webhook = Supervisor::start(move |_| WebhookActor::new(broker, publisher, rules));
+    let horizon = Duration::from_secs(settings.webhooks.tolerance_secs);
+    let webhook = Supervisor::start(move |_| {
+        WebhookActor::new(broker, publisher, rules, ledger).with_horizon(horizon)
+    });
     Ok(Reporting { webhook, warehouse })
 }
 

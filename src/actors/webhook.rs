@@ -11,6 +11,17 @@
 //! comes back before the next one (RabbitMQ redelivers returned messages first) instead of
 //! behind events already prefetched.
 //!
+//! The action ledger (in the preferences database, shared by replicas, kept across restarts)
+//! stops two things over the whole horizon (`webhooks.tolerance_secs`, how long Customer.io
+//! retries and the edge accepts a retry): acting twice on one event (a retry, a redelivery, a
+//! replay), and acting on an event older than the person's last one of the same kind (a bounce
+//! retried days later must not re-suppress someone a later `customer.subscribed` unsuppressed).
+//! The order is check, publish (confirmed), record, then ack. A crash between publish and
+//! record publishes the envelope again on redelivery; that is accepted, because its
+//! correlation id is derived from the event id and the pipeline drops the copy. The other
+//! order (record first) could lose the action. While the database is down nothing is acked:
+//! the event is returned to the queue after a backoff, as on broker trouble.
+//!
 //! An unparseable body (the edge validated it, so this is a bug or a foreign publisher) is
 //! acked with an error log here; the warehouse actor dead-letters its copy of it.
 
@@ -18,19 +29,19 @@ use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::messages::Drain;
 use crate::broker::topology::WEBHOOKS_ACTIONS_QUEUE;
 use crate::broker::{Delivery, SharedBroker};
+use crate::domain::ReportingEvent;
 use crate::domain::webhook::{Action, Rules, action_envelope};
-use crate::domain::{EventId, ReportingEvent};
+use crate::preferences::{ActionLedger, ActionRecord, Verdict};
 use crate::publisher::{PublishError, Publisher};
 use crate::telemetry::metric;
 use actix::prelude::*;
-use lru::LruCache;
-use parking_lot::Mutex;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Event ids acted on recently; a redelivered event found here is acked without publishing.
-const DONE_CAPACITY: usize = 100_000;
+/// The default horizon: `webhooks.tolerance_secs`' default, 7 days.
+const DEFAULT_HORIZON: Duration = Duration::from_secs(604_800);
+/// How often the ledger forgets what is older than the horizon (one indexed delete).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// One: a requeued event must not fall behind later ones already delivered to this consumer.
 /// Actions are few (bounces, unsubscribes), so the round trip per event costs little.
 const PREFETCH: u16 = 1;
@@ -39,7 +50,10 @@ pub struct WebhookActor {
     broker: SharedBroker,
     publisher: Publisher,
     rules: Arc<Rules>,
-    done: Arc<Mutex<LruCache<EventId, ()>>>,
+    ledger: Arc<dyn ActionLedger>,
+    /// How long an event acted on is remembered.
+    horizon: Duration,
+    last_prune: Option<Instant>,
     resubscribe: Resubscribe,
     retry_delay: Duration,
     draining: bool,
@@ -49,23 +63,44 @@ pub struct WebhookActor {
 enum Outcome {
     Published(Action),
     Skipped(&'static str),
-    /// Not published (broker trouble): return it to the queue after a pause.
+    /// Not acted on for sure (broker or database trouble): return it to the queue after a pause.
     Retry(String),
 }
 
 impl WebhookActor {
-    pub fn new(broker: SharedBroker, publisher: Publisher, rules: Rules) -> Self {
+    pub fn new(
+        broker: SharedBroker,
+        publisher: Publisher,
+        rules: Rules,
+        ledger: Arc<dyn ActionLedger>,
+    ) -> Self {
         Self {
             broker,
             publisher,
             rules: Arc::new(rules),
-            done: Arc::new(Mutex::new(LruCache::new(
-                NonZeroUsize::new(DONE_CAPACITY).expect("not zero"),
-            ))),
+            ledger,
+            horizon: DEFAULT_HORIZON,
+            last_prune: None,
             resubscribe: Resubscribe::default(),
             retry_delay: Duration::from_millis(200),
             draining: false,
         }
+    }
+
+    /// Remember events acted on for `horizon` (`webhooks.tolerance_secs`).
+    pub fn with_horizon(mut self, horizon: Duration) -> Self {
+        self.horizon = horizon;
+        self
+    }
+
+    /// The time before which the ledger may forget, when a prune is due.
+    fn prune_due(&mut self) -> Option<i64> {
+        if self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return None;
+        }
+        self.last_prune = Some(Instant::now());
+        let horizon = i64::try_from(self.horizon.as_secs()).unwrap_or(i64::MAX);
+        Some(chrono::Utc::now().timestamp().saturating_sub(horizon))
     }
 
     fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
@@ -92,32 +127,31 @@ impl WebhookActor {
         };
         let action = self.rules.action_for(&event.routing_key());
         let envelope = action_envelope(&event, action);
+        let record = ActionRecord::of(&event, action);
         let publisher = self.publisher.clone();
-        let done = self.done.clone();
+        let ledger = self.ledger.clone();
+        let prune_before = self.prune_due();
         let acker = delivery.acker;
         let work = async move {
-            let outcome = if done.lock().contains(&event.event_id) {
-                Outcome::Skipped("duplicate")
-            } else if action == Action::None {
-                Outcome::Skipped("no_rule")
-            } else if let Some(envelope) = envelope {
-                match publisher.publish(envelope).await {
-                    Ok(_) => {
-                        done.lock().put(event.event_id.clone(), ());
-                        Outcome::Published(action)
-                    }
-                    Err(PublishError::Invalid(e)) => {
-                        tracing::warn!(event_id = %event.event_id, error = %e,
-                            "webhook action cannot be expressed as an envelope; skipped");
-                        Outcome::Skipped("invalid")
-                    }
-                    Err(PublishError::Broker(e)) => Outcome::Retry(e.to_string()),
+            let outcome = match (envelope, record) {
+                _ if action == Action::None => Outcome::Skipped("no_rule"),
+                (Some(envelope), Some(record)) => {
+                    act_once(&ledger, &publisher, envelope, &record, action).await
                 }
-            } else {
-                tracing::info!(event_id = %event.event_id, action = action.as_str(),
-                    "webhook event names no customer_id; nothing to do");
-                Outcome::Skipped("no_customer")
+                _ => {
+                    tracing::info!(event_id = %event.event_id, action = action.as_str(),
+                        "webhook event names no customer_id; nothing to do");
+                    Outcome::Skipped("no_customer")
+                }
             };
+            if let Some(before) = prune_before {
+                match ledger.prune(before).await {
+                    Ok(n) => tracing::debug!(removed = n, "webhook action ledger pruned"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning the webhook action ledger failed")
+                    }
+                }
+            }
             let (action_label, outcome_label) = match &outcome {
                 Outcome::Published(a) => (a.as_str(), "published"),
                 Outcome::Skipped(why) => (action.as_str(), *why),
@@ -135,7 +169,7 @@ impl WebhookActor {
                 Outcome::Retry(e) => {
                     let delay = act.retry_delay;
                     act.retry_delay = (delay * 2).min(Duration::from_secs(5));
-                    tracing::warn!(error = %e, ?delay, "webhook action not confirmed; will requeue");
+                    tracing::warn!(error = %e, ?delay, "webhook action not settled; will requeue");
                     Some(delay)
                 }
                 _ => {
@@ -157,6 +191,42 @@ impl WebhookActor {
             }
             .into_actor(act)
         }));
+    }
+}
+
+/// Check, publish, record (see the module comment for why in this order).
+async fn act_once(
+    ledger: &Arc<dyn ActionLedger>,
+    publisher: &Publisher,
+    envelope: serde_json::Value,
+    record: &ActionRecord,
+    action: Action,
+) -> Outcome {
+    match ledger.check(record).await {
+        Err(e) => return Outcome::Retry(format!("checking the action ledger: {e}")),
+        Ok(Verdict::Duplicate) => return Outcome::Skipped("duplicate"),
+        Ok(Verdict::Superseded { latest_at }) => {
+            tracing::info!(event_id = %record.event_id, action = action.as_str(),
+                event_at = record.event_at, latest_at, kind = record.kind.as_str(),
+                "webhook event older than the last action of its kind for this person; dropped");
+            return Outcome::Skipped("superseded");
+        }
+        Ok(Verdict::New) => {}
+    }
+    match publisher.publish(envelope).await {
+        Ok(_) => {}
+        Err(PublishError::Invalid(e)) => {
+            tracing::warn!(event_id = %record.event_id, error = %e,
+                "webhook action cannot be expressed as an envelope; skipped");
+            return Outcome::Skipped("invalid");
+        }
+        Err(PublishError::Broker(e)) => return Outcome::Retry(e.to_string()),
+    }
+    // Published but not recorded: returned to the queue, the redelivery publishes again (same
+    // correlation id, dropped downstream) rather than leave the ledger without it.
+    match ledger.record(record, chrono::Utc::now().timestamp()).await {
+        Ok(()) => Outcome::Published(action),
+        Err(e) => Outcome::Retry(format!("recording in the action ledger: {e}")),
     }
 }
 

@@ -13,7 +13,7 @@ mod rules;
 mod signature;
 
 pub use row::Row;
-pub use rules::{Action, Rules, action_correlation_id, action_envelope};
+pub use rules::{Action, ActionKind, Rules, action_correlation_id, action_envelope};
 pub use signature::{
     FRESH_SECS, Freshness, MAX_FUTURE_SKEW_SECS, SignatureError, SignatureVerifier, sign,
 };

@@ -11,14 +11,21 @@
 //! user's lock ([`PreferenceStore::lock_user`]): an advisory lock in PostgreSQL, which every
 //! replica sharing the database honours, and in-process only for SQLite (local mode, one
 //! process). So an older version can never be published after a newer one, by any replica.
+//!
+//! The same database keeps the webhook action ledger ([`ActionLedger`]); both stores are one
+//! [`SqlStore`] over sqlx, for either database ([`Stores`], [`open_stores`]).
 
+mod actions;
 mod postgres;
 mod sqlite;
+mod store;
 mod sync;
 mod user_source;
 
+pub use actions::{ActionLedger, ActionRecord, Verdict};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use store::SqlStore;
 pub use sync::{PreferenceService, ResyncTask, SyncError, Synced};
 pub use user_source::{UserSource, UserSourceError};
 
@@ -199,10 +206,32 @@ pub trait UserLock: Send {
     async fn release(self: Box<Self>) -> Result<(), StoreError>;
 }
 
-/// Opens the store the settings name: PostgreSQL for a `postgres://` `preferences.database_url`
-/// (or `DATABASE_URL`), an SQLite file for `sqlite:` URLs, and by default
-/// `<app.data_dir>/preferences.db`. Runs the checked-in migrations.
+/// The gateway's database, as the two stores kept in it: one pool, one set of migrations.
+#[derive(Clone)]
+pub struct Stores {
+    pub preferences: Arc<dyn PreferenceStore>,
+    pub actions: Arc<dyn ActionLedger>,
+}
+
+impl Stores {
+    fn of<S: PreferenceStore + ActionLedger>(store: S) -> Self {
+        let store = Arc::new(store);
+        Self {
+            preferences: store.clone(),
+            actions: store,
+        }
+    }
+}
+
+/// Opens the preference store the settings name (see [`open_stores`]).
 pub async fn open(settings: &Settings) -> Result<Arc<dyn PreferenceStore>, StoreError> {
+    Ok(open_stores(settings).await?.preferences)
+}
+
+/// Opens the database the settings name: PostgreSQL for a `postgres://`
+/// `preferences.database_url` (or `DATABASE_URL`), an SQLite file for `sqlite:` URLs, and by
+/// default `<app.data_dir>/preferences.db`. Runs the checked-in migrations.
+pub async fn open_stores(settings: &Settings) -> Result<Stores, StoreError> {
     match settings
         .preferences
         .database_url
@@ -210,9 +239,11 @@ pub async fn open(settings: &Settings) -> Result<Arc<dyn PreferenceStore>, Store
         .map(|s| s.expose())
     {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(PostgresStore::connect(url).await?))
+            Ok(Stores::of(PostgresStore::connect(url).await?))
         }
-        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(url).await?)),
+        Some(url) if url.starts_with("sqlite:") => {
+            Ok(Stores::of(SqliteStore::open_url(url).await?))
+        }
         Some(_) => Err(StoreError::Config(
             "must be a postgres:// or sqlite: URL".into(),
         )),
@@ -224,72 +255,11 @@ pub async fn open(settings: &Settings) -> Result<Arc<dyn PreferenceStore>, Store
                     dir.display()
                 ))
             })?;
-            Ok(Arc::new(
+            Ok(Stores::of(
                 SqliteStore::open(&dir.join("preferences.db")).await?,
             ))
         }
     }
-}
-
-/// Shared by both backends: the statements are plain SQL both dialects accept.
-mod sql {
-    pub const SELECT: &str = "SELECT user_id, email, push, sms, in_app, sync_pending, version, updated_at \
-         FROM user_preferences WHERE user_id = $1";
-    /// $2..$5: the new user's values; $6..$9: the change (NULL keeps the stored value).
-    pub const APPLY: &str = "INSERT INTO user_preferences \
-           (user_id, email, push, sms, in_app, sync_pending, version, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, TRUE, 1, $10) \
-         ON CONFLICT (user_id) DO UPDATE SET \
-           email = COALESCE($6, user_preferences.email), \
-           push = COALESCE($7, user_preferences.push), \
-           sms = COALESCE($8, user_preferences.sms), \
-           in_app = COALESCE($9, user_preferences.in_app), \
-           sync_pending = TRUE, \
-           version = user_preferences.version + 1, \
-           updated_at = $10 \
-         RETURNING user_id, email, push, sms, in_app, sync_pending, version, updated_at";
-    pub const MARK_SYNCED: &str = "UPDATE user_preferences SET sync_pending = FALSE \
-         WHERE user_id = $1 AND version = $2 AND sync_pending";
-    pub const PENDING: &str = "SELECT user_id, email, push, sms, in_app, sync_pending, version, updated_at \
-         FROM user_preferences WHERE sync_pending ORDER BY updated_at LIMIT $1";
-    pub const PENDING_COUNT: &str = "SELECT COUNT(*) FROM user_preferences WHERE sync_pending";
-    /// PostgreSQL only: the per-user sync lock, held until the transaction ends. The first key
-    /// keeps these locks apart from other advisory locks of the database (sqlx's migration lock);
-    /// two users whose ids hash alike only wait for each other.
-    pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock(1667854192, hashtext($1))";
-    /// Where the migrations of this store are recorded: a table of its own, so a database
-    /// shared with other sqlx users (the warehouse) keeps both histories apart.
-    pub const MIGRATIONS_TABLE: &str = "_cio_preferences_migrations";
-}
-
-/// Decodes the columns of [`sql::SELECT`] from any backend's row.
-macro_rules! stored_from_row {
-    ($row:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        Ok::<_, sqlx::Error>($crate::preferences::StoredPreferences {
-            user_id: row.try_get("user_id")?,
-            preferences: $crate::preferences::Preferences {
-                email: row.try_get("email")?,
-                push: row.try_get("push")?,
-                sms: row.try_get("sms")?,
-                in_app: row.try_get("in_app")?,
-            },
-            sync_pending: row.try_get("sync_pending")?,
-            version: row.try_get("version")?,
-            updated_at: row.try_get("updated_at")?,
-        })
-    }};
-}
-use stored_from_row;
-
-/// The values [`sql::APPLY`] binds, in order after the user id.
-fn apply_binds(change: &PreferencesChange) -> (Preferences, PreferencesChange, i64) {
-    (
-        Preferences::default().apply(change),
-        *change,
-        chrono::Utc::now().timestamp_millis(),
-    )
 }
 
 #[cfg(test)]

@@ -86,6 +86,15 @@ impl PreferenceService {
     /// Opens the store (migrating it) and the user source named by the settings.
     pub async fn open(settings: &Settings, publisher: Publisher) -> anyhow::Result<Arc<Self>> {
         let store = super::open(settings).await?;
+        Self::with_store(store, settings, publisher)
+    }
+
+    /// Over a store already open, with the user source named by the settings.
+    pub fn with_store(
+        store: Arc<dyn PreferenceStore>,
+        settings: &Settings,
+        publisher: Publisher,
+    ) -> anyhow::Result<Arc<Self>> {
         let users = UserSource::from_settings(&settings.user_source)?;
         Ok(Self::new(store, publisher, users))
     }

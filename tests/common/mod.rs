@@ -377,3 +377,16 @@ pub async fn queued_envelopes(
     }
     found
 }
+
+/// The `webhooks.rules` of the webhook-action tests: a bounce suppresses, a
+/// `customer.subscribed` lifts the suppression.
+pub const ACTION_PATTERNS: [&str; 2] = ["email.bounced", "customer.subscribed"];
+
+pub fn action_rules() -> cio_gateway::domain::webhook::Rules {
+    let config: BTreeMap<String, String> = [
+        ("email.bounced".to_string(), "suppress".to_string()),
+        ("customer.subscribed".to_string(), "unsuppress".to_string()),
+    ]
+    .into();
+    cio_gateway::domain::webhook::Rules::parse(&config).unwrap()
+}

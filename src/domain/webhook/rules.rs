@@ -33,12 +33,40 @@ impl Action {
         }
     }
 
+    /// The state this action sets: actions of one kind overwrite each other, so of two, the
+    /// one about the later event must win. `None` for [`Action::None`].
+    pub fn kind(self) -> Option<ActionKind> {
+        match self {
+            Action::Suppress | Action::Unsuppress => Some(ActionKind::Suppression),
+            Action::Unsubscribe => Some(ActionKind::Subscription),
+            Action::None => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Suppress => "suppress",
             Action::Unsubscribe => "unsubscribe",
             Action::Unsuppress => "unsuppress",
             Action::None => "none",
+        }
+    }
+}
+
+/// What a person's state an action controls (see [`Action::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionKind {
+    /// Suppressed or not: `suppress`, `unsuppress`.
+    Suppression,
+    /// Subscribed or not: `unsubscribe` (no rule resubscribes yet).
+    Subscription,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Suppression => "suppression",
+            ActionKind::Subscription => "subscription",
         }
     }
 }
@@ -172,6 +200,14 @@ mod tests {
         assert_eq!(r.action_for("customer.unsubscribed"), Action::Unsubscribe);
         assert_eq!(r.action_for("push.bounced"), Action::None);
         assert_eq!(r.action_for("email.opened"), Action::None);
+    }
+
+    #[test]
+    fn suppress_and_unsuppress_control_one_state() {
+        assert_eq!(Action::Suppress.kind(), Action::Unsuppress.kind());
+        assert_eq!(Action::Unsubscribe.kind(), Some(ActionKind::Subscription));
+        assert_ne!(Action::Suppress.kind(), Action::Unsubscribe.kind());
+        assert_eq!(Action::None.kind(), None);
     }
 
     #[test]
