@@ -28,11 +28,12 @@
 use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::messages::Drain;
 use crate::broker::topology::WEBHOOKS_ACTIONS_QUEUE;
-use crate::broker::{Delivery, SharedBroker};
+use crate::broker::{Acker, Delivery, SharedBroker};
 use crate::domain::ReportingEvent;
 use crate::domain::webhook::{Action, Rules, action_envelope};
 use crate::preferences::{ActionLedger, ActionRecord, Verdict};
 use crate::publisher::{PublishError, Publisher};
+use crate::retry::{Backoff, FailureStreak};
 use crate::telemetry::metric;
 use actix::prelude::*;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// One: a requeued event must not fall behind later ones already delivered to this consumer.
 /// Actions are few (bounces, unsubscribes), so the round trip per event costs little.
 const PREFETCH: u16 = 1;
+/// Before an event that could not be settled goes back to the queue.
+const REQUEUE_BACKOFF: Backoff = Backoff::exact(Duration::from_millis(200), Duration::from_secs(5));
 
 pub struct WebhookActor {
     broker: SharedBroker,
@@ -55,7 +58,8 @@ pub struct WebhookActor {
     horizon: Duration,
     last_prune: Option<Instant>,
     resubscribe: Resubscribe,
-    retry_delay: Duration,
+    /// Events returned to the queue in a row (broker or database trouble).
+    settle_failures: FailureStreak,
     draining: bool,
 }
 
@@ -82,7 +86,7 @@ impl WebhookActor {
             horizon: DEFAULT_HORIZON,
             last_prune: None,
             resubscribe: Resubscribe::default(),
-            retry_delay: Duration::from_millis(200),
+            settle_failures: REQUEUE_BACKOFF.streak(),
             draining: false,
         }
     }
@@ -104,7 +108,7 @@ impl WebhookActor {
     }
 
     fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
-        let received = Instant::now();
+        let acker = delivery.acker;
         let event = match ReportingEvent::parse(&delivery.body) {
             Ok(event) => event,
             Err(e) => {
@@ -113,84 +117,89 @@ impl WebhookActor {
                 metrics::counter!(metric::WEBHOOK_ACTIONS,
                     "action" => "none", "outcome" => "invalid")
                 .increment(1);
-                let acker = delivery.acker;
-                ctx.wait(
-                    async move {
-                        if let Err(e) = acker.ack().await {
-                            tracing::warn!(error = %e, "ack failed");
-                        }
-                    }
-                    .into_actor(self),
-                );
+                ctx.wait(settle(acker, None).into_actor(self));
                 return;
             }
         };
-        let action = self.rules.action_for(&event.routing_key());
-        let envelope = action_envelope(&event, action);
-        let record = ActionRecord::of(&event, action);
-        let publisher = self.publisher.clone();
-        let ledger = self.ledger.clone();
-        let prune_before = self.prune_due();
-        let acker = delivery.acker;
-        let work = async move {
-            let outcome = match (envelope, record) {
-                _ if action == Action::None => Outcome::Skipped("no_rule"),
-                (Some(envelope), Some(record)) => {
-                    act_once(&ledger, &publisher, envelope, &record, action).await
-                }
-                _ => {
-                    tracing::info!(event_id = %event.event_id, action = action.as_str(),
-                        "webhook event names no customer_id; nothing to do");
-                    Outcome::Skipped("no_customer")
-                }
-            };
-            if let Some(before) = prune_before {
-                match ledger.prune(before).await {
-                    Ok(n) => tracing::debug!(removed = n, "webhook action ledger pruned"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pruning the webhook action ledger failed")
-                    }
-                }
-            }
-            let (action_label, outcome_label) = match &outcome {
-                Outcome::Published(a) => (a.as_str(), "published"),
-                Outcome::Skipped(why) => (action.as_str(), *why),
-                Outcome::Retry(_) => (action.as_str(), "retry"),
-            };
-            metrics::counter!(metric::WEBHOOK_ACTIONS,
-                "action" => action_label, "outcome" => outcome_label)
-            .increment(1);
-            tracing::debug!(event_id = %event.event_id, action = action_label,
-                outcome = outcome_label, took = ?received.elapsed(), "webhook event handled");
-            (outcome, acker)
-        };
-        ctx.wait(work.into_actor(self).then(|(outcome, acker), act, _| {
+        let work = handle_event(
+            event,
+            self.rules.clone(),
+            self.publisher.clone(),
+            self.ledger.clone(),
+            self.prune_due(),
+        );
+        ctx.wait(work.into_actor(self).then(move |outcome, act, _| {
             let delay = match &outcome {
                 Outcome::Retry(e) => {
-                    let delay = act.retry_delay;
-                    act.retry_delay = (delay * 2).min(Duration::from_secs(5));
+                    let delay = act.settle_failures.failed();
                     tracing::warn!(error = %e, ?delay, "webhook action not settled; will requeue");
                     Some(delay)
                 }
                 _ => {
-                    act.retry_delay = Duration::from_millis(200);
+                    act.settle_failures.succeeded();
                     None
                 }
             };
-            async move {
-                let settled = match delay {
-                    Some(delay) => {
-                        tokio::time::sleep(delay).await;
-                        acker.requeue().await
-                    }
-                    None => acker.ack().await,
-                };
-                if let Err(e) = settled {
-                    tracing::warn!(error = %e, "settling a webhook event failed; it will be redelivered");
-                }
-            }
-            .into_actor(act)
+            settle(acker, delay).into_actor(act)
         }));
+    }
+}
+
+/// Acts on one event as the rules say (at most once, never out of date), prunes the ledger
+/// when due, and counts the outcome.
+async fn handle_event(
+    event: ReportingEvent,
+    rules: Arc<Rules>,
+    publisher: Publisher,
+    ledger: Arc<dyn ActionLedger>,
+    prune_before: Option<i64>,
+) -> Outcome {
+    let received = Instant::now();
+    let action = rules.action_for(&event.routing_key());
+    let outcome = match (
+        action_envelope(&event, action),
+        ActionRecord::of(&event, action),
+    ) {
+        _ if action == Action::None => Outcome::Skipped("no_rule"),
+        (Some(envelope), Some(record)) => {
+            act_once(&ledger, &publisher, envelope, &record, action).await
+        }
+        _ => {
+            tracing::info!(event_id = %event.event_id, action = action.as_str(),
+                "webhook event names no customer_id; nothing to do");
+            Outcome::Skipped("no_customer")
+        }
+    };
+    if let Some(before) = prune_before {
+        match ledger.prune(before).await {
+            Ok(n) => tracing::debug!(removed = n, "webhook action ledger pruned"),
+            Err(e) => tracing::warn!(error = %e, "pruning the webhook action ledger failed"),
+        }
+    }
+    let (action_label, outcome_label) = match &outcome {
+        Outcome::Published(a) => (a.as_str(), "published"),
+        Outcome::Skipped(why) => (action.as_str(), *why),
+        Outcome::Retry(_) => (action.as_str(), "retry"),
+    };
+    metrics::counter!(metric::WEBHOOK_ACTIONS,
+        "action" => action_label, "outcome" => outcome_label)
+    .increment(1);
+    tracing::debug!(event_id = %event.event_id, action = action_label,
+        outcome = outcome_label, took = ?received.elapsed(), "webhook event handled");
+    outcome
+}
+
+/// Acks the event, or after `delay` returns it to the queue.
+async fn settle(acker: Acker, delay: Option<Duration>) {
+    let settled = match delay {
+        Some(delay) => {
+            tokio::time::sleep(delay).await;
+            acker.requeue().await
+        }
+        None => acker.ack().await,
+    };
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, "settling a webhook event failed; it will be redelivered");
     }
 }
 
