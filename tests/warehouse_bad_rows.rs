@@ -11,7 +11,7 @@ use cio_gateway::broker::SharedBroker;
 use cio_gateway::broker::topology::{DLQ_QUEUE, WEBHOOKS_WAREHOUSE_QUEUE};
 use cio_gateway::domain::webhook::sign;
 use cio_gateway::sandbox::{self, RunningSandbox, SandboxConfig};
-use common::{TestDb, TestVhost, eventually, eventually_async};
+use common::{TestDb, TestVhost, eventually, eventually_async, start_gateway, webhook_gateway_env};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use reqwest::StatusCode;
@@ -23,43 +23,17 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 const DAY: i64 = 1_700_000_000; // 2023-11-14
 
+/// The webhook tests' gateway, its warehouse flushing late enough for one POST of many events
+/// to be one batch.
 fn gateway_env(
     vhost: &TestVhost,
     sandbox: &RunningSandbox,
     dir: &Path,
     extra: &[(&'static str, String)],
 ) -> Vec<(&'static str, String)> {
-    let mut vars = vec![
-        ("GATEWAY__BROKER__URL", vhost.url.clone()),
-        ("GATEWAY__BROKER__PARTITIONS", "2".into()),
-        ("GATEWAY__HTTP__ADDR", "127.0.0.1:0".into()),
-        ("GATEWAY__CUSTOMERIO__TRACK_URL", sandbox.track_url()),
-        ("GATEWAY__CUSTOMERIO__APP_URL", sandbox.app_url()),
-        ("GATEWAY__WEBHOOKS__SIGNING_SECRETS", "s1".into()),
-        (
-            "GATEWAY__WAREHOUSE__PATH",
-            dir.join("warehouse").display().to_string(),
-        ),
-        // Long enough for one POST of many events to be one batch.
-        ("GATEWAY__WAREHOUSE__FLUSH_MS", "300".into()),
-        (
-            "GATEWAY__APP__DATA_DIR",
-            dir.join("data").display().to_string(),
-        ),
-        ("GATEWAY__SHUTDOWN__DRAIN_SECS", "3".into()),
-    ];
-    for (key, value) in extra {
-        vars.retain(|(k, _)| k != key);
-        vars.push((key, value.clone()));
-    }
-    vars
-}
-
-async fn start_gateway(vars: &[(&'static str, String)]) -> Gateway {
-    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Gateway::start(common::settings(&pairs))
-        .await
-        .expect("gateway starts")
+    let mut vars = vec![("GATEWAY__WAREHOUSE__FLUSH_MS", "300".to_string())];
+    vars.extend_from_slice(extra);
+    webhook_gateway_env(vhost, sandbox, dir, &vars)
 }
 
 fn new_id() -> String {

@@ -10,8 +10,8 @@ use cio_gateway::app::Gateway;
 use cio_gateway::broker::topology::{DLQ_QUEUE, WEBHOOKS_EXCHANGE, WEBHOOKS_WAREHOUSE_QUEUE};
 use cio_gateway::broker::{Broker, BrokerError, DeliveryStream, Publish, Topology};
 use cio_gateway::domain::webhook::sign;
-use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
-use common::{TestDb, TestVhost, eventually, eventually_async};
+use cio_gateway::sandbox::{self, Faults, SandboxConfig};
+use common::{TestDb, TestVhost, eventually, eventually_async, start_gateway, webhook_gateway_env};
 use parking_lot::Mutex;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -21,49 +21,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 const DAY: i64 = 1_700_000_000; // 2023-11-14
-
-/// Settings of a test gateway: its vhost, a sandbox as Customer.io, a temp dir for files.
-fn gateway_env(
-    vhost: &TestVhost,
-    sandbox: &RunningSandbox,
-    dir: &Path,
-    extra: &[(&'static str, String)],
-) -> Vec<(&'static str, String)> {
-    let mut vars = vec![
-        ("GATEWAY__BROKER__URL", vhost.url.clone()),
-        ("GATEWAY__BROKER__PARTITIONS", "2".into()),
-        ("GATEWAY__HTTP__ADDR", "127.0.0.1:0".into()),
-        ("GATEWAY__CUSTOMERIO__TRACK_URL", sandbox.track_url()),
-        ("GATEWAY__CUSTOMERIO__APP_URL", sandbox.app_url()),
-        ("GATEWAY__CUSTOMERIO__TRACK_RPS", "1000".into()),
-        ("GATEWAY__CUSTOMERIO__APP_RPS", "1000".into()),
-        ("GATEWAY__DELIVERY__BACKOFF_BASE_MS", "5".into()),
-        ("GATEWAY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
-        ("GATEWAY__WEBHOOKS__SIGNING_SECRETS", "s1,s2".into()),
-        (
-            "GATEWAY__WAREHOUSE__PATH",
-            dir.join("warehouse").display().to_string(),
-        ),
-        ("GATEWAY__WAREHOUSE__FLUSH_MS", "50".into()),
-        (
-            "GATEWAY__APP__DATA_DIR",
-            dir.join("data").display().to_string(),
-        ),
-        ("GATEWAY__SHUTDOWN__DRAIN_SECS", "3".into()),
-    ];
-    for (key, value) in extra {
-        vars.retain(|(k, _)| k != key);
-        vars.push((key, value.clone()));
-    }
-    vars
-}
-
-async fn start_gateway(vars: &[(&'static str, String)]) -> Gateway {
-    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Gateway::start(common::settings(&pairs))
-        .await
-        .expect("gateway starts")
-}
 
 /// A reporting event as Customer.io sends it.
 fn event(event_id: &str, object_type: &str, metric: &str, customer: &str) -> Value {
@@ -167,7 +124,7 @@ async fn signed_webhook_lands_once_in_the_file_sink() {
     let vhost = TestVhost::new("webhooks-file");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
+    let gateway = start_gateway(&webhook_gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
 
     let (a, b) = (new_id(), new_id());
     let first = event(&a, "email", "delivered", "u-file");
@@ -260,7 +217,7 @@ async fn signed_webhook_lands_once_in_postgres() {
         ("GATEWAY__WAREHOUSE__SINK", "postgres".to_string()),
         ("GATEWAY__WAREHOUSE__DATABASE_URL", db.url.clone()),
     ];
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
+    let gateway = start_gateway(&webhook_gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
 
     let (a, b) = (new_id(), new_id());
     let first = event(&a, "email", "clicked", "u-pg");
@@ -348,7 +305,7 @@ async fn refused_requests_store_nothing() {
     let vhost = TestVhost::new("webhooks-refused");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
+    let gateway = start_gateway(&webhook_gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
 
     let refused = new_id();
     let body = serde_json::to_vec(&event(&refused, "email", "bounced", "u-refused")).unwrap();
@@ -449,7 +406,7 @@ async fn both_secrets_are_accepted_during_rotation() {
     let vhost = TestVhost::new("webhooks-rotation");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
+    let gateway = start_gateway(&webhook_gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
 
     let (old, new) = (new_id(), new_id());
     let body = |id: &str| serde_json::to_vec(&event(id, "email", "opened", "u-rot")).unwrap();
@@ -547,7 +504,7 @@ async fn bigquery_sink_sends_insert_all_and_retries_insert_errors() {
     });
     let base = spawn_bigquery(standin.clone());
     let extra = bigquery_env(base);
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
+    let gateway = start_gateway(&webhook_gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
 
     let id = new_id();
     let sent = event(&id, "email", "converted", "u-bq");
@@ -600,7 +557,7 @@ async fn a_bounce_suppresses_after_the_customers_queued_messages() {
     });
     let dir = tempfile::tempdir().unwrap();
     let extra = [("GATEWAY__DELIVERY__TRACK_API", "v1".to_string())];
-    let gateway = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
+    let gateway = start_gateway(&webhook_gateway_env(&vhost, &sandbox, dir.path(), &extra)).await;
 
     let user = format!("u-bounce-{}", new_id());
     let queued = 6;
@@ -707,7 +664,7 @@ async fn an_event_acknowledged_before_a_crash_is_written_after_restart() {
         ..Default::default()
     });
     let base = spawn_bigquery(broken.clone());
-    let first = start_gateway(&gateway_env(
+    let first = start_gateway(&webhook_gateway_env(
         &vhost,
         &sandbox,
         dir.path(),
@@ -733,7 +690,7 @@ async fn an_event_acknowledged_before_a_crash_is_written_after_restart() {
     );
 
     // A new gateway on the same vhost, with a working (file) warehouse.
-    let second = start_gateway(&gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
+    let second = start_gateway(&webhook_gateway_env(&vhost, &sandbox, dir.path(), &[])).await;
     let written = eventually(WAIT, || count_of(&file_rows(dir.path()), &id) == 1).await;
     assert!(written, "rows: {:?}", file_rows(dir.path()));
     second.shutdown().await;

@@ -77,14 +77,8 @@ pub fn gateway_env(
     vars
 }
 
-/// An in-process gateway (inside the test's actix `System`).
-pub async fn start_gateway(vars: &[(&'static str, String)]) -> Gateway {
-    crate::common::init_test_logging();
-    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Gateway::start(crate::common::settings(&pairs))
-        .await
-        .expect("gateway starts")
-}
+#[allow(unused_imports)] // not every fault test starts an in-process gateway
+pub use crate::common::start_gateway;
 
 /// `Gateway::shutdown`, which must finish within `limit` (its drain deadline plus a margin).
 pub async fn shutdown_within(gateway: Gateway, limit: Duration) {

@@ -251,6 +251,52 @@ pub fn settings(vars: &[(&str, &str)]) -> Settings {
     Settings::load_from(Path::new("/nonexistent"), None, &env).expect("test settings are valid")
 }
 
+/// `GATEWAY__...` settings of a webhook test's gateway: `vhost`, a sandbox as Customer.io,
+/// warehouse files and local data under `dir`, short backoffs; `extra` overrides.
+pub fn webhook_gateway_env(
+    vhost: &TestVhost,
+    sandbox: &cio_gateway::sandbox::RunningSandbox,
+    dir: &Path,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("GATEWAY__BROKER__URL", vhost.url.clone()),
+        ("GATEWAY__BROKER__PARTITIONS", "2".into()),
+        ("GATEWAY__HTTP__ADDR", "127.0.0.1:0".into()),
+        ("GATEWAY__CUSTOMERIO__TRACK_URL", sandbox.track_url()),
+        ("GATEWAY__CUSTOMERIO__APP_URL", sandbox.app_url()),
+        ("GATEWAY__CUSTOMERIO__TRACK_RPS", "1000".into()),
+        ("GATEWAY__CUSTOMERIO__APP_RPS", "1000".into()),
+        ("GATEWAY__DELIVERY__BACKOFF_BASE_MS", "5".into()),
+        ("GATEWAY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
+        ("GATEWAY__WEBHOOKS__SIGNING_SECRETS", "s1,s2".into()),
+        (
+            "GATEWAY__WAREHOUSE__PATH",
+            dir.join("warehouse").display().to_string(),
+        ),
+        ("GATEWAY__WAREHOUSE__FLUSH_MS", "50".into()),
+        (
+            "GATEWAY__APP__DATA_DIR",
+            dir.join("data").display().to_string(),
+        ),
+        ("GATEWAY__SHUTDOWN__DRAIN_SECS", "3".into()),
+    ];
+    for (key, value) in extra {
+        vars.retain(|(k, _)| k != key);
+        vars.push((key, value.clone()));
+    }
+    vars
+}
+
+/// An in-process gateway (inside the test's actix `System`) from `GATEWAY__...` settings.
+pub async fn start_gateway(vars: &[(&'static str, String)]) -> cio_gateway::app::Gateway {
+    init_test_logging();
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    cio_gateway::app::Gateway::start(settings(&pairs))
+        .await
+        .expect("gateway starts")
+}
+
 /// Polls `check` until it holds or `timeout` passes; returns whether it held.
 pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
