@@ -101,6 +101,13 @@ impl FileSink {
     async fn open(&self) -> Result<&Index, SinkError> {
         self.index
             .get_or_try_init(|| async {
+                // Two first connections to a new file race to switch it to WAL and create the
+                // schema, and the loser gets SQLITE_BUSY at once (no busy wait for that). Sinks
+                // of one process (tests, several sinks on one directory) open one at a time; a
+                // replica racing us from another process gets a transient error, retried by
+                // the warehouse writer like any other.
+                static OPENING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+                let _opening = OPENING.lock().await;
                 let dir = self.path.join("_index");
                 blocking({
                     let dir = dir.clone();
