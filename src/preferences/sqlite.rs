@@ -52,10 +52,15 @@ impl SqlStore<Sqlite> {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5));
+        // Two first connections to a new file race to switch it to WAL, and the loser gets
+        // SQLITE_BUSY at once (no busy wait for that): stores of one process connect in turn.
+        static CONNECTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let connecting = CONNECTING.lock().await;
         let pool = SqlitePoolOptions::new()
             .max_connections(Sqlite::POOL_SIZE)
             .connect_with(options)
             .await?;
+        drop(connecting);
         Self::with_pool(pool).await
     }
 }
