@@ -391,8 +391,13 @@ import json, sys
 fields = {f["name"]: (f["type"], f.get("mode", "NULLABLE")) for f in json.load(open(sys.argv[1]))}
 expected = ["event_id", "object_type", "metric", "timestamp", "customer_id", "recipient",
             "delivery_id", "campaign_id", "action_id", "broadcast_id", "newsletter_id",
-            "transactional_message_id", "identifiers", "raw", "received_at"]
+            "transactional_message_id", "identifiers", "raw", "received_at",
+            # Added after the contract's fifteen: nullable, so older rows still load.
+            "journey_id", "trigger_event_id", "failure_message", "href", "link_id",
+            "machine", "prefetched"]
 assert list(fields) == expected, list(fields)
+assert all(fields[name][1] == "NULLABLE" for name in expected[15:])
+assert fields["machine"][0] == fields["prefetched"][0] == "BOOLEAN"
 assert fields["event_id"] == ("STRING", "REQUIRED") and fields["timestamp"] == ("TIMESTAMP", "REQUIRED")
 assert fields["received_at"] == ("TIMESTAMP", "REQUIRED")
 assert fields["identifiers"][0] == fields["raw"][0] == "JSON"

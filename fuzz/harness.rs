@@ -16,7 +16,14 @@ use cio_gateway::domain::{Envelope, ParseError};
 use serde_json::Value;
 
 /// Top-level envelope fields an error may name (`payload` errors name a path inside it).
-const ENVELOPE_FIELDS: [&str; 5] = ["type", "userId", "timestamp", "correlationId", "payload"];
+const ENVELOPE_FIELDS: [&str; 6] = [
+    "type",
+    "userId",
+    "identifiers",
+    "timestamp",
+    "correlationId",
+    "payload",
+];
 
 /// One envelope body, as a producer publishes it to `customerio.<exchange>`.
 pub fn envelope(data: &[u8]) -> Result<Envelope, ParseError> {

@@ -3,13 +3,14 @@
 use crate::actors::{Pipeline, Reporting, start_reporting};
 use crate::broker::topology::DLQ_QUEUE;
 use crate::broker::{self, BrokerError, QueueBacklog, SharedBroker, Topology};
-use crate::config::{Region, Settings};
+use crate::config::Settings;
 use crate::customerio::CustomerIo;
 use crate::http::{self, AppState};
 use crate::preferences::{self, PreferenceService, ResyncTask};
 use crate::retry::Backoff;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use actix_web::dev::{ServerHandle, Service};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use std::net::SocketAddr;
@@ -17,8 +18,26 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// The settings every listener shares: slow clients are cut off (`http.*`), signals are ours.
+/// A macro: `HttpServer`'s type parameters carry bounds a function would have to repeat.
+macro_rules! tuned {
+    ($server:expr, $settings:expr) => {{
+        let settings: &Settings = $settings;
+        let http = &settings.http;
+        $server
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown.drain_secs)
+            .client_request_timeout(Duration::from_millis(http.client_request_timeout_ms))
+            .client_disconnect_timeout(Duration::from_millis(http.client_disconnect_timeout_ms))
+            .max_connections(http.max_connections)
+    }};
+}
+
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// Where `/admin/*`, `/metrics` and `/openapi.json` are served when `http.admin_addr` is
+    /// set (else on `addr`).
+    pub admin_addr: Option<SocketAddr>,
     pub state: AppState,
     sandbox: Option<Sandbox>,
     pipeline: Pipeline,
@@ -27,6 +46,7 @@ pub struct Gateway {
     resync: ResyncTask,
     server: ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
     drain: Duration,
 }
 
@@ -35,7 +55,12 @@ impl Gateway {
     pub async fn start(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let topology = Topology::for_settings(&settings);
-        let broker = connect_with_retry(settings.broker.url.expose(), topology).await?;
+        let broker = connect_with_retry(
+            settings.broker.url.expose(),
+            topology,
+            &broker::ConnectOptions::for_settings(&settings),
+        )
+        .await?;
         let state = AppState::new(settings.clone(), broker.clone());
         let stores = preferences::open_stores(&settings)
             .await
@@ -48,15 +73,18 @@ impl Gateway {
         let state = state.with_preferences(preferences.clone());
 
         // In local mode "Customer.io" is the sandbox, served by this same HTTP server.
-        let sandbox = (settings.customerio.region == Region::Sandbox
-            && settings.customerio.track_url.is_none())
-        .then(|| Sandbox::new(SandboxConfig::default()));
+        // Configuration allows it in development only (its control routes have no auth).
+        let sandbox = settings
+            .runs_embedded_sandbox()
+            .then(|| Sandbox::new(SandboxConfig::default()));
 
         let app_state = state.clone();
         let app_sandbox = sandbox.clone();
+        let admin_here = settings.http.admin_addr.is_none();
         let server = HttpServer::new(move || {
             let sandbox = app_sandbox.clone();
             App::new()
+                .wrap(from_fn(http::slow_clients::body_deadline))
                 .wrap_fn(|request, service| {
                     // One span per request; ingestion records the correlationIds it assigned.
                     let span = tracing::info_span!(
@@ -68,19 +96,38 @@ impl Gateway {
                     service.call(request).instrument(span)
                 })
                 .app_data(web::Data::new(app_state.clone()))
-                .configure(http::configure)
+                .configure(http::configure_public)
                 .configure(|cfg| {
+                    if admin_here {
+                        http::configure_admin(cfg);
+                    }
                     if let Some(sandbox) = sandbox {
                         sandbox.configure_control(cfg);
                         cfg.service(web::scope("/sandbox").configure(|c| sandbox.configure_api(c)));
                     }
                 })
-        })
-        .workers(2)
-        .disable_signals()
-        .shutdown_timeout(settings.shutdown.drain_secs)
-        .bind(settings.http.addr)
-        .with_context(|| format!("binding http.addr {}", settings.http.addr))?;
+        });
+        let server = tuned!(server, &settings)
+            .workers(2)
+            .bind(settings.http.addr)
+            .with_context(|| format!("binding http.addr {}", settings.http.addr))?;
+        let admin = match settings.http.admin_addr {
+            Some(admin_addr) => {
+                let admin_state = state.clone();
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .wrap(from_fn(http::slow_clients::body_deadline))
+                        .app_data(web::Data::new(admin_state.clone()))
+                        .configure(http::configure_admin)
+                });
+                let server = tuned!(server, &settings)
+                    .workers(1)
+                    .bind(admin_addr)
+                    .with_context(|| format!("binding http.admin_addr {admin_addr}"))?;
+                Some(server)
+            }
+            None => None,
+        };
         let addr = *server.addrs().first().context("server bound no address")?;
 
         let mut customerio = settings.customerio.clone();
@@ -93,9 +140,22 @@ impl Gateway {
             &settings,
             broker.clone(),
             state.publisher.clone(),
-            stores.actions,
+            stores.clone(),
         )?;
 
+        let admin_addr = match &admin {
+            Some(server) => Some(
+                *server
+                    .addrs()
+                    .first()
+                    .context("admin server bound no address")?,
+            ),
+            None => None,
+        };
+        let admin = admin.map(|server| {
+            let server = server.run();
+            (server.handle(), tokio::spawn(server))
+        });
         let server = server.run();
         let handle = server.handle();
         let server_task = tokio::spawn(server);
@@ -105,8 +165,10 @@ impl Gateway {
         state
             .actors
             .watch(move || pipeline_alive() && reporting_alive());
+        state.actors.watch_health(pipeline.health());
         Ok(Self {
             addr,
+            admin_addr,
             state,
             sandbox,
             pipeline,
@@ -115,6 +177,7 @@ impl Gateway {
             resync,
             server: handle,
             server_task,
+            admin,
             drain: Duration::from_secs(settings.shutdown.drain_secs),
         })
     }
@@ -122,6 +185,12 @@ impl Gateway {
     /// The embedded sandbox, in local mode.
     pub fn sandbox(&self) -> Option<&Sandbox> {
         self.sandbox.as_ref()
+    }
+
+    /// The delivery pipeline's Track sender, for fault-injection tests.
+    #[doc(hidden)]
+    pub fn track_sender(&self) -> &crate::actors::TrackSender {
+        self.pipeline.track_sender()
     }
 
     pub fn broker(&self) -> &SharedBroker {
@@ -151,6 +220,10 @@ impl Gateway {
         )
         .await;
         let _ = self.server_task.await;
+        if let Some((admin, task)) = self.admin {
+            admin.stop(true).await;
+            let _ = task.await;
+        }
         let report = ShutdownReport {
             settled: pipeline && reporting,
             lost: broker
@@ -228,11 +301,15 @@ async fn drain_volatile_queues(broker: &SharedBroker, deadline: tokio::time::Ins
 }
 
 /// Connects to the broker, waiting up to 30 s for it to come up; a missing plugin fails at once.
-async fn connect_with_retry(url: &str, topology: Topology) -> anyhow::Result<SharedBroker> {
+async fn connect_with_retry(
+    url: &str,
+    topology: Topology,
+    options: &broker::ConnectOptions,
+) -> anyhow::Result<SharedBroker> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut failures = Backoff::exact(Duration::from_millis(200), Duration::from_secs(3)).streak();
     loop {
-        match broker::connect(url, topology.clone()).await {
+        match broker::connect_with(url, topology.clone(), options).await {
             Ok(broker) => return Ok(broker),
             Err(e @ BrokerError::PluginMissing) => return Err(e.into()),
             Err(e) if tokio::time::Instant::now() >= deadline => {

@@ -139,6 +139,9 @@ async fn dlq_action(
                             .unwrap_or_default(),
                         report.remaining
                     );
+                    if let Some(warning) = report.timestamp_warning() {
+                        eprintln!("warning: {warning}");
+                    }
                     println!("{}", serde_json::to_string_pretty(&report)?);
                     Ok(if report.error.is_some() {
                         ExitCode::FAILURE

@@ -107,12 +107,29 @@ pub struct BrokerSettings {
     pub url: Secret,
     pub partitions: u16,
     pub prefetch: u16,
+    /// AMQP heartbeat asked for (`?heartbeat=` in an endpoint's URL wins); 0 = off.
+    pub heartbeat_secs: u16,
+    /// How long one endpoint may take to connect before the next is tried.
+    pub connect_timeout_ms: u64,
+    pub partitioner: crate::broker::partitioner::Partitioner,
+    /// A durable queue bound to `customerio.processed`, declared when set.
+    pub processed_queue: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: SocketAddr,
+    /// When set, `/admin/*`, `/metrics` and `/openapi.json` are served here only.
+    pub admin_addr: Option<SocketAddr>,
+    /// How long a client may take to send a request's head (actix `client_request_timeout`).
+    pub client_request_timeout_ms: u64,
+    /// How long a closing connection may take to shut down (actix `client_disconnect_timeout`).
+    pub client_disconnect_timeout_ms: u64,
+    /// How long a client may take to send a whole request body.
+    pub body_timeout_ms: u64,
+    /// Open connections per worker (the server runs 2); more wait to be accepted.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -120,7 +137,8 @@ pub struct HttpSettings {
 pub struct WebhookSettings {
     pub signing_secrets: Vec<Secret>,
     pub tolerance_secs: u64,
-    /// `<object_type>.<metric>` (with `*` for any) -> action (`suppress`, `unsubscribe`, `none`).
+    /// `<object_type>.<metric>` (with `*` for any) -> action (`mark_bounced`, `unsubscribe`,
+    /// `unsuppress`, `suppress`, `none`).
     pub rules: BTreeMap<String, String>,
 }
 
@@ -179,6 +197,10 @@ pub struct ShutdownSettings {
 pub struct PreferencesSettings {
     /// `sqlite://...` or `postgres://...`; defaults to SQLite under `app.data_dir`.
     pub database_url: Option<Secret>,
+    /// Channel (`email`, `push`, `sms`, `in_app`) -> Customer.io subscription topic id: synced
+    /// both ways as `cio_subscription_preferences` topics besides the `*_opt_in` attributes.
+    #[serde(default)]
+    pub subscription_topics: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -206,9 +228,16 @@ circuit_failure_threshold = 3
 url = "memory://"
 partitions = 8
 prefetch = 500
+heartbeat_secs = 10
+connect_timeout_ms = 5000
+partitioner = "auto"
 
 [http]
 addr = "127.0.0.1:8080"
+client_request_timeout_ms = 5000
+client_disconnect_timeout_ms = 1000
+body_timeout_ms = 30000
+max_connections = 1024
 
 [webhooks]
 signing_secrets = []
@@ -248,19 +277,17 @@ drain_secs = 25
 "#;
 
 /// What the gateway does about reporting events unless `webhooks.rules` says otherwise.
-pub const DEFAULT_WEBHOOK_RULES: [(&str, &str); 3] = [
-    ("email.bounced", "suppress"),
-    ("email.spammed", "suppress"),
-    ("*.unsubscribed", "unsubscribe"),
-];
+pub use crate::domain::webhook::DEFAULT_RULES as DEFAULT_WEBHOOK_RULES;
 
 /// Conventional secret names and the keys they fill.
-const CONVENTIONAL_ENV: [(&str, &str); 5] = [
+const CONVENTIONAL_ENV: [(&str, &str); 6] = [
     ("CUSTOMERIO_SITE_ID", "customerio.site_id"),
     ("CUSTOMERIO_API_KEY", "customerio.api_key"),
     ("CUSTOMERIO_APP_API_KEY", "customerio.app_api_key"),
     ("AMQP_URL", "broker.url"),
     ("DATABASE_URL", "preferences.database_url"),
+    // The postgres warehouse sink's too, so `check-config` shows what the sink will use.
+    ("DATABASE_URL", "warehouse.database_url"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +306,22 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Settings {
+    /// What is valid but costs users data, for `check-config` and `serve` to say.
+    pub fn warnings(&self) -> Vec<String> {
+        self.webhooks
+            .rules
+            .iter()
+            .filter(|(_, action)| action.as_str() == "suppress")
+            .map(|(pattern, _)| {
+                format!(
+                    "webhooks.rules: {pattern:?} -> \"suppress\" deletes the person's profile in \
+                     Customer.io for good (\"you cannot recover a profile after you suppress it\"); \
+                     \"unsubscribe\" or \"mark_bounced\" stop or mark messaging without losing data"
+                )
+            })
+            .collect()
+    }
+
     /// Loads the layers of docs/reference.md §3 from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -364,6 +407,24 @@ impl Settings {
         if self.broker.prefetch == 0 {
             return Err(invalid("broker.prefetch", "must be at least 1"));
         }
+        if self.broker.partitioner == crate::broker::partitioner::Partitioner::Builtin {
+            return Err(invalid(
+                "broker.partitioner",
+                "builtin is not available in this version yet; use auto or modulus-hash \
+                 (x-modulus-hash: plugin rabbitmq_sharding, or RabbitMQ 4.3 and later)",
+            ));
+        }
+        if self.broker.connect_timeout_ms == 0 {
+            return Err(invalid("broker.connect_timeout_ms", "must be at least 1"));
+        }
+        if let Some(queue) = &self.broker.processed_queue
+            && (queue.is_empty() || queue.starts_with("amq."))
+        {
+            return Err(invalid(
+                "broker.processed_queue",
+                "must be a queue name (not empty, not starting with amq.)",
+            ));
+        }
         if self.customerio.track_rps == 0 {
             return Err(invalid("customerio.track_rps", "must be at least 1"));
         }
@@ -399,21 +460,37 @@ impl Settings {
                 "must not exceed delivery.backoff_max_ms",
             ));
         }
+        for (key, value) in [
+            (
+                "http.client_request_timeout_ms",
+                self.http.client_request_timeout_ms,
+            ),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
+            ("http.max_connections", self.http.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.http.admin_addr == Some(self.http.addr) && self.http.addr.port() != 0 {
+            return Err(invalid("http.admin_addr", "must differ from http.addr"));
+        }
         if self.warehouse.batch_size == 0 {
             return Err(invalid("warehouse.batch_size", "must be at least 1"));
         }
         for (pattern, action) in &self.webhooks.rules {
-            if !matches!(
-                action.as_str(),
-                "suppress" | "unsuppress" | "unsubscribe" | "none"
-            ) {
+            if crate::domain::webhook::Action::parse(action).is_none() {
                 return Err(invalid(
                     "webhooks.rules",
                     format!(
-                        "{pattern:?} -> {action:?}: action must be suppress, unsuppress, unsubscribe or none"
+                        "{pattern:?} -> {action:?}: action must be one of {}",
+                        crate::domain::webhook::Action::NAMES
                     ),
                 ));
             }
+        }
+        if let Err(e) = crate::preferences::TopicMap::parse(&self.preferences.subscription_topics) {
+            return Err(invalid("preferences.subscription_topics", e));
         }
         if self.customerio.region != Region::Sandbox
             && (self.customerio.site_id.is_none() || self.customerio.api_key.is_none())
@@ -423,6 +500,7 @@ impl Settings {
                 "site_id and api_key are required outside the sandbox region",
             ));
         }
+        self.validate_open_routes()?;
         if environment == "production" {
             if self.is_memory_broker() {
                 return Err(invalid(
@@ -438,6 +516,47 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Routes that local mode leaves unauthenticated are allowed in development only: a
+    /// sidecar proxy (Envoy, Istio) connects from loopback, and the embedded sandbox's
+    /// `/sandbox/requests` (recorded payloads) and `/sandbox/faults` have no auth at all.
+    fn validate_open_routes(&self) -> Result<(), ConfigError> {
+        if self.is_development() {
+            return Ok(());
+        }
+        let no_token = self
+            .ingest
+            .token
+            .as_ref()
+            .is_none_or(|t| t.expose().is_empty());
+        if self.is_memory_broker() && no_token {
+            return Err(invalid(
+                "ingest.token",
+                "required with broker.url = memory:// outside app.environment = development \
+                 (without it /v1/events and the preference routes are open to loopback peers)",
+            ));
+        }
+        if self.runs_embedded_sandbox() {
+            return Err(invalid(
+                "customerio.region",
+                "the embedded sandbox (unauthenticated /sandbox/requests and /sandbox/faults) \
+                 runs only in app.environment = development; set us or eu, or point \
+                 customerio.track_url at a sandbox of its own",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `app.environment = development`: where local mode's open routes are allowed.
+    pub fn is_development(&self) -> bool {
+        self.app.environment == "development"
+    }
+
+    /// In the sandbox region without a `customerio.track_url`, the gateway serves the sandbox
+    /// itself, on its own HTTP server.
+    pub fn runs_embedded_sandbox(&self) -> bool {
+        self.customerio.region == Region::Sandbox && self.customerio.track_url.is_none()
     }
 
     pub fn is_memory_broker(&self) -> bool {
@@ -499,6 +618,36 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_that_deletes_people_is_valid_but_warned_about() {
+        let defaults = load(&[]).unwrap();
+        assert!(defaults.warnings().is_empty(), "the defaults delete no one");
+        assert_eq!(defaults.webhooks.rules["email.bounced"], "mark_bounced");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.toml");
+        std::fs::write(
+            &file,
+            "[webhooks.rules]\n\"email.bounced\" = \"suppress\"\n",
+        )
+        .unwrap();
+        let opted = Settings::load_from(Path::new("/nonexistent"), Some(&file), &env(&[])).unwrap();
+        let warnings = opted.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("email.bounced") && warnings[0].contains("deletes"));
+        std::fs::write(&file, "[webhooks.rules]\n\"email.bounced\" = \"delete\"\n").unwrap();
+        let err = Settings::load_from(Path::new("/nonexistent"), Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("webhooks.rules") && err.contains("mark_bounced"),
+            "{err}"
+        );
+        let err = load(&[("GATEWAY__PREFERENCES__SUBSCRIPTION_TOPICS__FAX", "3")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("preferences.subscription_topics"), "{err}");
+    }
+
+    #[test]
     fn defaults_are_local_mode() {
         let s = load(&[]).unwrap();
         assert!(s.is_local_mode());
@@ -543,11 +692,50 @@ mod tests {
     }
 
     #[test]
+    fn database_url_fills_the_warehouse_key_too() {
+        let s = load(&[("DATABASE_URL", "postgres://h/db")]).unwrap();
+        let url = s.warehouse.database_url.as_ref().map(Secret::expose);
+        assert_eq!(url, Some("postgres://h/db"));
+        assert!(s.masked_toml().contains("warehouse.database_url = \"***\""));
+        let s = load(&[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("GATEWAY__WAREHOUSE__DATABASE_URL", "postgres://other/db"),
+        ])
+        .unwrap();
+        let url = s.warehouse.database_url.as_ref().map(Secret::expose);
+        assert_eq!(url, Some("postgres://other/db"));
+    }
+
+    #[test]
+    fn open_routes_only_in_development() {
+        let err = load(&[("GATEWAY_ENV", "staging")]).unwrap_err();
+        assert!(err.to_string().contains("`ingest.token`"), "{err}");
+        let err = load(&[("GATEWAY_ENV", "staging"), ("GATEWAY__INGEST__TOKEN", "t")]).unwrap_err();
+        assert!(err.to_string().contains("`customerio.region`"), "{err}");
+        let s = load(&[
+            ("GATEWAY_ENV", "staging"),
+            ("GATEWAY__INGEST__TOKEN", "t"),
+            (
+                "GATEWAY__CUSTOMERIO__TRACK_URL",
+                "http://127.0.0.1:9/api/v1",
+            ),
+        ])
+        .unwrap();
+        assert!(!s.is_development() && !s.runs_embedded_sandbox());
+        let s = load(&[]).unwrap();
+        assert!(s.is_development() && s.runs_embedded_sandbox() && s.ingest.token.is_none());
+    }
+
+    #[test]
     fn gateway_variables_beat_conventional_names() {
         let s = load(&[
             ("AMQP_URL", "amqp://conventional"),
             ("GATEWAY__BROKER__URL", "amqp://explicit"),
             ("GATEWAY_ENV", "staging"),
+            (
+                "GATEWAY__CUSTOMERIO__TRACK_URL",
+                "http://127.0.0.1:9/api/v1",
+            ),
         ])
         .unwrap();
         assert_eq!(s.broker.url.expose(), "amqp://explicit");
@@ -569,7 +757,14 @@ mod tests {
         .unwrap();
         let extra = dir.path().join("extra.toml");
         std::fs::write(&extra, "[http]\naddr = \"0.0.0.0:9000\"\n").unwrap();
-        let env = env(&[("GATEWAY_ENV", "staging")]);
+        let env = env(&[
+            ("GATEWAY_ENV", "staging"),
+            ("GATEWAY__INGEST__TOKEN", "t"),
+            (
+                "GATEWAY__CUSTOMERIO__TRACK_URL",
+                "http://127.0.0.1:9/api/v1",
+            ),
+        ]);
         let s = Settings::load_from(dir.path(), Some(&extra), &env).unwrap();
         assert_eq!(s.broker.partitions, 5);
         assert_eq!(s.broker.prefetch, 9);
@@ -577,6 +772,64 @@ mod tests {
         std::fs::write(dir.path().join("staging.toml"), "[broker]\nparitions = 5\n").unwrap();
         let err = Settings::load_from(dir.path(), None, &env).unwrap_err();
         assert!(err.to_string().contains("paritions"), "{err}");
+    }
+
+    /// The repository's own config files: sample templates only in development.
+    #[test]
+    fn sample_templates_ship_only_in_development() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let development = Settings::load_from(&dir, None, &env(&[])).unwrap();
+        assert_eq!(development.templates["welcome"], 1);
+        assert_eq!(development.templates["password_reset"], 2);
+        // Outside development the open local routes and the embedded sandbox need these.
+        let staging = Settings::load_from(
+            &dir,
+            None,
+            &env(&[
+                ("GATEWAY_ENV", "staging"),
+                ("GATEWAY__INGEST__TOKEN", "t"),
+                (
+                    "GATEWAY__CUSTOMERIO__TRACK_URL",
+                    "http://127.0.0.1:9/api/v1",
+                ),
+            ]),
+        );
+        assert!(staging.unwrap().templates.is_empty());
+    }
+
+    #[test]
+    fn broker_defaults_and_the_processed_queue() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.broker.heartbeat_secs, 10);
+        assert_eq!(s.broker.connect_timeout_ms, 5000);
+        assert_eq!(
+            s.broker.partitioner,
+            crate::broker::partitioner::Partitioner::Auto
+        );
+        assert_eq!(s.broker.processed_queue, None);
+        let s = load(&[
+            ("GATEWAY__BROKER__PARTITIONER", "modulus-hash"),
+            ("GATEWAY__BROKER__PROCESSED_QUEUE", "audit.processed"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.broker.partitioner,
+            crate::broker::partitioner::Partitioner::ModulusHash
+        );
+        let err = load(&[("GATEWAY__BROKER__PARTITIONER", "builtin")]).unwrap_err();
+        assert!(err.to_string().contains("broker.partitioner"), "{err}");
+        let topology = crate::broker::Topology::for_settings(&s);
+        assert!(
+            topology
+                .queue_bindings
+                .iter()
+                .any(|b| b.source == crate::broker::topology::PROCESSED_EXCHANGE
+                    && b.destination == "audit.processed")
+        );
+        let err = load(&[("GATEWAY__BROKER__PROCESSED_QUEUE", "amq.x")]).unwrap_err();
+        assert!(err.to_string().contains("broker.processed_queue"), "{err}");
+        let err = load(&[("GATEWAY__BROKER__PARTITIONER", "consistent")]).unwrap_err();
+        assert!(err.to_string().contains("partitioner"), "{err}");
     }
 
     #[test]

@@ -92,8 +92,9 @@ impl DeadLetter {
     }
 
     /// What to republish: the original exchange, routing key and body (the envelope without
-    /// the failure fields, or the raw text as it was received). Without the headers, the
-    /// exchange follows from the envelope's type and the routing key is its user id.
+    /// the failure fields, or the raw text as it was received). The routing key is the
+    /// envelope's user id, else the original one; without the header, the exchange follows
+    /// from the envelope's type.
     pub fn original_message(&self) -> Option<Publish> {
         let obj = self.body.as_object()?;
         let body = match obj.get("raw") {
@@ -112,10 +113,12 @@ impl DeadLetter {
             let kind = MessageType::parse(self.kind.as_deref()?)?;
             Some(exchange_for(kind.route()).to_string())
         })?;
+        // The envelope's user, not the header: a producer's routing key may name someone else,
+        // and the shard (hence the order) follows the user.
         let routing_key = self
-            .original_routing_key
+            .user_id
             .clone()
-            .or_else(|| self.user_id.clone())?;
+            .or_else(|| self.original_routing_key.clone())?;
         let (exchange, routing_key) = replay_target(&exchange, &routing_key)?;
         Some(Publish::new(&exchange, &routing_key, body))
     }
@@ -240,6 +243,29 @@ pub struct ReplayReport {
     pub error: Option<String>,
     /// Dead letters in the queue afterwards.
     pub remaining: u32,
+    /// Replayed identifies that carry a `timestamp`: Customer.io ignores (while answering 200)
+    /// an identify older than the last one it applied to the person, so these may change
+    /// nothing. Publish a fresh identify to change the person now.
+    pub timestamped_identifies: Vec<Option<String>>,
+}
+
+impl ReplayReport {
+    /// The warning for [`ReplayReport::timestamped_identifies`], if any were replayed.
+    pub fn timestamp_warning(&self) -> Option<String> {
+        let n = self.timestamped_identifies.len();
+        (n > 0).then(|| {
+            format!(
+                "{n} replayed identify(s) carry a timestamp: Customer.io silently ignores an \
+                 identify older than the last one it applied to that person"
+            )
+        })
+    }
+}
+
+/// An identify with an ordering timestamp, which Customer.io may drop as stale.
+fn is_timestamped_identify(letter: &DeadLetter) -> bool {
+    letter.kind.as_deref() == Some("identify")
+        && letter.body.get("timestamp").is_some_and(|t| !t.is_null())
 }
 
 /// How far a replay or purge has got: `done` of the `of` dead letters it holds.
@@ -304,6 +330,11 @@ pub async fn replay_with_progress(
         match outcome {
             Ok(()) => {
                 metrics::counter!(metric::DEAD_LETTERS_REPLAYED).increment(1);
+                if is_timestamped_identify(&letter) {
+                    report
+                        .timestamped_identifies
+                        .push(letter.correlation_id.clone());
+                }
                 report.replayed.push(letter.correlation_id);
             }
             Err(e) => {
@@ -359,7 +390,7 @@ pub async fn purge_with_progress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::topology::{DLQ_EXCHANGE, TRACK_EXCHANGE};
+    use crate::broker::topology::{DLQ_EXCHANGE, IDENTIFY_EXCHANGE, TRACK_EXCHANGE};
     use crate::broker::{Broker, MemoryBroker, Topology};
     use serde_json::json;
     use std::sync::Arc;
@@ -385,6 +416,31 @@ mod tests {
                 .unwrap();
         }
         Arc::new(broker)
+    }
+
+    #[tokio::test]
+    async fn a_replayed_identify_with_a_timestamp_is_reported_as_possibly_ignored() {
+        let broker = broker_with_letters(1).await;
+        let identify = json!({"type": "identify", "userId": "u9", "correlationId": "c9",
+            "timestamp": 1_764_115_200_000i64, "payload": {"plan": "pro"},
+            "status": "failed", "errorKind": "exhausted"});
+        broker
+            .publish(
+                Publish::new(DLQ_EXCHANGE, "u9", serde_json::to_vec(&identify).unwrap())
+                    .header(HEADER_ORIGINAL_EXCHANGE, IDENTIFY_EXCHANGE)
+                    .header(HEADER_ORIGINAL_ROUTING_KEY, "u9"),
+            )
+            .await
+            .unwrap();
+        let report = replay(&broker, &Selection::Count(2)).await.unwrap();
+        assert_eq!(report.replayed.len(), 2);
+        assert_eq!(report.timestamped_identifies, [Some("c9".to_string())]);
+        assert!(
+            report
+                .timestamp_warning()
+                .unwrap()
+                .contains("silently ignores")
+        );
     }
 
     #[tokio::test]
@@ -448,6 +504,14 @@ mod tests {
             body,
             json!({"type": "identify", "userId": "7", "payload": {}})
         );
+
+        // A header naming another user does not reroute the envelope.
+        let misrouted = DeadLetter {
+            original_exchange: Some("customerio.identify".into()),
+            original_routing_key: Some("someone-else".into()),
+            ..letter.clone()
+        };
+        assert_eq!(misrouted.original_message().unwrap().routing_key, "7");
 
         let raw = DeadLetter {
             body: json!({"raw": "{not json", "status": "failed", "error": "e", "errorKind": "invalid",

@@ -52,6 +52,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Topology(config) => commands::topology(load(&config)?).await,
         Command::CheckConfig(config) => {
             let settings = load(&config)?;
+            for warning in settings.warnings() {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", settings.masked_toml());
             Ok(ExitCode::SUCCESS)
         }

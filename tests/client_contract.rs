@@ -51,11 +51,7 @@ fn attributes(value: Value) -> Attributes {
 }
 
 fn call(id: &str, operation: Operation) -> TrackCall {
-    TrackCall {
-        user: user(id),
-        operation,
-        event_id: None,
-    }
+    TrackCall::new(user(id), operation)
 }
 
 fn transactional(payload: Value) -> TransactionalRequest {

@@ -119,6 +119,45 @@ async fn store_suite(store: Arc<dyn PreferenceStore>) {
         .await
         .unwrap();
     assert!(!store.get(odd).await.unwrap().unwrap().preferences.push);
+
+    // Changes Customer.io reports: applied only when newer than the row, never pending.
+    let remote = store
+        .apply_remote("r1", &change(Some(false), None, None, None), 1_000)
+        .await
+        .unwrap()
+        .expect("a new user's remote change applies");
+    assert!(!remote.preferences.email && !remote.sync_pending);
+    assert_eq!(remote.updated_at, 1_000);
+    let older = store
+        .apply_remote("r1", &change(Some(true), None, None, None), 999)
+        .await
+        .unwrap();
+    assert_eq!(older, None, "older than the row: superseded");
+    let local = store
+        .apply("r1", &change(None, None, Some(true), None))
+        .await
+        .unwrap();
+    assert!(local.sync_pending);
+    let late = store
+        .apply_remote("r1", &change(Some(true), None, None, None), 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        late, None,
+        "a local change made now is newer than one from 1970"
+    );
+    let newer = store
+        .apply_remote(
+            "r1",
+            &change(Some(true), None, None, None),
+            local.updated_at + 1,
+        )
+        .await
+        .unwrap()
+        .expect("newer applies");
+    assert!(newer.preferences.email && newer.preferences.sms);
+    assert!(newer.sync_pending, "the local change is still to be synced");
+    assert_eq!(newer.version, local.version + 1);
 }
 
 #[tokio::test]

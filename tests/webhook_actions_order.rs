@@ -247,6 +247,16 @@ async fn the_actions_queue_of_the_previous_version_is_used_then_recreated() {
         "{}",
         String::from_utf8_lossy(&deleted.stderr)
     );
+    // The running consumer is cancelled with the queue. Declaring the queue again before
+    // RabbitMQ 3.10 has finished deleting a quorum queue can revive its old state (a consumer
+    // that never receives); an operator runs the next step seconds later.
+    assert!(
+        eventually(Duration::from_secs(20), || actions_consumers(&vhost)
+            .is_empty())
+        .await,
+        "the consumer of the deleted queue is cancelled: {:?}",
+        actions_consumers(&vhost)
+    );
     // What `cio-gateway topology` does.
     broker::connect(&vhost.url, topology.clone())
         .await
@@ -275,7 +285,9 @@ async fn the_actions_queue_of_the_previous_version_is_used_then_recreated() {
             partition_depth(&broker, &topology).await == 1
         })
         .await,
-        "the bounce on the recreated queue became a suppress"
+        "the bounce on the recreated queue was acted on: {:?}, consumers {:?}",
+        vhost.queue_depths(),
+        actions_consumers(&vhost)
     );
     assert_eq!(
         queued_types(&broker, &topology, "u-after").await,

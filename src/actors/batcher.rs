@@ -18,8 +18,10 @@ use crate::customerio::{CioError, CustomerIo, Permit, TrackCall, unless_cancelle
 use crate::domain::limits::MAX_V2_BATCH_BYTES;
 use crate::telemetry::metric;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct Job {
@@ -42,7 +44,36 @@ impl Job {
 #[derive(Clone)]
 pub enum TrackSender {
     V1(CustomerIo),
-    V2(mpsc::UnboundedSender<Job>),
+    V2(Batcher),
+}
+
+/// The batching loop's queue and its supervisor's view of it.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+    watch: Arc<Watch>,
+}
+
+/// What the supervisor knows of the loop, for `/readyz` and `/healthz`.
+#[derive(Default)]
+struct Watch {
+    /// The loop runs (false between its death and its restart).
+    running: AtomicBool,
+    /// The supervisor runs: while it does, a dead loop is restarted.
+    supervised: AtomicBool,
+    /// The current loop and the supervisor, to abort them (fault injection).
+    current: parking_lot::Mutex<Option<AbortHandle>>,
+    supervisor: std::sync::OnceLock<AbortHandle>,
+}
+
+/// Clears `supervised` however the supervisor ends (return, panic, abort).
+struct Unsupervised(Arc<Watch>);
+
+impl Drop for Unsupervised {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::SeqCst);
+        self.0.supervised.store(false, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,11 +84,46 @@ pub struct BatchLimits {
 }
 
 impl TrackSender {
-    /// Starts the batching task on the current runtime.
+    /// Starts the batching task on the current runtime, under a supervisor that restarts it
+    /// if it dies (a panic): the queue outlives the loop, and the operations the dead loop held
+    /// are answered "abandoned" (retryable), so their shards send them again.
     pub fn batched(client: CustomerIo, limits: BatchLimits) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, limits, rx));
-        Self::V2(tx)
+        let watch = Arc::new(Watch::default());
+        watch.supervised.store(true, Ordering::SeqCst);
+        watch.running.store(true, Ordering::SeqCst);
+        let supervisor = tokio::spawn(supervise(client, limits, rx, watch.clone()));
+        let _ = watch.supervisor.set(supervisor.abort_handle());
+        Self::V2(Batcher { tx, watch })
+    }
+
+    /// Whether operations are being sent: `/readyz` keeps it.
+    pub fn is_running(&self) -> bool {
+        match self {
+            TrackSender::V1(_) => true,
+            TrackSender::V2(b) => b.watch.running.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether a dead batching loop would be restarted: `/healthz` keeps it.
+    pub fn is_supervised(&self) -> bool {
+        match self {
+            TrackSender::V1(_) => true,
+            TrackSender::V2(b) => b.watch.supervised.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Fault injection for tests: kills the batching loop (`supervisor: false`, it is
+    /// restarted) or its supervisor too (`true`, nothing restarts it).
+    #[doc(hidden)]
+    pub fn kill(&self, supervisor: bool) {
+        let TrackSender::V2(b) = self else { return };
+        if supervisor && let Some(supervising) = b.watch.supervisor.get() {
+            supervising.abort();
+        }
+        if let Some(current) = b.watch.current.lock().as_ref() {
+            current.abort();
+        }
     }
 
     /// Sends `call`, unless `cancel` fires before it is on the wire.
@@ -66,7 +132,7 @@ impl TrackSender {
             TrackSender::V1(client) => unless_cancelled(cancel, client.perform(&call))
                 .await
                 .map_err(Failure::from),
-            TrackSender::V2(tx) => {
+            TrackSender::V2(Batcher { tx, .. }) => {
                 let (done, result) = oneshot::channel();
                 let job = Job {
                     call,
@@ -89,7 +155,37 @@ impl TrackSender {
 // Room for the `{"batch":[...]}` wrapper and separators.
 const ENVELOPE_BYTES: usize = 64;
 
-async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedReceiver<Job>) {
+/// Runs the batching loop until every sender is gone, restarting it whenever it dies.
+async fn supervise(
+    client: CustomerIo,
+    limits: BatchLimits,
+    rx: mpsc::UnboundedReceiver<Job>,
+    watch: Arc<Watch>,
+) {
+    let _unsupervised = Unsupervised(watch.clone());
+    // Shared so that it outlives a loop that panicked (the lock is released as it unwinds).
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    loop {
+        let task = tokio::spawn({
+            let (client, rx) = (client.clone(), rx.clone());
+            async move { run(client, limits, &mut *rx.lock().await).await }
+        });
+        *watch.current.lock() = Some(task.abort_handle());
+        watch.running.store(true, Ordering::SeqCst);
+        let ended = task.await;
+        watch.running.store(false, Ordering::SeqCst);
+        match ended {
+            // Every sender is gone: the pipeline stopped.
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "the track batcher died; restarting it");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+async fn run(client: CustomerIo, limits: BatchLimits, rx: &mut mpsc::UnboundedReceiver<Job>) {
     let permits = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut carried: Option<Job> = None;
     loop {
@@ -113,7 +209,7 @@ async fn run(client: CustomerIo, limits: BatchLimits, mut rx: mpsc::UnboundedRec
         let leave = match client.track_permit().await {
             Ok(leave) => leave,
             Err(e) => {
-                give_back(first, &mut rx, &e.to_string());
+                give_back(first, rx, &e.to_string());
                 continue;
             }
         };
@@ -192,11 +288,7 @@ mod tests {
     use crate::sandbox::{self, Faults, SandboxConfig};
 
     fn delete(user: &str) -> TrackCall {
-        TrackCall {
-            user: UserId::parse(user).unwrap(),
-            operation: Operation::Delete,
-            event_id: None,
-        }
+        TrackCall::new(UserId::parse(user).unwrap(), Operation::Delete)
     }
 
     /// An operation waiting for the open circuit when its shard loses the partition is

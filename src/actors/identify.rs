@@ -6,23 +6,28 @@ use crate::domain::{Envelope, Operation};
 
 pub type IdentifyActor = TrackApiActor<PersonCall>;
 
-/// A person operation; identify attributes carry `_env` and `_updated_at` (docs/reference.md §4).
+/// A person operation; identify attributes carry `_env` and `_updated_at` (docs/reference.md §4),
+/// and an identify carries the envelope's `timestamp` as Customer.io's ordering timestamp.
 pub struct PersonCall;
 
 impl CallShape for PersonCall {
     fn to_call(envelope: Envelope, environment: &str) -> TrackCall {
+        let mut timestamp = None;
         let operation = match envelope.operation {
             Operation::Identify(mut attributes) => {
                 attributes.insert("_env", environment);
                 attributes.insert("_updated_at", chrono::Utc::now().timestamp());
+                timestamp = envelope.timestamp.map(|ms| ms / 1000);
                 Operation::Identify(attributes)
             }
             other => other,
         };
         TrackCall {
             user: envelope.user,
+            person: envelope.person,
             operation,
             event_id: None,
+            timestamp,
         }
     }
 }

@@ -9,12 +9,20 @@ use tokio_util::sync::CancellationToken;
 
 /// Deliver one envelope to Customer.io: one attempt, no retries (the shard owns retrying).
 #[derive(Message)]
-#[rtype(result = "Result<(), Failure>")]
+#[rtype(result = "Result<Delivered, Failure>")]
 pub struct Deliver {
     pub envelope: Envelope,
     /// Fired when the shard that asked loses its partition: an attempt not yet on the wire is
     /// dropped, so it cannot land after the next consumer's.
     pub cancel: CancellationToken,
+}
+
+/// What Customer.io said of a delivered envelope that its processed event carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delivered {
+    /// The App API's `delivery_id` of a transactional send: every later reporting webhook of
+    /// that message carries it, so a warehouse can join the send to its opens and bounces.
+    pub delivery_id: Option<String>,
 }
 
 /// What went wrong with an attempt, as the pipeline needs to know it.
@@ -89,6 +97,9 @@ pub enum ErrorKind {
     Exhausted,
     /// The warehouse refused the row for good (e.g. a value its column type cannot hold).
     WarehouseRejected,
+    /// An authentic reporting webhook (or one event of it) that could not be parsed: kept
+    /// here, since refusing it would stall Customer.io's stream to the endpoint.
+    WebhookUnparsable,
 }
 
 impl ErrorKind {
@@ -98,6 +109,7 @@ impl ErrorKind {
             ErrorKind::Rejected => "rejected",
             ErrorKind::Exhausted => "exhausted",
             ErrorKind::WarehouseRejected => "warehouse_rejected",
+            ErrorKind::WebhookUnparsable => "webhook_unparsable",
         }
     }
 }
@@ -129,7 +141,7 @@ pub struct AttemptDone {
     pub attempt: u32,
     /// So a success that arrives after a restart still fills the dedup window.
     pub dedup_key: Option<DedupKey>,
-    pub result: Result<(), Failure>,
+    pub result: Result<Delivered, Failure>,
 }
 
 /// A message's outcome is durable (or could not be made so): its lane may move on.

@@ -28,7 +28,7 @@ mod webhook;
 pub use crate::retry::Backoff;
 pub use batcher::{BatchLimits, TrackSender};
 pub use dedup::Dedup;
-pub use dlq::{DlqActor, dead_letter_body};
+pub use dlq::{DlqActor, dead_letter_body, raw_dead_letter};
 pub use identify::IdentifyActor;
 use ledger::AttemptLedger;
 pub use reporting::{Reporting, start_reporting};
@@ -50,6 +50,8 @@ use std::time::Duration;
 pub struct Pipeline {
     shards: Vec<Addr<ShardActor>>,
     deps: Arc<ShardDeps>,
+    /// The Track API's sender (its batcher is a supervised task, not an actor).
+    track_sender: TrackSender,
     /// Threads the shards run on, one per core: parsing and lane bookkeeping spread out.
     arbiters: Vec<Arbiter>,
 }
@@ -69,6 +71,7 @@ impl Pipeline {
                 },
             ),
         };
+        let track_sender = sender.clone();
         let environment = settings.app.environment.clone();
         let identify = {
             let (sender, environment) = (sender.clone(), environment.clone());
@@ -114,6 +117,7 @@ impl Pipeline {
         Self {
             shards,
             deps,
+            track_sender,
             arbiters,
         }
     }
@@ -122,16 +126,33 @@ impl Pipeline {
         self.shards.iter().all(|s| s.connected())
     }
 
-    /// Whether every shard and delivering actor is alive, as a check `/readyz` can keep.
+    /// Whether every shard, delivering actor and the track batcher is alive, as a check
+    /// `/readyz` can keep.
     pub fn liveness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let (shards, deps) = (self.shards.clone(), self.deps.clone());
+        let track_sender = self.track_sender.clone();
         move || {
             shards.iter().all(Addr::connected)
                 && deps.identify.connected()
                 && deps.track.connected()
                 && deps.transactional.connected()
                 && deps.dlq.connected()
+                && track_sender.is_running()
         }
+    }
+
+    /// Whether what dies is still restarted, as a check `/healthz` can keep: actors have
+    /// actix supervisors; the track batcher has its own, and once that is gone nothing
+    /// brings the batcher back but a restart of the process.
+    pub fn health(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let track_sender = self.track_sender.clone();
+        move || track_sender.is_supervised()
+    }
+
+    /// The Track API's sender, for fault-injection tests.
+    #[doc(hidden)]
+    pub fn track_sender(&self) -> &TrackSender {
+        &self.track_sender
     }
 
     /// Stops taking new messages and waits for in-flight ones to settle, up to `deadline`.

@@ -13,9 +13,10 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 /// Runs `work` now and its future later, turning a panic in either into a retryable failure.
-pub fn guarded<Fut>(work: impl FnOnce() -> Fut) -> LocalBoxFuture<'static, Result<(), Failure>>
+pub fn guarded<T, Fut>(work: impl FnOnce() -> Fut) -> LocalBoxFuture<'static, Result<T, Failure>>
 where
-    Fut: Future<Output = Result<(), Failure>> + 'static,
+    T: 'static,
+    Fut: Future<Output = Result<T, Failure>> + 'static,
 {
     match std::panic::catch_unwind(AssertUnwindSafe(work)) {
         Ok(attempt) => Box::pin(
@@ -27,7 +28,7 @@ where
     }
 }
 
-fn panicked(panic: Box<dyn Any + Send>) -> Result<(), Failure> {
+fn panicked<T>(panic: Box<dyn Any + Send>) -> Result<T, Failure> {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -7,11 +7,12 @@
 //! ```
 
 use super::messages::Drain;
+use super::webhook::Following;
 use super::{DlqActor, WarehouseActor, WebhookActor};
 use crate::broker::SharedBroker;
 use crate::config::Settings;
 use crate::domain::webhook::Rules;
-use crate::preferences::ActionLedger;
+use crate::preferences::{Stores, TopicMap};
 use crate::publisher::Publisher;
 use actix::{Addr, Supervisor};
 use std::sync::Arc;
@@ -29,10 +30,13 @@ pub fn start_reporting(
     settings: &Settings,
     broker: SharedBroker,
     publisher: Publisher,
-    ledger: Arc<dyn ActionLedger>,
+    stores: Stores,
 ) -> anyhow::Result<Reporting> {
     let rules = Rules::parse(&settings.webhooks.rules)
         .map_err(|e| anyhow::anyhow!("configuration key `webhooks.rules`: {e}"))?;
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let sink = crate::warehouse::from_settings(&settings.warehouse)?;
     if settings.webhooks.signing_secrets.is_empty() {
         tracing::warn!(
@@ -53,8 +57,19 @@ pub fn start_reporting(
         Supervisor::start(move |_| WarehouseActor::new(broker, sink, dlq, batch_size, flush))
     };
     let horizon = Duration::from_secs(settings.webhooks.tolerance_secs);
+    let following = Following {
+        store: stores.preferences,
+        topics: Arc::new(
+            TopicMap::parse(&settings.preferences.subscription_topics).map_err(|e| {
+                anyhow::anyhow!("configuration key `preferences.subscription_topics`: {e}")
+            })?,
+        ),
+    };
+    let ledger = stores.actions;
     let webhook = Supervisor::start(move |_| {
-        WebhookActor::new(broker, publisher, rules, ledger).with_horizon(horizon)
+        WebhookActor::new(broker, publisher, rules, ledger)
+            .with_horizon(horizon)
+            .following(following.clone())
     });
     Ok(Reporting { webhook, warehouse })
 }

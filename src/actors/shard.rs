@@ -18,7 +18,7 @@ use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::dedup::DedupKey;
 use super::ledger::AttemptLedger;
 use super::messages::{
-    AttemptDone, DeadLetter, Deliver, Drain, ErrorKind, Failure, FailureKind, Settled,
+    AttemptDone, DeadLetter, Deliver, Delivered, Drain, ErrorKind, Failure, FailureKind, Settled,
 };
 use super::settle::publish_confirmed;
 use super::{Dedup, DlqActor, IdentifyActor, TrackActor, TransactionalActor};
@@ -59,6 +59,8 @@ struct Pending {
     acker: Acker,
     attempts: u32,
     received: Instant,
+    /// Set when delivered: what Customer.io answered that the processed event carries.
+    delivered: Delivered,
 }
 
 impl Pending {
@@ -138,6 +140,24 @@ impl Outcome {
 struct Lane {
     pending: VecDeque<Pending>,
     state: LaneState,
+    _active: ActiveUser,
+}
+
+/// A lane's share of `cio_gateway_active_users`: counted while the lane exists, however it
+/// goes (forgotten when idle, dropped on a consumer restart), so the gauge is the lanes'.
+struct ActiveUser;
+
+impl ActiveUser {
+    fn counted() -> Self {
+        metrics::gauge!(metric::ACTIVE_USERS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ActiveUser {
+    fn drop(&mut self) {
+        metrics::gauge!(metric::ACTIVE_USERS).decrement(1.0);
+    }
 }
 
 pub struct ShardActor {
@@ -226,14 +246,13 @@ impl ShardActor {
             acker: delivery.acker,
             attempts: 0,
             received,
+            delivered: Delivered::default(),
         };
         let idle = {
-            let lane = self.lanes.entry(user.clone()).or_insert_with(|| {
-                metrics::gauge!(metric::ACTIVE_USERS).increment(1.0);
-                Lane {
-                    pending: VecDeque::new(),
-                    state: LaneState::Idle,
-                }
+            let lane = self.lanes.entry(user.clone()).or_insert_with(|| Lane {
+                pending: VecDeque::new(),
+                state: LaneState::Idle,
+                _active: ActiveUser::counted(),
             });
             lane.pending.push_back(pending);
             lane.state == LaneState::Idle
@@ -324,13 +343,12 @@ impl ShardActor {
             .is_some_and(|lane| lane.state == LaneState::Idle && lane.pending.is_empty());
         if idle {
             self.lanes.remove(user);
-            metrics::gauge!(metric::ACTIVE_USERS).decrement(1.0);
         }
     }
 
     fn attempt_done(&mut self, done: AttemptDone, ctx: &mut Context<Self>) {
         match (&done.result, &done.dedup_key) {
-            (Ok(()), Some(key)) => self.deps.dedup.insert(key.clone()),
+            (Ok(_), Some(key)) => self.deps.dedup.insert(key.clone()),
             // Counted even when this attempt's generation is gone: the redelivered copy
             // carries on from here.
             (Err(f), Some(key)) if matches!(f.kind, FailureKind::Retryable { .. }) => self
@@ -357,7 +375,10 @@ impl ShardActor {
                         .map(|p| p.dead_lettered(error.to_string(), kind))
                 };
                 match &done.result {
-                    Ok(()) => lane.pending.pop_front().map(Outcome::Delivered),
+                    Ok(delivered) => lane.pending.pop_front().map(|mut pending| {
+                        pending.delivered = delivered.clone();
+                        Outcome::Delivered(pending)
+                    }),
                     Err(failure) => match failure.kind {
                         // Not this message's failure: give back the attempt `dispatch` counted
                         // and send it again (the client waits until the API recovers).
@@ -491,7 +512,12 @@ impl ShardActor {
             metrics::histogram!(metric::DELIVERY_DURATION, "type" => kind)
                 .record((now - published).max(0) as f64 / 1000.0);
         }
-        let body = processed_body(&pending.body, pending.attempts, pending.received.elapsed());
+        let body = processed_body(
+            &pending.body,
+            pending.attempts,
+            pending.received.elapsed(),
+            &pending.delivered,
+        );
         let message = Publish::new(PROCESSED_EXCHANGE, &pending.routing_key, body).optional_route();
         let broker = self.deps.broker.clone();
         let acker = pending.acker;
@@ -555,13 +581,17 @@ impl ShardActor {
     }
 }
 
-/// The processed event of docs/reference.md §5: the envelope plus the outcome.
-fn processed_body(body: &[u8], attempts: u32, took: Duration) -> Vec<u8> {
+/// The processed event of docs/reference.md §5: the envelope plus the outcome (and, for a
+/// transactional send, the App API's `deliveryId`).
+fn processed_body(body: &[u8], attempts: u32, took: Duration, delivered: &Delivered) -> Vec<u8> {
     let mut value: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).unwrap_or_default();
     value.insert("status".into(), "success".into());
     value.insert("attempts".into(), attempts.into());
     value.insert("processingTime".into(), (took.as_millis() as u64).into());
+    if let Some(id) = &delivered.delivery_id {
+        value.insert("deliveryId".into(), id.as_str().into());
+    }
     serde_json::to_vec(&value).unwrap_or_default()
 }
 

@@ -7,12 +7,13 @@ use crate::domain::{Envelope, Operation};
 
 pub type TrackActor = TrackApiActor<EventCall>;
 
-/// An event or page view, tagged with `_env`.
+/// An event or page view, tagged with `_env`; a page view carries the envelope's `timestamp`.
 pub struct EventCall;
 
 impl CallShape for EventCall {
     fn to_call(envelope: Envelope, environment: &str) -> TrackCall {
         let published_secs = envelope.timestamp.map(|ms| ms / 1000);
+        let mut timestamp = None;
         let operation = match envelope.operation {
             Operation::Track(mut event) => {
                 event.data.insert("_env", environment);
@@ -22,14 +23,17 @@ impl CallShape for EventCall {
             }
             Operation::Page(mut page) => {
                 page.data.insert("_env", environment);
+                timestamp = published_secs;
                 Operation::Page(page)
             }
             other => other,
         };
         TrackCall {
             user: envelope.user,
+            person: envelope.person,
             operation,
             event_id: envelope.correlation_id.and_then(|id| id.as_ulid()),
+            timestamp,
         }
     }
 }

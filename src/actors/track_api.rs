@@ -2,7 +2,7 @@
 //! call (the shape is the only difference between them) and hands it to the batcher.
 
 use super::batcher::TrackSender;
-use super::messages::{Deliver, Failure};
+use super::messages::{Deliver, Delivered, Failure};
 use super::panic_guard::{fault_hook, guarded};
 use crate::customerio::TrackCall;
 use crate::domain::Envelope;
@@ -38,14 +38,17 @@ impl<S: CallShape> Actor for TrackApiActor<S> {
 impl<S: CallShape> Supervised for TrackApiActor<S> {}
 
 impl<S: CallShape> Handler<Deliver> for TrackApiActor<S> {
-    type Result = ResponseFuture<Result<(), Failure>>;
+    type Result = ResponseFuture<Result<Delivered, Failure>>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
         guarded(|| {
             fault_hook(msg.envelope.user.as_str());
             let call = S::to_call(msg.envelope, &self.environment);
             let sender = self.sender.clone();
-            async move { sender.send(call, msg.cancel).await }
+            async move {
+                sender.send(call, msg.cancel).await?;
+                Ok(Delivered::default())
+            }
         })
     }
 }

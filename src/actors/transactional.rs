@@ -1,6 +1,6 @@
 //! TransactionalActor: App API sends, with template names resolved from `[templates]`.
 
-use super::messages::{Deliver, Failure};
+use super::messages::{Deliver, Delivered, Failure};
 use super::panic_guard::{fault_hook, guarded};
 use crate::customerio::{CustomerIo, unless_cancelled};
 use crate::domain::{Operation, TemplateRef};
@@ -39,7 +39,7 @@ impl Actor for TransactionalActor {
 impl Supervised for TransactionalActor {}
 
 impl Handler<Deliver> for TransactionalActor {
-    type Result = ResponseFuture<Result<(), Failure>>;
+    type Result = ResponseFuture<Result<Delivered, Failure>>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
         guarded(|| {
@@ -57,7 +57,9 @@ impl Handler<Deliver> for TransactionalActor {
                 let (request, message_id) = (request?, message_id?);
                 unless_cancelled(msg.cancel, client.send(&request, message_id.as_ref()))
                     .await
-                    .map(drop)
+                    .map(|receipt| Delivered {
+                        delivery_id: Some(receipt.delivery_id).filter(|id| !id.is_empty()),
+                    })
                     .map_err(Failure::from)
             }
         })

@@ -22,6 +22,11 @@
 //! order (record first) could lose the action. While the database is down nothing is acked:
 //! the event is returned to the queue after a backoff, as on broker trouble.
 //!
+//! Subscription changes Customer.io reports (`*.subscribed`, `*.unsubscribed`,
+//! `cio_subscription_preferences_changed`) update the local preferences store first, when
+//! newer than its row (`src/preferences/remote.rs`); applying one twice changes nothing, so
+//! it needs no ledger entry. A database error returns the event to the queue.
+//!
 //! An unparseable body (the edge validated it, so this is a bug or a foreign publisher) is
 //! acked with an error log here; the warehouse actor dead-letters its copy of it.
 
@@ -31,7 +36,9 @@ use crate::broker::topology::WEBHOOKS_ACTIONS_QUEUE;
 use crate::broker::{Acker, Delivery, SharedBroker};
 use crate::domain::ReportingEvent;
 use crate::domain::webhook::{Action, Rules, action_envelope};
-use crate::preferences::{ActionLedger, ActionRecord, Verdict};
+use crate::preferences::{
+    ActionLedger, ActionRecord, PreferenceStore, RemoteChange, TopicMap, Verdict,
+};
 use crate::publisher::{PublishError, Publisher};
 use crate::retry::{Backoff, FailureStreak};
 use crate::telemetry::metric;
@@ -54,6 +61,8 @@ pub struct WebhookActor {
     publisher: Publisher,
     rules: Arc<Rules>,
     ledger: Arc<dyn ActionLedger>,
+    /// The preferences that follow Customer.io's subscription webhooks, when wired.
+    preferences: Option<Following>,
     /// How long an event acted on is remembered.
     horizon: Duration,
     last_prune: Option<Instant>,
@@ -61,6 +70,13 @@ pub struct WebhookActor {
     /// Events returned to the queue in a row (broker or database trouble).
     settle_failures: FailureStreak,
     draining: bool,
+}
+
+/// The local preferences store and the topic mapping its remote changes are read with.
+#[derive(Clone)]
+pub struct Following {
+    pub store: Arc<dyn PreferenceStore>,
+    pub topics: Arc<TopicMap>,
 }
 
 /// What became of one event.
@@ -83,6 +99,7 @@ impl WebhookActor {
             publisher,
             rules: Arc::new(rules),
             ledger,
+            preferences: None,
             horizon: DEFAULT_HORIZON,
             last_prune: None,
             resubscribe: Resubscribe::default(),
@@ -94,6 +111,12 @@ impl WebhookActor {
     /// Remember events acted on for `horizon` (`webhooks.tolerance_secs`).
     pub fn with_horizon(mut self, horizon: Duration) -> Self {
         self.horizon = horizon;
+        self
+    }
+
+    /// Apply Customer.io's subscription changes to this preferences store.
+    pub fn following(mut self, preferences: Following) -> Self {
+        self.preferences = Some(preferences);
         self
     }
 
@@ -123,6 +146,7 @@ impl WebhookActor {
         };
         let work = handle_event(
             event,
+            self.preferences.clone(),
             self.rules.clone(),
             self.publisher.clone(),
             self.ledger.clone(),
@@ -149,12 +173,18 @@ impl WebhookActor {
 /// when due, and counts the outcome.
 async fn handle_event(
     event: ReportingEvent,
+    preferences: Option<Following>,
     rules: Arc<Rules>,
     publisher: Publisher,
     ledger: Arc<dyn ActionLedger>,
     prune_before: Option<i64>,
 ) -> Outcome {
     let received = Instant::now();
+    if let Some(preferences) = &preferences
+        && let Err(e) = follow(preferences, &event).await
+    {
+        return Outcome::Retry(format!("applying a subscription change: {e}"));
+    }
     let action = rules.action_for(&event.routing_key());
     let outcome = match (
         action_envelope(&event, action),
@@ -187,6 +217,29 @@ async fn handle_event(
     tracing::debug!(event_id = %event.event_id, action = action_label,
         outcome = outcome_label, took = ?received.elapsed(), "webhook event handled");
     outcome
+}
+
+/// Applies the subscription change the event reports, if any, when newer than the local row.
+async fn follow(
+    preferences: &Following,
+    event: &ReportingEvent,
+) -> Result<(), crate::preferences::StoreError> {
+    let Some(remote) = RemoteChange::of(event, &preferences.topics) else {
+        return Ok(());
+    };
+    let applied = preferences
+        .store
+        .apply_remote(&remote.user, &remote.change, remote.at_ms)
+        .await?;
+    let outcome = if applied.is_some() {
+        "applied"
+    } else {
+        "superseded"
+    };
+    metrics::counter!(metric::PREFERENCES_REMOTE_CHANGES, "outcome" => outcome).increment(1);
+    tracing::info!(event_id = %event.event_id, user = %remote.user, outcome,
+        "subscription change from Customer.io");
+    Ok(())
 }
 
 /// Acks the event, or after `delay` returns it to the queue.

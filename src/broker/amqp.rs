@@ -1,9 +1,18 @@
 //! RabbitMQ through lapin: one connection, a confirm-mode publishing channel, a channel per
 //! consumer. When the connection drops, streams end, publishes fail fast, and the next call
 //! (or the watchdog) reconnects with backoff and re-declares the topology.
+//!
+//! A connection is dead when lapin says so (socket closed, or no frame for two heartbeat
+//! intervals) or when a publish's confirm is overdue (two heartbeat intervals): a silently
+//! partitioned network closes nothing, so the gateway must notice by itself. A dead connection's
+//! consumer streams end at once, so nothing more is delivered from it, and the next call
+//! reconnects through the endpoint list, each endpoint bounded by `connect_timeout`.
 
 use super::topology::{ExchangeKind, QueueKind, Topology};
-use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, Headers, Publish};
+use super::{
+    Acker, Broker, BrokerError, ConnectOptions, Delivery, DeliveryStream, Headers, Publish,
+    reply_code,
+};
 use crate::retry::Backoff;
 use crate::telemetry::metric;
 use async_trait::async_trait;
@@ -13,23 +22,38 @@ use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 /// How long `close` waits for RabbitMQ's `close-ok`. Past it the connection is dropped (RabbitMQ
 /// requeues whatever was unacked when the socket goes), so a shutdown never hangs on it: after
 /// forced connection closes, lapin 4.12 was seen waiting for `close-ok` forever.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long connecting (and declaring the topology) may take before it counts as failed: a
-/// node still booting can accept the socket and not answer, and the watchdog must try again.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a publish may wait for its confirm. Far above a healthy broker's milliseconds;
-/// past it the message counts as not stored (the caller retries or answers 503), so no caller
-/// waits forever on a confirm lost with a dying channel.
+/// How long declaring the topology on a new connection may take before it counts as failed: a
+/// node still booting can accept the AMQP handshake and not answer, and the watchdog must try
+/// again. (Reaching an endpoint is bounded by `ConnectOptions::connect_timeout`, per endpoint.)
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a publish may wait for its confirm with heartbeats off. With heartbeats on it is
+/// two heartbeat intervals ([`confirm_deadline`]). Far above a healthy broker's milliseconds;
+/// past it the message counts as not stored (the caller retries or answers 503) and the
+/// connection as dead, so no caller waits forever on a confirm lost with a dying channel.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a confirm may be overdue before the connection counts as dead: as long as lapin
+/// waits for a frame before it gives the connection up (two heartbeat intervals).
+fn confirm_deadline(heartbeat_secs: u16) -> Duration {
+    if heartbeat_secs == 0 {
+        CONFIRM_TIMEOUT
+    } else {
+        Duration::from_secs(2 * u64::from(heartbeat_secs))
+    }
+}
 /// Nacks in a row on the publishing channel after which it is replaced by a new one. On a
 /// cluster, a channel whose first publish to a quorum queue fell into the leader election after
 /// a node was lost was seen (3.10.8) to get a nack for every later publish too; a new channel
@@ -40,6 +64,7 @@ const NACKS_BEFORE_REOPEN: u32 = 3;
 pub struct AmqpBroker {
     url: String,
     topology: Topology,
+    options: ConnectOptions,
     live: Mutex<Option<Live>>,
     connected: AtomicBool,
     closed: AtomicBool,
@@ -55,21 +80,52 @@ pub struct AmqpBroker {
 struct Live {
     connection: Arc<Connection>,
     publisher: Channel,
+    /// Cancelled once the gateway judged the connection dead (a confirm overdue): its
+    /// consumer streams end, and the next call reconnects.
+    dead: CancellationToken,
 }
 
 impl Live {
     fn healthy(&self) -> bool {
-        self.connection.status().connected() && self.publisher.status().connected()
+        !self.dead.is_cancelled()
+            && self.connection.status().connected()
+            && self.publisher.status().connected()
+    }
+
+    /// Gives the connection up: ends its streams now, and closes it in the background (on a
+    /// partitioned network the close is never answered; the server requeues when it notices).
+    fn declare_dead(&self, why: &str) {
+        if self.dead.is_cancelled() {
+            return;
+        }
+        tracing::warn!(why, "RabbitMQ connection considered dead; reconnecting");
+        metrics::counter!(metric::BROKER_CONNECTIONS_ABANDONED).increment(1);
+        self.dead.cancel();
+        let connection = self.connection.clone();
+        tokio::spawn(async move {
+            let close = connection.close(320, "gateway: connection considered dead".into());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+        });
     }
 }
 
 impl AmqpBroker {
+    /// [`AmqpBroker::connect_with`] default options.
+    pub async fn connect(url: &str, topology: Topology) -> Result<Arc<Self>, BrokerError> {
+        Self::connect_with(url, topology, ConnectOptions::default()).await
+    }
+
     /// Connects (failing fast if RabbitMQ is unreachable now), declares the topology and
     /// starts a watchdog that reconnects after a connection loss.
-    pub async fn connect(url: &str, topology: Topology) -> Result<Arc<Self>, BrokerError> {
+    pub async fn connect_with(
+        url: &str,
+        topology: Topology,
+        options: ConnectOptions,
+    ) -> Result<Arc<Self>, BrokerError> {
         let broker = Arc::new(Self {
             url: url.to_string(),
             topology,
+            options,
             live: Mutex::new(None),
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -79,6 +135,12 @@ impl AmqpBroker {
         });
         broker.live().await?;
         tokio::spawn(watchdog(Arc::downgrade(&broker)));
+        if broker.topology.uses_modulus_hash() {
+            tokio::spawn(warn_of_khepri_caveat(
+                broker.url.clone(),
+                broker.options.connect_timeout,
+            ));
+        }
         Ok(broker)
     }
 
@@ -92,11 +154,7 @@ impl AmqpBroker {
             return Ok(live.clone());
         }
         self.set_connected(false);
-        let live = tokio::time::timeout(CONNECT_TIMEOUT, self.open())
-            .await
-            .map_err(|_| {
-                BrokerError::Unavailable(format!("no connection within {CONNECT_TIMEOUT:?}"))
-            })??;
+        let live = self.open().await?;
         *guard = Some(live.clone());
         self.set_connected(true);
         tracing::info!("connected to RabbitMQ");
@@ -105,15 +163,23 @@ impl AmqpBroker {
 
     /// A new connection with the topology declared and a confirm-mode publishing channel.
     async fn open(&self) -> Result<Live, BrokerError> {
-        let connection = connect_any(&self.url).await?;
-        declare_on(&connection, &self.topology).await?;
-        let publisher = publisher_channel(&connection).await?;
+        let connection = connect_any(&self.url, &self.options).await?;
+        let setup = async {
+            declare_on(&connection, &self.topology).await?;
+            publisher_channel(&connection).await
+        };
+        let publisher = tokio::time::timeout(SETUP_TIMEOUT, setup)
+            .await
+            .map_err(|_| {
+                BrokerError::Unavailable(format!("topology not declared within {SETUP_TIMEOUT:?}"))
+            })??;
         self.publisher_id
             .store(u32::from(publisher.id()), Ordering::Relaxed);
         self.nacks_in_a_row.store(0, Ordering::Relaxed);
         Ok(Live {
             connection: Arc::new(connection),
             publisher,
+            dead: CancellationToken::new(),
         })
     }
 
@@ -158,6 +224,25 @@ impl AmqpBroker {
         }
     }
 
+    /// Runs a request on `live` that RabbitMQ answers at once when healthy; overdue as long as
+    /// a confirm, the connection counts as dead.
+    async fn answered_in_time<T>(
+        &self,
+        live: &Live,
+        request: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let deadline = confirm_deadline(self.options.heartbeat_secs);
+        match tokio::time::timeout(deadline, request).await {
+            Ok(result) => result,
+            Err(_) => {
+                live.declare_dead("a request to RabbitMQ is overdue");
+                Err(BrokerError::Unavailable(format!(
+                    "RabbitMQ did not answer within {deadline:?}"
+                )))
+            }
+        }
+    }
+
     fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
         metrics::gauge!(metric::BROKER_CONNECTED).set(if up { 1.0 } else { 0.0 });
@@ -192,17 +277,67 @@ async fn watchdog(broker: std::sync::Weak<AmqpBroker>) {
     }
 }
 
+/// Warns at start where the broker's version may move a user's `x-modulus-hash` partition
+/// across a node restart (docs/operations.md, "RabbitMQ versions and the partitioner").
+async fn warn_of_khepri_caveat(url: String, timeout: Duration) {
+    use super::server_version::{KhepriCaveat, khepri_caveat, probe};
+    let Some(endpoint) = url.split(',').map(str::trim).find(|e| !e.is_empty()) else {
+        return;
+    };
+    let Some(version) = probe(endpoint, timeout).await else {
+        return;
+    };
+    match khepri_caveat(&version) {
+        Some(KhepriCaveat::Affected) => tracing::warn!(
+            version,
+            "RabbitMQ {version} stores metadata in Khepri by default, where x-modulus-hash can \
+             send a user to another partition after a node restart (reordering messages queued \
+             before it); fixed in RabbitMQ 4.3.0 (rabbitmq-server PR #15849): upgrade, or run \
+             on Mnesia"
+        ),
+        Some(KhepriCaveat::IfKhepriEnabled) => tracing::info!(
+            version,
+            "RabbitMQ {version}: if the khepri_db feature flag is enabled, x-modulus-hash can \
+             send a user to another partition after a node restart; fixed in RabbitMQ 4.3.0"
+        ),
+        None => tracing::debug!(version, "RabbitMQ version"),
+    }
+}
+
 /// Connects to the first endpoint that answers: `url` may name several nodes of one cluster,
-/// comma-separated, tried in turn (on every reconnect too, so a lost node is skipped).
-async fn connect_any(url: &str) -> Result<Connection, BrokerError> {
+/// comma-separated, tried in turn (on every reconnect too, so a lost node is skipped), each
+/// for at most `connect_timeout` (a black-holed endpoint neither accepts nor refuses).
+async fn connect_any(url: &str, options: &ConnectOptions) -> Result<Connection, BrokerError> {
     let mut failures = Vec::new();
     for endpoint in url.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        match Connection::connect(endpoint, ConnectionProperties::default()).await {
-            Ok(connection) => return Ok(connection),
-            Err(e) => failures.push(format!("{}: {e}", redacted(endpoint))),
+        let uri = match endpoint_uri(endpoint, options.heartbeat_secs) {
+            Ok(uri) => uri,
+            Err(e) => {
+                failures.push(format!("{}: {e}", redacted(endpoint)));
+                continue;
+            }
+        };
+        let connect = Connection::connect_uri(uri, ConnectionProperties::default());
+        match tokio::time::timeout(options.connect_timeout, connect).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(e)) => failures.push(format!("{}: {e}", redacted(endpoint))),
+            Err(_) => failures.push(format!(
+                "{}: no AMQP handshake within {:?}",
+                redacted(endpoint),
+                options.connect_timeout
+            )),
         }
     }
     Err(BrokerError::Unavailable(failures.join("; ")))
+}
+
+/// An endpoint's URI, asking for `heartbeat_secs` unless its `?heartbeat=` names a value.
+fn endpoint_uri(endpoint: &str, heartbeat_secs: u16) -> Result<AMQPUri, String> {
+    let mut uri = AMQPUri::from_str(endpoint)?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(heartbeat_secs);
+    }
+    Ok(uri)
 }
 
 /// An endpoint without its credentials, for error messages.
@@ -219,16 +354,27 @@ fn redacted(endpoint: &str) -> String {
 
 /// A confirm-mode channel for publishing.
 async fn publisher_channel(connection: &Connection) -> Result<Channel, BrokerError> {
-    let channel = connection.create_channel().await.map_err(unavailable)?;
+    let channel = new_channel(connection).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| BrokerError::amqp("enabling publisher confirms", e))?;
     Ok(channel)
 }
 
-fn unavailable(e: lapin::Error) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+async fn new_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|e| BrokerError::amqp("opening a channel", e))
+}
+
+/// The AMQP reply code a lapin error carries: RabbitMQ's `channel.close` / `connection.close`.
+pub(super) fn reply_code_of(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
 }
 
 /// The broker's own redelivery limit on every quorum queue: far above the gateway's attempt
@@ -259,7 +405,7 @@ fn quorum_safety_args(args: &mut FieldTable) {
 }
 
 async fn declare_on(connection: &Connection, topology: &Topology) -> Result<(), BrokerError> {
-    let mut channel = connection.create_channel().await.map_err(unavailable)?;
+    let mut channel = new_channel(connection).await?;
     let result = declare_all(connection, &mut channel, topology).await;
     let _ = channel.close(200, "declared".into()).await;
     result
@@ -289,12 +435,14 @@ async fn declare_all(
             )
             .await
             .map_err(|e| {
-                let text = e.to_string();
-                if text.contains("unknown exchange type") || text.contains("invalid exchange type")
+                // RabbitMQ closes the connection with COMMAND_INVALID for an exchange type it
+                // does not know ("invalid exchange type 'x-modulus-hash'").
+                if exchange.kind == ExchangeKind::ModulusHash
+                    && reply_code_of(&e) == Some(reply_code::COMMAND_INVALID)
                 {
                     BrokerError::PluginMissing
                 } else {
-                    BrokerError::Protocol(format!("declaring exchange {}: {text}", exchange.name))
+                    BrokerError::amqp(format!("declaring exchange {}", exchange.name), e)
                 }
             })?;
     }
@@ -331,7 +479,7 @@ async fn declare_all(
             Ok(_) => {}
             // Declared by an older version with other arguments, which cannot change: use it
             // as it is (the failed declare closed the channel) and say which policy fixes it.
-            Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
+            Err(e) if reply_code_of(&e) == Some(reply_code::PRECONDITION_FAILED) => {
                 tracing::warn!(
                     queue = %queue.name,
                     error = %e,
@@ -355,7 +503,7 @@ async fn declare_all(
                          declare it again (docs/operations.md, \"Webhook actions in order\")"
                     );
                 }
-                *channel = connection.create_channel().await.map_err(unavailable)?;
+                *channel = new_channel(connection).await?;
                 channel
                     .queue_declare(
                         queue.name.as_str().into(),
@@ -366,26 +514,25 @@ async fn declare_all(
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(|e| {
-                        BrokerError::Protocol(format!("declaring queue {}: {e}", queue.name))
-                    })?;
+                    .map_err(|e| BrokerError::amqp(format!("declaring queue {}", queue.name), e))?;
             }
             // A classic queue lives on one node of a cluster; while that node is down the
             // queue exists but cannot be declared. Reconnecting to the rest of the cluster must
-            // not wait for it (the partitions are quorum queues and keep serving).
+            // not wait for it (the partitions are quorum queues and keep serving). RabbitMQ
+            // answers NOT_FOUND ("home node ... is down or inaccessible").
             Err(e)
                 if queue.kind == QueueKind::Classic
-                    && e.to_string().contains("is down or inaccessible") =>
+                    && reply_code_of(&e) == Some(reply_code::NOT_FOUND) =>
             {
                 tracing::warn!(queue = %queue.name, error = %e, "queue's node is down; going on without it");
                 unreachable.push(queue.name.as_str());
-                *channel = connection.create_channel().await.map_err(unavailable)?;
+                *channel = new_channel(connection).await?;
             }
             Err(e) => {
-                return Err(BrokerError::Protocol(format!(
-                    "declaring queue {}: {e}",
-                    queue.name
-                )));
+                return Err(BrokerError::amqp(
+                    format!("declaring queue {}", queue.name),
+                    e,
+                ));
             }
         }
     }
@@ -399,7 +546,7 @@ async fn declare_all(
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| BrokerError::Protocol(format!("binding {}: {e}", b.source)))?;
+            .map_err(|e| BrokerError::amqp(format!("binding {}", b.source), e))?;
     }
     for b in &topology.queue_bindings {
         if unreachable.contains(&b.destination.as_str()) {
@@ -414,7 +561,7 @@ async fn declare_all(
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| BrokerError::Protocol(format!("binding {}: {e}", b.destination)))?;
+            .map_err(|e| BrokerError::amqp(format!("binding {}", b.destination), e))?;
     }
     Ok(())
 }
@@ -532,15 +679,20 @@ impl Broker for AmqpBroker {
                     properties,
                 )
                 .await
-                .map_err(unavailable)?
+                .map_err(|e| BrokerError::amqp("publishing", e))?
                 .await
                 .map_err(|e| BrokerError::NotConfirmed(e.to_string()))
         };
-        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
-            .await
-            .map_err(|_| {
-                BrokerError::NotConfirmed(format!("no confirm within {CONFIRM_TIMEOUT:?}"))
-            })??;
+        let deadline = confirm_deadline(self.options.heartbeat_secs);
+        let confirm = match tokio::time::timeout(deadline, confirmed).await {
+            Ok(confirm) => confirm?,
+            Err(_) => {
+                live.declare_dead("a publish confirm is overdue");
+                return Err(BrokerError::NotConfirmed(format!(
+                    "no confirm within {deadline:?}"
+                )));
+            }
+        };
         if !matches!(confirm, Confirmation::Nack(_)) {
             self.nacks_in_a_row.store(0, Ordering::Relaxed);
         }
@@ -559,52 +711,53 @@ impl Broker for AmqpBroker {
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
         let live = self.live().await?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| BrokerError::Protocol(format!("consuming {queue}: {e}")))?;
-        // An error item means the channel or connection is gone: end the stream there.
+        let subscribe = async {
+            let channel = new_channel(&live.connection).await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| BrokerError::amqp("setting the prefetch", e))?;
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| BrokerError::amqp(format!("consuming {queue}"), e))?;
+            Ok::<_, BrokerError>((channel, consumer))
+        };
+        let (channel, consumer) = self.answered_in_time(&live, subscribe).await?;
+        // An error item means the channel or connection is gone, and a connection judged dead
+        // delivers nothing more: end the stream there.
         let stream = consumer
             .take_while(|item| futures::future::ready(item.is_ok()))
             .filter_map(|item| futures::future::ready(item.ok().map(into_delivery)))
+            .take_until(live.dead.clone().cancelled_owned())
             .boxed();
         Ok(DeliveryStream::new(stream, CloseOnDrop(Some(channel))))
     }
 
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
         let live = self.live().await?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| BrokerError::Protocol(format!("queue {queue}: {e}")))?;
-        let _ = channel.close(200, "counted".into()).await;
-        Ok(declared.message_count())
+        let count = async {
+            let channel = new_channel(&live.connection).await?;
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| BrokerError::amqp(format!("queue {queue}"), e))?;
+            let _ = channel.close(200, "counted".into()).await;
+            Ok(declared.message_count())
+        };
+        self.answered_in_time(&live, count).await
     }
 
     fn is_connected(&self) -> bool {
@@ -631,7 +784,7 @@ mod tests {
     use super::*;
 
     /// A peer that accepts the socket and never speaks AMQP (a node still booting, a black
-    /// hole): connecting gives up after CONNECT_TIMEOUT instead of hanging the watchdog.
+    /// hole): connecting gives up after the connect timeout instead of hanging the watchdog.
     #[tokio::test]
     async fn a_silent_peer_fails_the_connection_in_bounded_time() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -642,15 +795,68 @@ mod tests {
                 held.push(socket);
             }
         });
+        let options = ConnectOptions {
+            connect_timeout: Duration::from_millis(500),
+            ..ConnectOptions::default()
+        };
         let started = std::time::Instant::now();
-        let url = format!("amqp://guest:guest@{addr}/%2f");
-        let result = AmqpBroker::connect(&url, Topology::new(1)).await;
+        // Twice the same silent endpoint: each is given up after its own timeout.
+        let url = format!("amqp://guest:guest@{addr}/%2f,amqp://guest:guest@{addr}/%2f");
+        let result = AmqpBroker::connect_with(&url, Topology::new(1), options).await;
+        let Err(BrokerError::Unavailable(why)) = result else {
+            panic!("{:?}", result.err());
+        };
+        assert_eq!(why.matches("no AMQP handshake within").count(), 2, "{why}");
         assert!(
-            matches!(result, Err(BrokerError::Unavailable(_))),
+            started.elapsed() < Duration::from_secs(3),
             "{:?}",
-            result.err()
+            started.elapsed()
         );
-        assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(5));
         silent.abort();
+    }
+
+    #[test]
+    fn the_heartbeat_is_asked_for_unless_the_url_names_one() {
+        let uri = endpoint_uri("amqp://guest:guest@127.0.0.1:5672/%2f", 10).unwrap();
+        assert_eq!(uri.query.heartbeat, Some(10));
+        let uri = endpoint_uri("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=3", 10).unwrap();
+        assert_eq!(uri.query.heartbeat, Some(3));
+        let uri = endpoint_uri("amqp://127.0.0.1:5672/%2f?heartbeat=0", 10).unwrap();
+        assert_eq!(uri.query.heartbeat, Some(0), "0 in the URL turns them off");
+    }
+
+    #[test]
+    fn a_confirm_is_overdue_after_two_heartbeats() {
+        assert_eq!(confirm_deadline(10), Duration::from_secs(20));
+        assert_eq!(confirm_deadline(0), CONFIRM_TIMEOUT);
+    }
+
+    #[test]
+    fn reply_codes_come_from_the_protocol_error_not_its_text() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+        let protocol = |kind: AMQPErrorKind, text: &str| -> lapin::Error {
+            lapin::ErrorKind::ProtocolError(AMQPError::new(kind, text.into())).into()
+        };
+        let failed = protocol(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "some text",
+        );
+        assert_eq!(
+            reply_code_of(&failed),
+            Some(reply_code::PRECONDITION_FAILED)
+        );
+        let invalid = protocol(
+            AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID),
+            "PRECONDITION_FAILED in the text only",
+        );
+        assert_eq!(reply_code_of(&invalid), Some(reply_code::COMMAND_INVALID));
+        let error = BrokerError::amqp("declaring", invalid);
+        assert_eq!(error.reply_code(), Some(reply_code::COMMAND_INVALID));
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "lapin's error is kept as the source"
+        );
+        let io: lapin::Error = lapin::ErrorKind::MissingHeartbeatError.into();
+        assert_eq!(reply_code_of(&io), None);
     }
 }

@@ -6,6 +6,8 @@
 
 mod amqp;
 mod memory;
+pub mod partitioner;
+pub mod server_version;
 pub mod topology;
 
 use async_trait::async_trait;
@@ -65,11 +67,84 @@ pub enum BrokerError {
     #[error("no queue is bound to receive messages on exchange {0:?}")]
     Unroutable(String),
     #[error(
-        "RabbitMQ has no x-modulus-hash exchange type; enable it with: rabbitmq-plugins enable rabbitmq_sharding"
+        "RabbitMQ has no x-modulus-hash exchange type; enable it with: rabbitmq-plugins enable rabbitmq_sharding (RabbitMQ 4.3 and later have it without the plugin)"
     )]
     PluginMissing,
     #[error("broker: {0}")]
     Protocol(String),
+    /// RabbitMQ refused an operation, or the connection under it failed. Classified by the AMQP
+    /// reply code ([`BrokerError::reply_code`]), never by the text.
+    #[error("RabbitMQ: {context}: {source}")]
+    Amqp {
+        context: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+/// AMQP 0-9-1 reply codes the gateway acts on (the spec's constants; RabbitMQ sends them in
+/// `channel.close` / `connection.close`).
+pub mod reply_code {
+    /// `NOT_FOUND`: no such queue or exchange, or (classic queue) its node is down.
+    pub const NOT_FOUND: u16 = 404;
+    /// `RESOURCE_LOCKED`: e.g. `basic.get` on a single-active-consumer quorum queue.
+    pub const RESOURCE_LOCKED: u16 = 405;
+    /// `PRECONDITION_FAILED`: declared before with other arguments.
+    pub const PRECONDITION_FAILED: u16 = 406;
+    /// `COMMAND_INVALID`: e.g. an exchange type the broker does not know.
+    pub const COMMAND_INVALID: u16 = 503;
+}
+
+impl BrokerError {
+    pub(crate) fn amqp(context: impl Into<String>, source: lapin::Error) -> Self {
+        Self::Amqp {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The AMQP reply code RabbitMQ closed the channel or connection with, if it did.
+    pub fn reply_code(&self) -> Option<u16> {
+        match self {
+            Self::Amqp { source, .. } => amqp::reply_code_of(source),
+            _ => None,
+        }
+    }
+}
+
+/// How the gateway connects beyond what the URL says (`broker.*`, docs/reference.md §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// The AMQP heartbeat asked for on endpoints whose URL names none (`?heartbeat=` in the
+    /// URL wins). Both sides then declare the peer dead after about two missed beats; 0 turns
+    /// heartbeats off (the server's own default then applies).
+    pub heartbeat_secs: u16,
+    /// How long one endpoint may take to accept and finish the AMQP handshake before the next
+    /// is tried: a black-holed endpoint must not hang a reconnect.
+    pub connect_timeout: Duration,
+    /// How messages reach their partition queue.
+    pub partitioner: partitioner::Partitioner,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_secs: 10,
+            connect_timeout: Duration::from_secs(5),
+            partitioner: partitioner::Partitioner::Auto,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// From the gateway's settings.
+    pub fn for_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            heartbeat_secs: settings.broker.heartbeat_secs,
+            connect_timeout: Duration::from_millis(settings.broker.connect_timeout_ms),
+            partitioner: settings.broker.partitioner,
+        }
+    }
 }
 
 /// A message taken from a queue, to be acked once its outcome is durable.
@@ -226,13 +301,22 @@ impl QueueBacklog {
     }
 }
 
-/// Connects to the broker named by `url` and declares the topology.
+/// Connects to the broker named by `url` and declares the topology, with default options.
 pub async fn connect(url: &str, topology: Topology) -> Result<SharedBroker, BrokerError> {
+    connect_with(url, topology, &ConnectOptions::default()).await
+}
+
+/// Connects to the broker named by `url` and declares the topology.
+pub async fn connect_with(
+    url: &str,
+    topology: Topology,
+    options: &ConnectOptions,
+) -> Result<SharedBroker, BrokerError> {
     if url == "memory://" {
         let broker = MemoryBroker::new();
         broker.declare(&topology).await?;
         Ok(Arc::new(broker))
     } else {
-        Ok(AmqpBroker::connect(url, topology).await?)
+        Ok(AmqpBroker::connect_with(url, topology, options.clone()).await?)
     }
 }

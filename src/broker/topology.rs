@@ -14,6 +14,7 @@
 //! and rebuilds it at boot in binding-recovery order (3.10.8 here: `0,1,2,3` became `0,2,3,1`).
 
 use crate::domain::Route;
+use crate::preferences::SUBSCRIPTION_PATTERNS;
 use serde::Serialize;
 
 pub const IDENTIFY_EXCHANGE: &str = "customerio.identify";
@@ -105,7 +106,9 @@ impl Topology {
     /// The topology for the default webhook rules.
     pub fn new(partitions: u16) -> Self {
         let rules = crate::config::DEFAULT_WEBHOOK_RULES.map(|(pattern, _)| pattern);
-        Self::with_action_patterns(partitions, &rules)
+        let mut patterns = rules.to_vec();
+        patterns.extend(SUBSCRIPTION_PATTERNS);
+        Self::with_action_patterns(partitions, &patterns)
     }
 
     /// The topology a gateway with these settings declares.
@@ -116,11 +119,33 @@ impl Topology {
             .iter()
             .filter(|(_, action)| action.as_str() != "none")
             .map(|(pattern, _)| pattern.as_str())
+            .chain(SUBSCRIPTION_PATTERNS)
             .collect();
-        Self::with_action_patterns(settings.broker.partitions, &patterns)
+        let mut topology = Self::with_action_patterns(settings.broker.partitions, &patterns);
+        if let Some(queue) = &settings.broker.processed_queue {
+            topology.add_processed_queue(queue);
+        }
+        topology
     }
 
-    /// Reporting events reach the actions queue only when a rule may act on them, so the
+    /// A durable (quorum) queue bound to `customerio.processed`: one processed event per
+    /// delivered envelope stays there until someone consumes it (`broker.processed_queue`).
+    pub fn add_processed_queue(&mut self, name: &str) {
+        self.queues.push(QueueSpec {
+            name: name.to_string(),
+            kind: QueueKind::Quorum {
+                single_active: false,
+            },
+        });
+        self.queue_bindings.push(BindingSpec {
+            source: PROCESSED_EXCHANGE.to_string(),
+            destination: name.to_string(),
+            routing_key: String::new(),
+        });
+    }
+
+    /// Reporting events reach the actions queue only when a rule may act on them (or they
+    /// carry a subscription change the preferences follow), so the
     /// broker stores most events (opens, clicks, deliveries) once, for the warehouse alone.
     pub fn with_action_patterns(partitions: u16, rule_patterns: &[&str]) -> Self {
         let exchange = |name: &str, kind| ExchangeSpec {
@@ -185,6 +210,13 @@ impl Topology {
             exchange_bindings,
             queue_bindings,
         }
+    }
+
+    /// Whether a partitioner exchange of type `x-modulus-hash` is declared.
+    pub fn uses_modulus_hash(&self) -> bool {
+        self.exchanges
+            .iter()
+            .any(|e| e.kind == ExchangeKind::ModulusHash)
     }
 
     pub fn partition_queues(&self) -> impl Iterator<Item = String> + '_ {

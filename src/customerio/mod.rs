@@ -47,13 +47,31 @@ pub async fn unless_cancelled<F: Future>(cancel: CancellationToken, call: F) -> 
     CANCEL.scope(cancel, call).await
 }
 
-/// One Track API operation about one person. `event_id` becomes the event's `id` (events and
-/// page views only), so Customer.io drops a resent duplicate.
+/// One Track API operation about one person. `user` is the ordering key; `person` is how
+/// Customer.io is told who it is. `event_id` becomes the event's `id` (events and page views
+/// only), so Customer.io drops a resent duplicate. `timestamp` (unix seconds) is Customer.io's
+/// ordering timestamp of an identify or a page view: it drops an identify older than the last
+/// one it applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackCall {
     pub user: UserId,
+    pub person: PersonRef,
     pub operation: Operation,
     pub event_id: Option<ulid::Ulid>,
+    pub timestamp: Option<i64>,
+}
+
+impl TrackCall {
+    /// A call about the person whose id is `user`, with no event id or timestamp.
+    pub fn new(user: UserId, operation: Operation) -> Self {
+        Self {
+            person: PersonRef::id(&user),
+            user,
+            operation,
+            event_id: None,
+            timestamp: None,
+        }
+    }
 }
 
 /// What the App API answers for an accepted send.
@@ -758,9 +776,8 @@ fn transient(users: usize, reason: String) -> Verdict {
 
 fn call(user: &UserId, operation: Operation, event_id: Option<ulid::Ulid>) -> TrackCall {
     TrackCall {
-        user: user.clone(),
-        operation,
         event_id,
+        ..TrackCall::new(user.clone(), operation)
     }
 }
 

@@ -8,6 +8,10 @@
 //! - v1 devices are `{"device": {"id": token, ...}}`; v2 devices are `{"device": {"token", ...}}`.
 //!   Device properties other than `last_used` go under `device.attributes` in both.
 //! - v2 `merge` names `primary` and `secondary` and has no `identifiers`.
+//! - v1 names a person in the path by the identifier's shape (an id or an email as it is, a
+//!   cio_id as `cio_<id>`); v2 by the key of `identifiers` (`id`, `email` or `cio_id`).
+//! - The ordering timestamp of an identify is v1 `_timestamp` (an attribute of the body) and v2
+//!   `timestamp`; a page view's is `timestamp` in both.
 
 use super::{CioError, TrackCall};
 use crate::domain::limits::{
@@ -55,11 +59,15 @@ pub fn encode_segment(value: &str) -> Result<String, CioError> {
 
 /// The Track v1 request for a call.
 pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
-    let id = encode_segment(call.user.as_str())?;
+    let id = encode_segment(&call.person.v1_path_identifier())?;
     let customer = format!("/customers/{id}");
     let (method, path, body) = match &call.operation {
         Operation::Identify(attributes) => {
-            (Method::PUT, customer, Some(attributes_value(attributes)))
+            let mut body = attributes_value(attributes);
+            if let Some(ts) = call.timestamp {
+                body["_timestamp"] = ts.into();
+            }
+            (Method::PUT, customer, Some(body))
         }
         Operation::Delete => (Method::DELETE, customer, None),
         Operation::Track(event) => (
@@ -70,7 +78,7 @@ pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
         Operation::Page(page) => (
             Method::POST,
             format!("{customer}/events"),
-            Some(v1_page(page, call.event_id)),
+            Some(v1_page(page, call.event_id, call.timestamp)),
         ),
         Operation::Suppress => (Method::POST, format!("{customer}/suppress"), None),
         Operation::Unsuppress => (Method::POST, format!("{customer}/unsuppress"), None),
@@ -126,11 +134,14 @@ fn v1_event(event: &Event, id: Option<ulid::Ulid>) -> Value {
     Value::Object(body)
 }
 
-fn v1_page(page: &Page, id: Option<ulid::Ulid>) -> Value {
+fn v1_page(page: &Page, id: Option<ulid::Ulid>, timestamp: Option<i64>) -> Value {
     let mut body = Map::new();
     body.insert("type".into(), "page".into());
     body.insert("name".into(), page.path.as_str().into());
     body.insert("data".into(), attributes_value(&page.data));
+    if let Some(ts) = timestamp {
+        body.insert("timestamp".into(), ts.into());
+    }
     if let Some(id) = id {
         body.insert("id".into(), id.to_string().into());
     }
@@ -144,6 +155,9 @@ pub fn v2_operation(call: &TrackCall) -> Result<Value, CioError> {
     let action = match &call.operation {
         Operation::Identify(attributes) => {
             op.insert("attributes".into(), attributes_value(attributes));
+            if let Some(ts) = call.timestamp {
+                op.insert("timestamp".into(), ts.into());
+            }
             "identify"
         }
         Operation::Delete => "delete",
@@ -161,6 +175,9 @@ pub fn v2_operation(call: &TrackCall) -> Result<Value, CioError> {
         Operation::Page(page) => {
             op.insert("name".into(), page.path.as_str().into());
             op.insert("attributes".into(), attributes_value(&page.data));
+            if let Some(ts) = call.timestamp {
+                op.insert("timestamp".into(), ts.into());
+            }
             if let Some(id) = call.event_id {
                 op.insert("id".into(), id.to_string().into());
             }
@@ -185,7 +202,7 @@ pub fn v2_operation(call: &TrackCall) -> Result<Value, CioError> {
         Operation::Transactional(_) => return Err(not_track()),
     };
     op.insert("action".into(), action.into());
-    op.insert("identifiers".into(), json!({"id": call.user.as_str()}));
+    op.insert("identifiers".into(), person_ref(&call.person));
     Ok(Value::Object(op))
 }
 
@@ -196,7 +213,10 @@ pub fn json_len(value: &Value) -> usize {
 
 /// Checks Customer.io's documented limits for a Track call (both API versions).
 pub fn check_limits(call: &TrackCall) -> Result<(), CioError> {
-    check_identifier("id", call.user.as_str())?;
+    check_identifier(
+        &format!("identifiers.{}", call.person.kind),
+        &call.person.value,
+    )?;
     match &call.operation {
         Operation::Identify(attributes) => check_attributes(attributes),
         Operation::Track(event) => check_event(event),
@@ -401,11 +421,68 @@ mod tests {
     use crate::domain::{EventName, UserId};
 
     fn call(operation: Operation) -> TrackCall {
+        TrackCall::new(UserId::parse("a/b c").unwrap(), operation)
+    }
+
+    fn naming(kind: &'static str, value: &str, operation: Operation) -> TrackCall {
         TrackCall {
-            user: UserId::parse("a/b c").unwrap(),
-            operation,
-            event_id: None,
+            person: PersonRef {
+                kind,
+                value: value.into(),
+            },
+            ..call(operation)
         }
+    }
+
+    #[test]
+    fn v1_names_a_person_by_shape_and_v2_by_key() {
+        let cases = [
+            ("id", "7", "/customers/7", json!({"id": "7"})),
+            (
+                "email",
+                "a@example.com",
+                "/customers/a%40example.com",
+                json!({"email": "a@example.com"}),
+            ),
+            (
+                "cio_id",
+                "f00",
+                "/customers/cio_f00",
+                json!({"cio_id": "f00"}),
+            ),
+        ];
+        for (kind, value, path, identifiers) in cases {
+            let c = naming(kind, value, Operation::Delete);
+            assert_eq!(v1_request(&c).unwrap().path, path);
+            assert_eq!(v2_operation(&c).unwrap()["identifiers"], identifiers);
+        }
+    }
+
+    #[test]
+    fn identify_and_page_carry_the_ordering_timestamp() {
+        let identify = TrackCall {
+            timestamp: Some(1_700_000_000),
+            ..call(Operation::Identify(Attributes::default()))
+        };
+        assert_eq!(
+            v1_request(&identify).unwrap().body.unwrap()["_timestamp"],
+            1_700_000_000
+        );
+        assert_eq!(v2_operation(&identify).unwrap()["timestamp"], 1_700_000_000);
+        let page = TrackCall {
+            timestamp: Some(1_700_000_001),
+            ..call(Operation::Page(Page {
+                path: "/pricing".into(),
+                data: Attributes::default(),
+            }))
+        };
+        assert_eq!(
+            v1_request(&page).unwrap().body.unwrap()["timestamp"],
+            1_700_000_001
+        );
+        assert_eq!(v2_operation(&page).unwrap()["timestamp"], 1_700_000_001);
+        let untimed = call(Operation::Identify(Attributes::default()));
+        assert!(v2_operation(&untimed).unwrap().get("timestamp").is_none());
     }
 
     #[test]

@@ -92,11 +92,13 @@ pub enum Operation {
     Transactional(TransactionalRequest),
 }
 
-/// A parsed envelope. `timestamp` is milliseconds since the epoch, as published.
+/// A parsed envelope. `timestamp` is milliseconds since the epoch, as published. `user` orders
+/// and routes; `person` is whom Customer.io is told about (`identifiers`, default the user's id).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub kind: MessageType,
     pub user: UserId,
+    pub person: PersonRef,
     pub timestamp: Option<i64>,
     pub correlation_id: Option<CorrelationId>,
     pub operation: Operation,
@@ -160,12 +162,25 @@ impl Envelope {
             Some(Value::String(s)) => Some(CorrelationId::parse(s)?),
             Some(_) => return Err(ParseError::new("correlationId", "must be a string")),
         };
+        let person = match obj.get("identifiers") {
+            None | Some(Value::Null) => PersonRef::id(&user),
+            Some(v @ Value::Object(_)) => {
+                PersonRef::parse(v).map_err(|e| e.within("identifiers"))?
+            }
+            Some(other) => {
+                return Err(ParseError::new(
+                    "identifiers",
+                    format!("must be an object, got {}", json_kind(other)),
+                ));
+            }
+        };
         let empty = Value::Object(Map::new());
         let payload = obj.get("payload").unwrap_or(&empty);
-        let operation = parse_operation(kind, payload, &user).map_err(|e| e.within("payload"))?;
+        let operation = parse_operation(kind, payload, &person).map_err(|e| e.within("payload"))?;
         Ok(Self {
             kind,
             user,
+            person,
             timestamp,
             correlation_id,
             operation,
@@ -176,7 +191,7 @@ impl Envelope {
 fn parse_operation(
     kind: MessageType,
     payload: &Value,
-    user: &UserId,
+    person: &PersonRef,
 ) -> Result<Operation, ParseError> {
     Ok(match kind {
         MessageType::Identify => Operation::Identify(Attributes::parse_person(payload)?),
@@ -200,7 +215,7 @@ fn parse_operation(
             }
         }
         MessageType::Transactional => {
-            Operation::Transactional(TransactionalRequest::parse(payload, user)?)
+            Operation::Transactional(TransactionalRequest::parse_for(payload, person.clone())?)
         }
     })
 }
@@ -245,6 +260,36 @@ mod tests {
         let e = parse(json!({"type": "merge", "userId": "1", "payload": {"primary": {"id": "a"}}}))
             .unwrap_err();
         assert_eq!(e.field, "payload.secondary");
+    }
+
+    #[test]
+    fn identifiers_name_the_person_and_user_id_still_orders() {
+        let env = parse(json!({"type": "identify", "userId": "42",
+            "identifiers": {"email": "a@example.com"}}))
+        .unwrap();
+        assert_eq!(env.user.as_str(), "42");
+        assert_eq!(
+            (env.person.kind, env.person.value.as_str()),
+            ("email", "a@example.com")
+        );
+        let default = parse(json!({"type": "delete", "userId": "42"})).unwrap();
+        assert_eq!(default.person, PersonRef::id(&default.user));
+        for bad in [
+            json!("42"),
+            json!({"id": "1", "email": "a@b"}),
+            json!({"phone": "1"}),
+        ] {
+            let e =
+                parse(json!({"type": "delete", "userId": "42", "identifiers": bad})).unwrap_err();
+            assert!(e.field.starts_with("identifiers"), "{e:?}");
+        }
+        let send = parse(json!({"type": "transactional", "userId": "42",
+            "identifiers": {"cio_id": "f00"}, "payload": {"transactional_message_id": 3}}))
+        .unwrap();
+        match send.operation {
+            Operation::Transactional(t) => assert_eq!(t.identifiers.kind, "cio_id"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Events, page views, devices and person references: the parts of Track operations.
 
-use super::{Attributes, ParseError, attributes::kind, limits};
+use super::{Attributes, ParseError, UserId, attributes::kind, limits};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -128,7 +128,8 @@ impl Device {
     }
 }
 
-/// One side of a merge: a person named by exactly one of `id`, `email` or `cio_id`.
+/// A person as Customer.io names them: exactly one of `id`, `email` or `cio_id` (an envelope's
+/// `identifiers`, one side of a merge, a send's recipient).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonRef {
     pub kind: &'static str,
@@ -136,6 +137,23 @@ pub struct PersonRef {
 }
 
 impl PersonRef {
+    /// The default: the person whose id is the envelope's `userId`.
+    pub fn id(user: &UserId) -> Self {
+        Self {
+            kind: "id",
+            value: user.as_str().to_string(),
+        }
+    }
+
+    /// How Track v1 names the person in a path: an id or an email as it is, a `cio_id` with
+    /// the `cio_` prefix (Track API: "use the `cio_` prefix to reference a person by cio_id").
+    pub fn v1_path_identifier(&self) -> String {
+        match self.kind {
+            "cio_id" => format!("cio_{}", self.value),
+            _ => self.value.clone(),
+        }
+    }
+
     pub fn parse(value: &Value) -> Result<Self, ParseError> {
         // A bare string is the common case: the person's id.
         if let Value::String(s) = value {

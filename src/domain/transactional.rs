@@ -41,7 +41,14 @@ pub struct TransactionalRequest {
 }
 
 impl TransactionalRequest {
+    /// Parses a send for `user`; without `identifiers` in the payload, it goes to that id.
     pub fn parse(payload: &Value, user: &UserId) -> Result<Self, ParseError> {
+        Self::parse_for(payload, PersonRef::id(user))
+    }
+
+    /// Parses a send; without `identifiers` in the payload, it goes to `person` (the
+    /// envelope's `identifiers`).
+    pub fn parse_for(payload: &Value, person: PersonRef) -> Result<Self, ParseError> {
         let mut body = object(payload)?.clone();
         let channel = match body.remove("channel") {
             None | Some(Value::Null) => Channel::Email,
@@ -91,10 +98,7 @@ impl TransactionalRequest {
             }
         };
         let identifiers = match body.remove("identifiers") {
-            None | Some(Value::Null) => PersonRef {
-                kind: "id",
-                value: user.as_str().to_string(),
-            },
+            None | Some(Value::Null) => person,
             Some(v) => PersonRef::parse(&v).map_err(|e| e.within("identifiers"))?,
         };
         if body.get("message_data").is_some_and(|d| !d.is_object()) {

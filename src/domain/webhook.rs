@@ -13,7 +13,10 @@ mod rules;
 mod signature;
 
 pub use row::Row;
-pub use rules::{Action, ActionKind, Rules, action_correlation_id, action_envelope};
+pub use rules::{
+    Action, ActionKind, BOUNCED_AT_ATTRIBUTE, DEFAULT_RULES, Rules, action_correlation_id,
+    action_envelope,
+};
 pub use signature::{
     FRESH_SECS, Freshness, MAX_FUTURE_SKEW_SECS, SignatureError, SignatureVerifier, sign,
 };
@@ -142,7 +145,43 @@ pub struct ReportingEvent {
     pub transactional_message_id: Option<String>,
     /// `data.identifiers` (`{"id", "email", "cio_id"}`), when sent.
     pub identifiers: Option<Value>,
+    /// The columns analysts query first; read leniently (a value of another type is left in
+    /// `raw` only, never a reason to refuse the event).
+    pub details: EventDetails,
     pub raw: Value,
+}
+
+/// `data.journey_id`, `trigger_event_id`, `failure_message`, `href`, `link_id` (text) and the
+/// Apple Mail privacy flags `machine` / `prefetched` of an open (booleans).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventDetails {
+    pub journey_id: Option<String>,
+    pub trigger_event_id: Option<String>,
+    pub failure_message: Option<String>,
+    pub href: Option<String>,
+    pub link_id: Option<String>,
+    pub machine: Option<bool>,
+    pub prefetched: Option<bool>,
+}
+
+impl EventDetails {
+    fn read(data: &Map<String, Value>) -> Self {
+        let text = |key: &str| match data.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let flag = |key: &str| data.get(key).and_then(Value::as_bool);
+        Self {
+            journey_id: text("journey_id"),
+            trigger_event_id: text("trigger_event_id"),
+            failure_message: text("failure_message"),
+            href: text("href"),
+            link_id: text("link_id"),
+            machine: flag("machine"),
+            prefetched: flag("prefetched"),
+        }
+    }
 }
 
 /// An event and the exact bytes it arrived as.
@@ -214,14 +253,15 @@ impl ReportingEvent {
             newsletter_id: field("newsletter_id")?,
             transactional_message_id: field("transactional_message_id")?,
             identifiers,
+            details: EventDetails::read(data),
             raw: value,
         })
     }
 
-    /// The person the event is about, as Customer.io's v1 API names them: `data.identifiers`
-    /// `id`, else `email`, else `cio_<cio_id>`; only then the deprecated `data.customer_id`
-    /// (blank for deleted or merged people).
-    pub fn person(&self) -> Option<String> {
+    /// The person the event is about, by the key Customer.io named them with:
+    /// `data.identifiers` `id`, else `email`, else `cio_id`; only then the deprecated
+    /// `data.customer_id` (blank for deleted or merged people) as an `id`.
+    pub fn person_identifier(&self) -> Option<(&'static str, String)> {
         let identifiers = self.identifiers.as_ref();
         let text = |key: &str| {
             identifiers
@@ -233,10 +273,22 @@ impl ReportingEvent {
                 })
                 .filter(|s| !s.is_empty())
         };
-        text("id")
-            .or_else(|| text("email"))
-            .or_else(|| text("cio_id").map(|c| format!("cio_{c}")))
-            .or_else(|| self.customer_id.clone().filter(|c| !c.trim().is_empty()))
+        ["id", "email", "cio_id"]
+            .into_iter()
+            .find_map(|key| text(key).map(|value| (key, value)))
+            .or_else(|| {
+                let id = self.customer_id.as_deref().map(str::trim)?;
+                (!id.is_empty()).then(|| ("id", id.to_string()))
+            })
+    }
+
+    /// The person as Customer.io's v1 paths name them (an id, an email, or `cio_<cio_id>`):
+    /// the gateway's ordering key and the action ledger's person.
+    pub fn person(&self) -> Option<String> {
+        self.person_identifier().map(|(key, value)| match key {
+            "cio_id" => format!("cio_{value}"),
+            _ => value,
+        })
     }
 
     /// `<object_type>.<metric>`: the routing key on `customerio.webhooks`, and what rules match.
@@ -245,45 +297,92 @@ impl ReportingEvent {
     }
 }
 
-/// Parses a webhook request body: one event, or `{"events": [...]}` with at least one.
-pub fn parse_webhook_body(body: &[u8]) -> Result<Vec<ReceivedEvent>, ParseError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ParseError::new("", format!("invalid JSON: {e}")))?;
+/// Part of an authentic webhook body that could not be parsed: its bytes and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnparsableEvent {
+    pub body: Vec<u8>,
+    pub error: ParseError,
+}
+
+/// Splits a webhook body (one event, or `{"events": [...]}`) into its events, each parsed or
+/// kept as unparsable; never fails as a whole. An authentic body must not be refused for its
+/// content: Customer.io answers a 4xx by holding back every later webhook of the endpoint for
+/// an hour, and retries for days. A body that is not JSON, or whose `events` is not an array,
+/// is one unparsable part; an empty `events` gives none.
+pub fn split_webhook_body(body: &[u8]) -> Vec<Result<ReceivedEvent, UnparsableEvent>> {
+    let whole = |error: ParseError| {
+        vec![Err(UnparsableEvent {
+            body: body.to_vec(),
+            error,
+        })]
+    };
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(e) => return whole(ParseError::new("", format!("invalid JSON: {e}"))),
+    };
     let is_batch = value
         .as_object()
         .is_some_and(|o| o.contains_key("events") && !o.contains_key("event_id"));
     if !is_batch {
-        let event = ReportingEvent::from_value(value)?;
-        return Ok(vec![ReceivedEvent {
-            event,
-            body: body.to_vec(),
-        }]);
+        return vec![received(value, body)];
     }
     #[derive(serde::Deserialize)]
     struct Batch<'a> {
         #[serde(borrow)]
         events: Vec<&'a RawValue>,
     }
-    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
-        ParseError::new("events", format!("must be an array of event objects: {e}"))
-    })?;
-    if batch.events.is_empty() {
-        return Err(ParseError::new("events", "must not be empty"));
-    }
+    let batch: Batch = match serde_json::from_slice(body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return whole(ParseError::new(
+                "events",
+                format!("must be an array of event objects: {e}"),
+            ));
+        }
+    };
     batch
         .events
         .into_iter()
         .enumerate()
         .map(|(i, raw)| {
-            let within = |e: ParseError| e.within(&format!("events[{i}]"));
-            let value: Value = serde_json::from_str(raw.get())
-                .map_err(|e| within(ParseError::new("", format!("invalid JSON: {e}"))))?;
-            let event = ReportingEvent::from_value(value).map_err(within)?;
-            Ok(ReceivedEvent {
-                event,
-                body: raw.get().as_bytes().to_vec(),
+            let bytes = raw.get().as_bytes();
+            let parsed = serde_json::from_str(raw.get())
+                .map_err(|e| UnparsableEvent {
+                    body: bytes.to_vec(),
+                    error: ParseError::new("", format!("invalid JSON: {e}")),
+                })
+                .and_then(|value| received(value, bytes));
+            parsed.map_err(|mut unparsable| {
+                unparsable.error = unparsable.error.within(&format!("events[{i}]"));
+                unparsable
             })
         })
+        .collect()
+}
+
+fn received(value: Value, body: &[u8]) -> Result<ReceivedEvent, UnparsableEvent> {
+    match ReportingEvent::from_value(value) {
+        Ok(event) => Ok(ReceivedEvent {
+            event,
+            body: body.to_vec(),
+        }),
+        Err(error) => Err(UnparsableEvent {
+            body: body.to_vec(),
+            error,
+        }),
+    }
+}
+
+/// Parses a webhook request body strictly: one event, or `{"events": [...]}` with at least
+/// one, every one of them valid; the first problem otherwise.
+pub fn parse_webhook_body(body: &[u8]) -> Result<Vec<ReceivedEvent>, ParseError> {
+    let parts = split_webhook_body(body);
+    if parts.is_empty() {
+        return Err(ParseError::new("events", "must not be empty"));
+    }
+    parts
+        .into_iter()
+        .map(|part| part.map_err(|unparsable| unparsable.error))
         .collect()
 }
 
@@ -519,6 +618,28 @@ mod tests {
         assert_eq!(field(json!([bounced()])), "");
         let e = parse_webhook_body(b"{\"event_id\": \"a\", ").unwrap_err();
         assert!(e.reason.starts_with("invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn an_authentic_body_splits_into_events_and_what_cannot_be_read() {
+        let body = br#"{"events": [{"event_id":"a","object_type":"email","metric":"sent","timestamp":1700000000},
+            {"event_id":"b","object_type":"email","metric":"sent","timestamp":"soon"}, 7]}"#;
+        let parts = split_webhook_body(body);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].as_ref().unwrap().event.event_id.as_str(), "a");
+        let bad = parts[1].as_ref().unwrap_err();
+        assert_eq!(bad.error.field, "events[1].timestamp");
+        assert_eq!(
+            bad.body,
+            br#"{"event_id":"b","object_type":"email","metric":"sent","timestamp":"soon"}"#
+        );
+        assert_eq!(parts[2].as_ref().unwrap_err().body, b"7");
+        for whole in [&b"not json"[..], br#"{"events": 3}"#, br#"[1]"#] {
+            let parts = split_webhook_body(whole);
+            assert_eq!(parts.len(), 1);
+            assert_eq!(parts[0].as_ref().unwrap_err().body, whole);
+        }
+        assert!(split_webhook_body(br#"{"events": []}"#).is_empty());
     }
 
     proptest! {

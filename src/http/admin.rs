@@ -3,7 +3,8 @@
 
 use super::{AppState, auth};
 use crate::dlq_admin::{self as dlq, DlqError, Selection};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::middleware::from_fn;
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -12,8 +13,10 @@ const MAX_LIMIT: u32 = 1000;
 const DEFAULT_LIMIT: u32 = 50;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/admin/dlq").route(web::get().to(list)))
-        .service(web::resource("/admin/dlq/replay").route(web::post().to(replay)));
+    // The token is checked by route middleware, before a body is read.
+    let admin = || from_fn(auth::require_admin);
+    cfg.service(web::resource("/admin/dlq").route(web::get().to(list).wrap(admin())))
+        .service(web::resource("/admin/dlq/replay").route(web::post().to(replay).wrap(admin())));
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,14 +33,7 @@ fn dlq_error(e: DlqError) -> HttpResponse {
     }
 }
 
-async fn list(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
-) -> HttpResponse {
-    if let Some(refusal) = auth::admin_refusal(&req, &state) {
-        return refusal;
-    }
+async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> HttpResponse {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     match dlq::list(&state.broker, limit).await {
         Ok(listing) => HttpResponse::Ok().json(listing),
@@ -45,11 +41,8 @@ async fn list(
     }
 }
 
-async fn replay(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+async fn replay(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     if let Some(refusal) = state.intake.refusal() {
-        return refusal;
-    }
-    if let Some(refusal) = auth::admin_refusal(&req, &state) {
         return refusal;
     }
     let selection = match parse_selection(&body) {

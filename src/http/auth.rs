@@ -1,22 +1,63 @@
 //! Bearer-token checks of the ingestion, preference and admin routes.
 //!
 //! - `ingest.token` guards `POST /v1/events` and the `/v1/users/...` routes. Without a token
-//!   those routes do not exist (404), except in local mode, where they are open to loopback
-//!   peers so a newcomer can try the gateway with nothing configured.
+//!   those routes do not exist (404), except in local mode in development, where they are
+//!   open to loopback peers so a newcomer can try the gateway with nothing configured
+//!   (configuration refuses local mode without a token in any other environment).
 //! - `admin.token` guards `/admin/...`; without it those routes do not exist, in any mode.
 //!
 //! A wrong or missing token is 401 with `WWW-Authenticate: Bearer`. Tokens are compared in
-//! constant time.
+//! constant time. The checks run as middleware ([`require_ingest`], [`require_admin`]) on the
+//! routes' resources, before the handler's extractors: a refused request's body is never read.
 
 use super::AppState;
 use crate::config::Secret;
-use actix_web::{HttpRequest, HttpResponse, http::header};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+/// Middleware of the ingestion and preference routes: `ingest.token` before the body.
+pub async fn require_ingest(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    guard(req, next, ingest_refusal).await
+}
+
+/// Middleware of the admin routes: `admin.token` before the body.
+pub async fn require_admin(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    guard(req, next, admin_refusal).await
+}
+
+async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    refusal: fn(&HttpRequest, &AppState) -> Option<HttpResponse>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let refused = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => refusal(req.request(), state),
+        // Fail closed: a route without the gateway's state is not served.
+        None => Some(HttpResponse::InternalServerError().finish()),
+    };
+    match refused {
+        Some(response) => Ok(req.into_response(response)),
+        None => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body),
+    }
+}
+
 /// Checks the ingestion token; `Some` is the response to send instead.
 pub fn ingest_refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
-    let local_open = state.settings.is_local_mode() && peer_is_loopback(req);
+    let settings = &state.settings;
+    let local_open = settings.is_local_mode() && settings.is_development() && peer_is_loopback(req);
     check(req, state.settings.ingest.token.as_ref(), local_open).err()
 }
 

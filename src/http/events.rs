@@ -11,7 +11,8 @@ use super::{AppState, auth};
 use crate::domain::{Envelope, limits};
 use crate::publisher::Publisher;
 use crate::telemetry::metric;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::middleware::from_fn;
+use actix_web::{HttpResponse, web};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/events")
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
-            .route(web::post().to(ingest)),
+            .route(web::post().to(ingest).wrap(from_fn(auth::require_ingest))),
     );
 }
 
@@ -40,11 +41,9 @@ fn item_error(index: Option<usize>, field: &str, reason: impl Into<String>) -> V
     json!({"index": index, "field": field, "reason": reason.into()})
 }
 
-async fn ingest(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+/// Authenticated by the resource's middleware before the body is read.
+async fn ingest(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     if let Some(refusal) = state.intake.refusal() {
-        return refusal;
-    }
-    if let Some(refusal) = auth::ingest_refusal(&req, &state) {
         return refusal;
     }
     let items = match parse_items(&body) {

@@ -4,9 +4,15 @@ use super::AppState;
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 
+/// Live unless something that dies is no longer restarted (the track batcher's supervisor is
+/// gone): then only a restart of the process helps.
 #[get("/healthz")]
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    if state.actors.healthy() {
+        HttpResponse::Ok().json(json!({"status": "ok"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "a supervisor is gone"}))
+    }
 }
 
 /// Ready when the broker is connected and every actor is alive (a shard or consumer whose
@@ -32,5 +38,10 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(healthz).service(readyz).service(metrics);
+    cfg.service(healthz).service(readyz);
+}
+
+/// `/metrics`: on the admin listener when `http.admin_addr` is set.
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.service(metrics);
 }

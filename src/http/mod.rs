@@ -6,6 +6,7 @@ mod events;
 mod health;
 pub mod openapi;
 mod preferences;
+pub mod slow_clients;
 pub mod webhooks;
 
 use crate::broker::SharedBroker;
@@ -61,21 +62,36 @@ impl AppState {
 
 type AliveCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Whether every actor of the gateway is alive: watched once they run, cleared on shutdown.
+/// Whether every actor of the gateway is alive (readiness: watched once they run, cleared on
+/// shutdown), and whether what dies is still restarted (liveness: healthy unless a watched
+/// check says otherwise).
 #[derive(Clone, Default)]
-pub struct Liveness(Arc<RwLock<Option<AliveCheck>>>);
+pub struct Liveness {
+    ready: Arc<RwLock<Option<AliveCheck>>>,
+    healthy: Arc<RwLock<Option<AliveCheck>>>,
+}
 
 impl Liveness {
     pub fn watch(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
-        *self.0.write() = Some(Arc::new(check));
+        *self.ready.write() = Some(Arc::new(check));
+    }
+
+    /// The check `/healthz` keeps: false only when something is dead for good.
+    pub fn watch_health(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        *self.healthy.write() = Some(Arc::new(check));
     }
 
     pub fn clear(&self) {
-        *self.0.write() = None;
+        *self.ready.write() = None;
+        *self.healthy.write() = None;
     }
 
     pub fn alive(&self) -> bool {
-        self.0.read().as_ref().is_some_and(|check| check())
+        self.ready.read().as_ref().is_some_and(|check| check())
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.read().as_ref().is_none_or(|check| check())
     }
 }
 
@@ -101,12 +117,23 @@ impl Intake {
     }
 }
 
-/// Registers every gateway route (not the sandbox's).
+/// Registers every gateway route (not the sandbox's): one listener serves them all.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    configure_public(cfg);
+    configure_admin(cfg);
+}
+
+/// The routes of `http.addr`: probes, ingestion, preferences, the webhook.
+pub fn configure_public(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     events::configure(cfg);
     preferences::configure(cfg);
+    webhooks::configure(cfg);
+}
+
+/// The routes of `http.admin_addr` when it is set: `/admin/*`, `/metrics`, `/openapi.json`.
+pub fn configure_admin(cfg: &mut web::ServiceConfig) {
+    health::configure_metrics(cfg);
     admin::configure(cfg);
     openapi::configure(cfg);
-    webhooks::configure(cfg);
 }

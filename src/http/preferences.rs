@@ -7,30 +7,30 @@
 use super::{AppState, auth};
 use crate::domain::UserId;
 use crate::preferences::{PreferenceService, PreferencesChange, StoredPreferences, SyncError};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::middleware::from_fn;
+use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // On each route, so that a method the resource does not serve stays 405; before the body.
+    let ingest = || from_fn(auth::require_ingest);
     cfg.service(
         web::resource("/v1/users/{id}/preferences")
             .app_data(web::PayloadConfig::new(64 * 1024))
-            .route(web::get().to(get_preferences))
-            .route(web::put().to(put_preferences))
-            .route(web::patch().to(patch_preferences)),
+            .route(web::get().to(get_preferences).wrap(ingest()))
+            .route(web::put().to(put_preferences).wrap(ingest()))
+            .route(web::patch().to(patch_preferences).wrap(ingest())),
     )
-    .service(web::resource("/v1/users/{id}/sync").route(web::post().to(sync_user)));
+    .service(web::resource("/v1/users/{id}/sync").route(web::post().to(sync_user).wrap(ingest())));
 }
 
-/// Auth, the user id and the service, or the response that stops the request.
+/// The user id and the service, or the response that stops the request (auth is the
+/// resources' middleware, before any body is read).
 fn prelude(
-    req: &HttpRequest,
     state: &AppState,
     id: &str,
 ) -> Result<(UserId, Arc<PreferenceService>), Box<HttpResponse>> {
-    if let Some(refusal) = auth::ingest_refusal(req, state) {
-        return Err(Box::new(refusal));
-    }
     let user = UserId::parse(id).map_err(|e| {
         Box::new(
             HttpResponse::BadRequest()
@@ -68,12 +68,8 @@ fn store_unavailable(e: impl std::fmt::Display) -> HttpResponse {
         .json(json!({"error": "the preferences store is unavailable"}))
 }
 
-async fn get_preferences(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> HttpResponse {
-    let (user, service) = match prelude(&req, &state, &id) {
+async fn get_preferences(state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    let (user, service) = match prelude(&state, &id) {
         Ok(ok) => ok,
         Err(response) => return *response,
     };
@@ -84,25 +80,22 @@ async fn get_preferences(
 }
 
 async fn put_preferences(
-    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    change(req, state, id, body, true).await
+    change(state, id, body, true).await
 }
 
 async fn patch_preferences(
-    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    change(req, state, id, body, false).await
+    change(state, id, body, false).await
 }
 
 async fn change(
-    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: web::Bytes,
@@ -111,7 +104,7 @@ async fn change(
     if let Some(refusal) = state.intake.refusal() {
         return refusal;
     }
-    let (user, service) = match prelude(&req, &state, &id) {
+    let (user, service) = match prelude(&state, &id) {
         Ok(ok) => ok,
         Err(response) => return *response,
     };
@@ -138,15 +131,11 @@ async fn change(
     }
 }
 
-async fn sync_user(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> HttpResponse {
+async fn sync_user(state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     if let Some(refusal) = state.intake.refusal() {
         return refusal;
     }
-    let (user, service) = match prelude(&req, &state, &id) {
+    let (user, service) = match prelude(&state, &id) {
         Ok(ok) => ok,
         Err(response) => return *response,
     };

@@ -1,16 +1,24 @@
 //! `POST /webhooks/customerio`: Customer.io's reporting webhooks (docs/reference.md §6).
 //!
-//! Read at most 1 MiB (413 beyond), verify `X-CIO-Signature` (401), parse (400), then publish
-//! every event not seen recently to `customerio.webhooks` with a broker confirm and answer
-//! 200 `{"received": n}` only after all are confirmed. If the broker cannot confirm, 503:
+//! Read at most 1 MiB (413 beyond), verify `X-CIO-Signature` (401), parse, then publish every
+//! event not seen recently to `customerio.webhooks` with a broker confirm and answer 200
+//! `{"received": n}` only after all are confirmed. If the broker cannot confirm, 503:
 //! Customer.io retries, and whatever was already published is recognised by its `event_id`
 //! (here while it is recent, durably in the warehouse and by the actions' de-duplication).
+//!
+//! An authentic body is never refused for its content: Customer.io answers a 4xx by holding
+//! back the endpoint's later webhooks for an hour, for up to 7 days. A part that cannot be
+//! parsed (the whole body, or one event of `{"events": [...]}`) is dead-lettered as
+//! `webhook_unparsable` with the parse error and its exact bytes, confirmed, and counted in
+//! the 200's `received`.
 
 use super::AppState;
+use crate::actors::messages::ErrorKind;
+use crate::actors::raw_dead_letter;
 use crate::broker::topology::WEBHOOKS_EXCHANGE;
-use crate::broker::{BrokerError, Publish};
+use crate::broker::{BrokerError, Publish, SharedBroker};
 use crate::domain::ReceivedEvent;
-use crate::domain::webhook::{Freshness, SignatureVerifier, parse_webhook_body};
+use crate::domain::webhook::{Freshness, SignatureVerifier, UnparsableEvent, split_webhook_body};
 use crate::telemetry::metric;
 use actix_web::http::header::{CONTENT_LENGTH, RETRY_AFTER};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -35,6 +43,9 @@ pub const RECENT_CAPACITY: usize = 100_000;
 pub const HEADER_EVENT_ID: &str = "x-event-id";
 /// The header carrying when the gateway received the event (RFC 3339, UTC).
 pub const HEADER_RECEIVED_AT: &str = "x-received-at";
+/// The original routing key of an unparsable part's dead letter (it has no
+/// `<object_type>.<metric>` to be trusted).
+pub const UNPARSABLE_ROUTING_KEY: &str = "unparsable";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource(PATH).route(web::post().to(receive)));
@@ -60,32 +71,78 @@ async fn receive(
     if let Err(refusal) = verify(&req, &body, &state, now.timestamp()) {
         return *refusal;
     }
-    let events = match parse_webhook_body(&body) {
-        Ok(events) => events,
-        Err(e) => {
-            reject("malformed");
-            return HttpResponse::BadRequest()
-                .json(json!({"error": e.to_string(), "field": e.field}));
-        }
-    };
+    let (events, unparsable): (Vec<_>, Vec<_>) = split_webhook_body(&body)
+        .into_iter()
+        .partition(Result::is_ok);
+    let events: Vec<ReceivedEvent> = events.into_iter().filter_map(Result::ok).collect();
+    let unparsable: Vec<UnparsableEvent> = unparsable.into_iter().filter_map(Result::err).collect();
     for received in &events {
         let e = &received.event;
         metrics::counter!(metric::WEBHOOKS_RECEIVED,
-            "object_type" => e.object_type.to_string(), "metric" => e.metric.to_string())
+            "object_type" => label(e.object_type.is_known(), e.object_type.as_str()),
+            "metric" => label(e.metric.is_known(), e.metric.as_str()))
         .increment(1);
     }
-    match store(&state, &events, now).await {
-        Ok(published) => {
-            tracing::debug!(events = events.len(), published, "webhook stored");
-            HttpResponse::Ok().json(json!({"received": events.len()}))
+    let stored = futures::future::join(
+        store(&state, &events, now),
+        keep_unparsable(&state.broker, &unparsable),
+    )
+    .await;
+    match stored {
+        (Ok(published), Ok(())) => {
+            tracing::debug!(
+                events = events.len(),
+                published,
+                unparsable = unparsable.len(),
+                "webhook stored"
+            );
+            HttpResponse::Ok().json(json!({"received": events.len() + unparsable.len()}))
         }
-        Err(e) => {
+        (Err(e), _) | (_, Err(e)) => {
             metrics::counter!(metric::WEBHOOKS_UNAVAILABLE).increment(1);
             tracing::error!(error = %e, "webhook events not confirmed by the broker; answering 503");
             HttpResponse::ServiceUnavailable()
                 .insert_header((RETRY_AFTER, "5"))
                 .json(json!({"error": format!("not stored: {e}")}))
         }
+    }
+}
+
+/// A metric label from event data: known values as they are, anything else `other`, so a
+/// sender cannot grow the number of series without bound.
+fn label(known: bool, value: &str) -> String {
+    if known { value } else { "other" }.to_string()
+}
+
+/// Dead-letters each unparsable part (confirmed), so nothing authentic is lost.
+async fn keep_unparsable(
+    broker: &SharedBroker,
+    unparsable: &[UnparsableEvent],
+) -> Result<(), BrokerError> {
+    let publishes = unparsable.iter().map(|part| {
+        tracing::warn!(error = %part.error,
+            "authentic webhook event cannot be parsed; answered 200 and dead-lettered");
+        let message = raw_dead_letter(
+            &part.body,
+            &part.error.to_string(),
+            ErrorKind::WebhookUnparsable,
+            WEBHOOKS_EXCHANGE,
+            UNPARSABLE_ROUTING_KEY,
+        );
+        confirmed(broker.clone(), message)
+    });
+    for result in futures::future::join_all(publishes).await {
+        result?;
+        metrics::counter!(metric::WEBHOOKS_UNPARSABLE).increment(1);
+    }
+    Ok(())
+}
+
+/// Publishes with a confirm, in time for Customer.io's 4 s.
+async fn confirmed(broker: SharedBroker, message: Publish) -> Result<(), BrokerError> {
+    match tokio::time::timeout(PUBLISH_TIMEOUT, broker.publish(message)).await {
+        Ok(result) => result,
+        Err(_) => Err(BrokerError::NotConfirmed("no confirm within 3.5 s".into())),
     }
 }
 
@@ -145,13 +202,7 @@ async fn store(
         let message = Publish::new(WEBHOOKS_EXCHANGE, &r.event.routing_key(), r.body.clone())
             .header(HEADER_EVENT_ID, r.event.event_id.as_str())
             .header(HEADER_RECEIVED_AT, received_at.clone());
-        let broker = state.broker.clone();
-        async move {
-            match tokio::time::timeout(PUBLISH_TIMEOUT, broker.publish(message)).await {
-                Ok(result) => result,
-                Err(_) => Err(BrokerError::NotConfirmed("no confirm within 3.5 s".into())),
-            }
-        }
+        confirmed(state.broker.clone(), message)
     });
     let results = futures::future::join_all(publishes).await;
     let mut failure = None;

@@ -17,6 +17,7 @@
 
 mod actions;
 mod postgres;
+mod remote;
 mod sqlite;
 mod store;
 mod sync;
@@ -24,6 +25,7 @@ mod user_source;
 
 pub use actions::{ActionLedger, ActionRecord, Verdict};
 pub use postgres::PostgresStore;
+pub use remote::{Channel, RemoteChange, SUBSCRIPTION_PATTERNS, TopicMap};
 pub use sqlite::SqliteStore;
 pub use store::SqlStore;
 pub use sync::{PreferenceService, ResyncTask, SyncError, Synced};
@@ -59,7 +61,17 @@ impl Default for Preferences {
 }
 
 impl Preferences {
-    /// The identify attributes Customer.io segments on.
+    /// The identify attributes Customer.io segments on (and, with topics mapped, its
+    /// subscription center's `cio_subscription_preferences`).
+    pub fn attributes(&self, topics: &TopicMap) -> Map<String, Value> {
+        let mut map = self.opt_in_attributes();
+        if let Some(subscriptions) = topics.attribute(self) {
+            map.insert("cio_subscription_preferences".into(), subscriptions);
+        }
+        map
+    }
+
+    /// The `*_opt_in` identify attributes.
     pub fn opt_in_attributes(&self) -> Map<String, Value> {
         let mut map = Map::new();
         map.insert("email_opt_in".into(), json!(self.email));
@@ -166,6 +178,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("preferences.database_url: {0}")]
     Config(String),
+    #[error("preferences store task: {0}")]
+    Task(String),
 }
 
 /// Where preferences are kept. Every change is one statement, so concurrent changes to one
@@ -180,6 +194,14 @@ pub trait PreferenceStore: Send + Sync + 'static {
         user: &str,
         change: &PreferencesChange,
     ) -> Result<StoredPreferences, StoreError>;
+    /// Applies a change Customer.io reported (see `remote.rs`) if it happened at `at_ms`, after
+    /// the row's last change; not marked pending. `None` when the row is newer.
+    async fn apply_remote(
+        &self,
+        user: &str,
+        change: &PreferencesChange,
+        at_ms: i64,
+    ) -> Result<Option<StoredPreferences>, StoreError>;
     /// Clears the pending mark if the row is still at `version`; false when it changed since.
     async fn mark_synced(&self, user: &str, version: i64) -> Result<bool, StoreError>;
     /// Rows still to publish, oldest change first.

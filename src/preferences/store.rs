@@ -46,11 +46,15 @@ pub trait Sql: Backend {
         conn: &mut Self::Connection,
         user: &str,
     ) -> Result<Option<StoredPreferences>, sqlx::Error>;
+    /// Runs [`sql::APPLY`] (`at_ms`: now) or [`sql::APPLY_REMOTE`] (`at_ms`: when the change
+    /// happened in Customer.io); `None` when the statement left the row as it was.
     async fn apply(
         conn: &mut Self::Connection,
+        statement: &'static str,
         user: &str,
         change: &PreferencesChange,
-    ) -> Result<StoredPreferences, sqlx::Error>;
+        at_ms: i64,
+    ) -> Result<Option<StoredPreferences>, sqlx::Error>;
     async fn mark_synced(
         conn: &mut Self::Connection,
         user: &str,
@@ -100,6 +104,20 @@ mod sql {
            sync_pending = TRUE, \
            version = user_preferences.version + 1, \
            updated_at = $10 \
+         RETURNING user_id, email, push, sms, in_app, sync_pending, version, updated_at";
+    /// A change Customer.io reported: applied only when it happened after the row's last
+    /// change (newest wins), and not marked pending (Customer.io has it already).
+    pub const APPLY_REMOTE: &str = "INSERT INTO user_preferences \
+           (user_id, email, push, sms, in_app, sync_pending, version, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, FALSE, 1, $10) \
+         ON CONFLICT (user_id) DO UPDATE SET \
+           email = COALESCE($6, user_preferences.email), \
+           push = COALESCE($7, user_preferences.push), \
+           sms = COALESCE($8, user_preferences.sms), \
+           in_app = COALESCE($9, user_preferences.in_app), \
+           version = user_preferences.version + 1, \
+           updated_at = $10 \
+         WHERE user_preferences.updated_at < $10 \
          RETURNING user_id, email, push, sms, in_app, sync_pending, version, updated_at";
     pub const MARK_SYNCED: &str = "UPDATE user_preferences SET sync_pending = FALSE \
          WHERE user_id = $1 AND version = $2 AND sync_pending";
@@ -168,11 +186,13 @@ where
 
     async fn apply(
         conn: &mut DB::Connection,
+        statement: &'static str,
         user: &str,
         change: &PreferencesChange,
-    ) -> Result<StoredPreferences, sqlx::Error> {
+        at_ms: i64,
+    ) -> Result<Option<StoredPreferences>, sqlx::Error> {
         let new = Preferences::default().apply(change);
-        let row = sqlx::query(sql::APPLY)
+        let row = sqlx::query(statement)
             .bind(user)
             .bind(new.email)
             .bind(new.push)
@@ -182,10 +202,10 @@ where
             .bind(change.push)
             .bind(change.sms)
             .bind(change.in_app)
-            .bind(chrono::Utc::now().timestamp_millis())
-            .fetch_one(conn)
+            .bind(at_ms)
+            .fetch_optional(conn)
             .await?;
-        stored_from_row(&row)
+        row.as_ref().map(stored_from_row).transpose()
     }
 
     async fn mark_synced(
@@ -332,7 +352,21 @@ impl<DB: Sql> PreferenceStore for SqlStore<DB> {
         user: &str,
         change: &PreferencesChange,
     ) -> Result<StoredPreferences, StoreError> {
-        Ok(DB::apply(&mut *self.pool.acquire().await?, user, change).await?)
+        let now = chrono::Utc::now().timestamp_millis();
+        let conn = &mut *self.pool.acquire().await?;
+        DB::apply(conn, sql::APPLY, user, change, now)
+            .await?
+            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    async fn apply_remote(
+        &self,
+        user: &str,
+        change: &PreferencesChange,
+        at_ms: i64,
+    ) -> Result<Option<StoredPreferences>, StoreError> {
+        let conn = &mut *self.pool.acquire().await?;
+        Ok(DB::apply(conn, sql::APPLY_REMOTE, user, change, at_ms).await?)
     }
 
     async fn mark_synced(&self, user: &str, version: i64) -> Result<bool, StoreError> {

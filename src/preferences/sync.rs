@@ -9,8 +9,8 @@
 //! published, under the same lock.
 
 use super::{
-    PreferenceStore, Preferences, PreferencesChange, StoreError, StoredPreferences, UserLock,
-    UserSource, UserSourceError,
+    PreferenceStore, Preferences, PreferencesChange, StoreError, StoredPreferences, TopicMap,
+    UserLock, UserSource, UserSourceError,
 };
 use crate::broker::BrokerError;
 use crate::config::Settings;
@@ -75,6 +75,8 @@ pub struct PreferenceService {
     store: Arc<dyn PreferenceStore>,
     publisher: Publisher,
     users: Option<UserSource>,
+    /// Channels mapped to Customer.io subscription topics (`preferences.subscription_topics`).
+    topics: TopicMap,
     locks: Vec<Mutex<()>>,
     wake: Notify,
     /// The runtime that owns the database connections: all store I/O runs there, whatever
@@ -96,7 +98,14 @@ impl PreferenceService {
         publisher: Publisher,
     ) -> anyhow::Result<Arc<Self>> {
         let users = UserSource::from_settings(&settings.user_source)?;
-        Ok(Self::new(store, publisher, users))
+        let topics = TopicMap::parse(&settings.preferences.subscription_topics).map_err(|e| {
+            anyhow::anyhow!("configuration key `preferences.subscription_topics`: {e}")
+        })?;
+        Ok(Self::with_topics(store, publisher, users, topics))
+    }
+
+    pub fn topics(&self) -> &TopicMap {
+        &self.topics
     }
 
     pub fn new(
@@ -104,10 +113,20 @@ impl PreferenceService {
         publisher: Publisher,
         users: Option<UserSource>,
     ) -> Arc<Self> {
+        Self::with_topics(store, publisher, users, TopicMap::default())
+    }
+
+    fn with_topics(
+        store: Arc<dyn PreferenceStore>,
+        publisher: Publisher,
+        users: Option<UserSource>,
+        topics: TopicMap,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             publisher,
             users,
+            topics,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             wake: Notify::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -137,7 +156,7 @@ impl PreferenceService {
                     }))
             })
             .await
-            .expect("preference task panicked")
+            .unwrap_or_else(|e| Err(task_failed(e)))
     }
 
     /// Stores a change, then tries to publish it. The store must succeed (else the error);
@@ -164,7 +183,7 @@ impl PreferenceService {
                 }
             })
             .await
-            .expect("preference task panicked")
+            .unwrap_or_else(|e| Err(task_failed(e)))
     }
 
     /// Reads the user from the user source, merges the preferences and publishes one identify.
@@ -175,7 +194,7 @@ impl PreferenceService {
         self.runtime
             .spawn(async move { this.sync_user_here(&user).await })
             .await
-            .expect("preference task panicked")
+            .unwrap_or_else(|e| Err(task_failed(e).into()))
     }
 
     async fn sync_user_here(&self, user: &str) -> Result<Synced, SyncError> {
@@ -214,7 +233,7 @@ impl PreferenceService {
     ) -> Result<(String, Vec<String>, Option<bool>), SyncError> {
         let stored = lock.get().await?;
         let preferences = stored.as_ref().map(|s| s.preferences).unwrap_or_default();
-        attributes.extend(preferences.opt_in_attributes());
+        attributes.extend(preferences.attributes(&self.topics));
         let names = attributes.keys().cloned().collect();
         let correlation_id = self.publish_identify(user, attributes).await?;
         let marked = match stored.filter(|s| s.sync_pending) {
@@ -253,7 +272,7 @@ impl PreferenceService {
         if !stored.sync_pending {
             return Ok(Some((stored, false)));
         }
-        self.publish_identify(user, stored.preferences.opt_in_attributes())
+        self.publish_identify(user, stored.preferences.attributes(&self.topics))
             .await?;
         // False when the row changed since it was read: that change's own sync, waiting for
         // this lock, publishes it.
@@ -373,4 +392,11 @@ impl ResyncTask {
             task.abort();
         }
     }
+}
+
+/// A store task that panicked (or was cancelled): the request fails as the store would (503),
+/// instead of the panic reaching the HTTP worker.
+fn task_failed(e: tokio::task::JoinError) -> StoreError {
+    tracing::error!(error = %e, "preference task failed");
+    StoreError::Task(e.to_string())
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One accepted operation. A v2 batch gives one record per operation, in batch order.
@@ -28,6 +28,11 @@ pub struct Record {
     /// An event whose `id` was accepted before: Customer.io ignores it, so it is not a second
     /// delivery. Recorded anyway, so a test can see the resend happened.
     pub duplicate: bool,
+    /// An identify whose ordering timestamp (v1 `_timestamp`, v2 `timestamp`) is older than
+    /// the last one applied to the person: Customer.io answers 200 and ignores it. Recorded,
+    /// so a test can see that it was sent and dropped.
+    #[serde(default)]
+    pub stale: bool,
     /// What an App API send answered.
     pub delivery_id: Option<String>,
     /// When the sandbox accepted it, in ms since the epoch: delivery latency is measured here.
@@ -54,7 +59,22 @@ const MAX_RECORDS: usize = 2_000_000;
 pub(crate) struct Ledger {
     records: Vec<Record>,
     event_ids: HashSet<String>,
+    /// The newest ordering timestamp applied per person, as Customer.io keeps it.
+    identified_at: HashMap<String, i64>,
     next_seq: u64,
+}
+
+/// An identify's ordering timestamp: v1 `_timestamp` in the body, v2 `timestamp`.
+fn ordering_timestamp(op: &Accepted) -> Option<i64> {
+    if op.action != "identify" {
+        return None;
+    }
+    let key = if op.api == "track_v1" {
+        "_timestamp"
+    } else {
+        "timestamp"
+    };
+    op.body.get(key).and_then(Value::as_i64)
 }
 
 impl Ledger {
@@ -68,6 +88,15 @@ impl Ledger {
                 None => false,
             };
             duplicates += usize::from(duplicate);
+            let stale = match (ordering_timestamp(&op), &op.user) {
+                (Some(at), Some(user)) => {
+                    let newest = self.identified_at.entry(user.clone()).or_insert(at);
+                    let stale = at < *newest;
+                    *newest = (*newest).max(at);
+                    stale
+                }
+                _ => false,
+            };
             let seq = self.next_seq;
             self.next_seq += 1;
             self.records.push(Record {
@@ -80,6 +109,7 @@ impl Ledger {
                 body: op.body,
                 event_id: op.event_id,
                 duplicate,
+                stale,
                 delivery_id: op.delivery_id,
                 received_at_ms,
             });
@@ -172,5 +202,40 @@ impl Counters {
         ] {
             c.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn identify(api: &'static str, user: &str, body: Value) -> Accepted {
+        Accepted {
+            api,
+            method: "PUT".into(),
+            path: format!("/customers/{user}"),
+            user: Some(user.into()),
+            action: "identify".into(),
+            body,
+            event_id: None,
+            delivery_id: None,
+        }
+    }
+
+    /// Customer.io applies an identify only if its ordering timestamp is not older than the
+    /// last one applied to the person; an older one is answered 200 and ignored.
+    #[test]
+    fn an_identify_older_than_the_last_applied_is_stale() {
+        let mut ledger = Ledger::default();
+        ledger.accept_all(vec![
+            identify("track_v2", "a", json!({"timestamp": 10})),
+            identify("track_v1", "a", json!({"_timestamp": 5})),
+            identify("track_v2", "b", json!({"timestamp": 5})),
+            identify("track_v2", "a", json!({})),
+            identify("track_v2", "a", json!({"timestamp": 10})),
+        ]);
+        let stale: Vec<bool> = ledger.records().iter().map(|r| r.stale).collect();
+        assert_eq!(stale, [false, true, false, false, false]);
     }
 }

@@ -37,12 +37,18 @@ catalogue! {
         "1 while connected to RabbitMQ.";
     Counter BROKER_PUBLISHER_REOPENED = "cio_gateway_broker_publisher_reopened_total":
         "Publishing channels replaced after 3 nacks in a row (a cluster node lost).";
+    Counter BROKER_CONNECTIONS_ABANDONED = "cio_gateway_broker_connections_abandoned_total":
+        "RabbitMQ connections given up because a confirm or answer was overdue (a silent partition).";
     Gauge ACTIVE_USERS = "cio_gateway_active_users":
         "Users with a message in flight or waiting on a retry.";
     Counter WEBHOOKS_RECEIVED = "cio_gateway_webhooks_received_total":
         "Verified reporting events, by object_type and metric.";
     Counter WEBHOOKS_REJECTED = "cio_gateway_webhooks_rejected_total":
         "Refused webhook requests, by reason (signature, stale, malformed, too_large).";
+    Counter WEBHOOKS_UNPARSABLE = "cio_gateway_webhooks_unparsable_total":
+        "Authentic webhook events that could not be parsed: answered 200 and dead-lettered (webhook_unparsable).";
+    Counter PREFERENCES_REMOTE_CHANGES = "cio_gateway_preferences_remote_changes_total":
+        "Subscription changes reported by Customer.io's webhooks, by outcome (applied, superseded: the local row is newer).";
     Counter WEBHOOKS_LATE = "cio_gateway_webhooks_late_total":
         "Authentic webhooks accepted with an old timestamp (Customer.io retries).";
     Counter WEBHOOKS_UNAVAILABLE = "cio_gateway_webhooks_unavailable_total":

@@ -82,7 +82,7 @@ pub fn from_settings(settings: &WarehouseSettings) -> anyhow::Result<SharedSink>
                 .database_url
                 .as_ref()
                 .map(|u| u.expose().to_string())
-                .or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()))
+                // DATABASE_URL reaches it through the configuration's conventional names.
                 .context(
                     "configuration key `warehouse.database_url`: required for the postgres sink \
                      (or set DATABASE_URL)",

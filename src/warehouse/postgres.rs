@@ -23,7 +23,7 @@ use sqlx::{Postgres, QueryBuilder};
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// Rows per INSERT statement: 16 binds each, well under PostgreSQL's 65535.
+/// Rows per INSERT statement: 23 binds each, well under PostgreSQL's 65535.
 const CHUNK: usize = 1000;
 
 const CREATE_TABLE: &str = r#"
@@ -44,12 +44,28 @@ CREATE TABLE IF NOT EXISTS delivery_events (
     raw                      jsonb       NOT NULL,
     received_at              timestamptz NOT NULL,
     raw_exact                bytea,
+    journey_id               text,
+    trigger_event_id         text,
+    failure_message          text,
+    href                     text,
+    link_id                  text,
+    machine                  boolean,
+    prefetched               boolean,
     PRIMARY KEY (event_id, "timestamp")
 ) PARTITION BY RANGE ("timestamp")
 "#;
 
-/// Tables created before `raw_exact` existed get it.
-const ADD_RAW_EXACT: &str = "ALTER TABLE delivery_events ADD COLUMN IF NOT EXISTS raw_exact bytea";
+/// Tables created before a column existed get it, in place (a partitioned table's new column
+/// reaches every partition; existing rows read null).
+const ADD_LATER_COLUMNS: &str = "ALTER TABLE delivery_events \
+     ADD COLUMN IF NOT EXISTS raw_exact bytea, \
+     ADD COLUMN IF NOT EXISTS journey_id text, \
+     ADD COLUMN IF NOT EXISTS trigger_event_id text, \
+     ADD COLUMN IF NOT EXISTS failure_message text, \
+     ADD COLUMN IF NOT EXISTS href text, \
+     ADD COLUMN IF NOT EXISTS link_id text, \
+     ADD COLUMN IF NOT EXISTS machine boolean, \
+     ADD COLUMN IF NOT EXISTS prefetched boolean";
 
 /// What PostgreSQL text cannot hold, and what is stored instead.
 const NUL: char = '\u{0}';
@@ -144,7 +160,7 @@ impl Sink for PostgresSink {
 
     async fn prepare(&self) -> Result<(), SinkError> {
         sqlx::query(CREATE_TABLE).execute(&self.pool).await?;
-        sqlx::query(ADD_RAW_EXACT).execute(&self.pool).await?;
+        sqlx::query(ADD_LATER_COLUMNS).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -160,7 +176,8 @@ impl Sink for PostgresSink {
                 "INSERT INTO delivery_events (event_id, object_type, metric, \"timestamp\", \
                  customer_id, recipient, delivery_id, campaign_id, action_id, broadcast_id, \
                  newsletter_id, transactional_message_id, identifiers, raw, received_at, \
-                 raw_exact) ",
+                 raw_exact, journey_id, trigger_event_id, failure_message, href, link_id, \
+                 machine, prefetched) ",
             );
             insert.push_values(chunk, |mut b, row| {
                 let raw_escaped = escape_json(&row.raw);
@@ -188,7 +205,14 @@ impl Sink for PostgresSink {
                         raw_escaped.unwrap_or_else(|| row.raw.clone()),
                     ))
                     .push_bind(row.received_at)
-                    .push_bind(raw_exact);
+                    .push_bind(raw_exact)
+                    .push_bind(escape_text(&row.journey_id))
+                    .push_bind(escape_text(&row.trigger_event_id))
+                    .push_bind(escape_text(&row.failure_message))
+                    .push_bind(escape_text(&row.href))
+                    .push_bind(escape_text(&row.link_id))
+                    .push_bind(row.machine)
+                    .push_bind(row.prefetched);
             });
             insert.push(" ON CONFLICT DO NOTHING");
             inserted += insert.build().execute(&mut *tx).await?.rows_affected() as usize;

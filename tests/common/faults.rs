@@ -498,3 +498,94 @@ pub fn check_users(
     }
     total
 }
+
+/// A TCP proxy in front of RabbitMQ that can black-hole the path: while it does, bytes in
+/// either direction are read and thrown away and no socket is closed, as a silent network
+/// partition looks to both ends (no FIN, no RST; only heartbeats can tell). New connections are
+/// accepted and then hear nothing.
+pub struct BlackholeProxy {
+    pub addr: std::net::SocketAddr,
+    blackholed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackholeProxy {
+    /// Listens on an ephemeral port of 127.0.0.1 and forwards to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy binds");
+        let addr = listener.local_addr().unwrap();
+        let blackholed = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = blackholed.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pipe(client_read, server_write, flag.clone()),
+                        pipe(server_read, client_write, flag),
+                    );
+                });
+            }
+        });
+        Self {
+            addr,
+            blackholed,
+            task,
+        }
+    }
+
+    /// `url` (one endpoint) with its host and port replaced by the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).expect("an AMQP URL");
+        u.set_ip_host(self.addr.ip()).unwrap();
+        u.set_port(Some(self.addr.port())).unwrap();
+        u.to_string()
+    }
+
+    /// From now on nothing passes, in either direction; sockets stay open.
+    pub fn blackhole(&self) {
+        self.blackholed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for BlackholeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` until either side closes, throwing bytes away while `blackholed`.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    blackholed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if blackholed.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    // A black hole forwards no FIN either: keep the other half open until the test ends.
+    if blackholed.load(std::sync::atomic::Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
+}

@@ -27,11 +27,26 @@ pub struct Row {
     pub raw: Value,
     #[serde(with = "rfc3339")]
     pub received_at: DateTime<Utc>,
+    // Added later: rows written before them read back as null.
+    #[serde(default)]
+    pub journey_id: Option<String>,
+    #[serde(default)]
+    pub trigger_event_id: Option<String>,
+    #[serde(default)]
+    pub failure_message: Option<String>,
+    #[serde(default)]
+    pub href: Option<String>,
+    #[serde(default)]
+    pub link_id: Option<String>,
+    #[serde(default)]
+    pub machine: Option<bool>,
+    #[serde(default)]
+    pub prefetched: Option<bool>,
 }
 
 impl Row {
     /// The column names, in table order.
-    pub const COLUMNS: [&'static str; 15] = [
+    pub const COLUMNS: [&'static str; 22] = [
         "event_id",
         "object_type",
         "metric",
@@ -47,6 +62,13 @@ impl Row {
         "identifiers",
         "raw",
         "received_at",
+        "journey_id",
+        "trigger_event_id",
+        "failure_message",
+        "href",
+        "link_id",
+        "machine",
+        "prefetched",
     ];
 
     pub fn new(event: &ReportingEvent, received_at: DateTime<Utc>) -> Self {
@@ -68,6 +90,13 @@ impl Row {
             // Stored at millisecond precision, like it is written.
             received_at: DateTime::from_timestamp_millis(received_at.timestamp_millis())
                 .unwrap_or(received_at),
+            journey_id: event.details.journey_id.clone(),
+            trigger_event_id: event.details.trigger_event_id.clone(),
+            failure_message: event.details.failure_message.clone(),
+            href: event.details.href.clone(),
+            link_id: event.details.link_id.clone(),
+            machine: event.details.machine,
+            prefetched: event.details.prefetched,
         }
     }
 
@@ -106,7 +135,8 @@ mod tests {
     fn a_row_has_exactly_the_contract_columns() {
         let event = ReportingEvent::from_value(json!({"event_id": "e", "object_type": "sms",
             "metric": "delivered", "timestamp": 1_700_000_000,
-            "data": {"customer_id": "9", "recipient": "+15550100", "broadcast_id": 3}}))
+            "data": {"customer_id": "9", "recipient": "+15550100", "broadcast_id": 3,
+                "journey_id": "j1", "link_id": 12, "machine": true, "prefetched": "yes"}}))
         .unwrap();
         let received = DateTime::parse_from_rfc3339("2023-11-14T22:13:21.123456Z")
             .unwrap()
@@ -129,7 +159,31 @@ mod tests {
         assert_eq!(value["broadcast_id"], "3");
         assert_eq!(value["identifiers"], Value::Null);
         assert_eq!(row.day().to_string(), "2023-11-14");
-        let back: Row = serde_json::from_value(value).unwrap();
+        assert_eq!(value["journey_id"], "j1");
+        assert_eq!(value["link_id"], "12");
+        assert_eq!(value["machine"], true);
+        assert_eq!(
+            value["prefetched"],
+            Value::Null,
+            "not a boolean: only in raw"
+        );
+        assert_eq!(value["href"], Value::Null);
+        let back: Row = serde_json::from_value(value.clone()).unwrap();
         assert_eq!(back, row);
+        // A row written before the later columns existed still reads.
+        let mut old = value;
+        for column in [
+            "journey_id",
+            "trigger_event_id",
+            "failure_message",
+            "href",
+            "link_id",
+            "machine",
+            "prefetched",
+        ] {
+            old.as_object_mut().unwrap().remove(column);
+        }
+        let old: Row = serde_json::from_value(old).unwrap();
+        assert_eq!(old.journey_id, None);
     }
 }

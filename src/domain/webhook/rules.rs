@@ -3,7 +3,14 @@
 //!
 //! A rule's pattern is matched against `<object_type>.<metric>`; `*` stands for any run of
 //! characters. When several patterns match, the most specific one (most literal characters)
-//! wins, so `email.bounced = "none"` overrides `*.bounced = "suppress"`.
+//! wins, so `email.bounced = "none"` overrides `*.bounced = "mark_bounced"`.
+//!
+//! What each action costs the person, as Customer.io documents it:
+//! - `mark_bounced`, `unsubscribe`: an identify (an attribute set); nothing is lost.
+//! - `unsuppress`: lifts a suppression.
+//! - `suppress`: "permanently deletes people… You cannot recover a profile after you suppress
+//!   it" (Track API reference). Never a default; `check-config` and `serve` warn when a rule
+//!   uses it.
 
 use super::{EventId, ReportingEvent};
 use crate::domain::{CorrelationId, ParseError};
@@ -13,14 +20,28 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
-    /// Suppress the person in Customer.io (a `suppress` envelope).
+    /// Suppress the person in Customer.io (a `suppress` envelope): this deletes the profile.
     Suppress,
     /// Mark the person unsubscribed (an `identify` with `unsubscribed: true`).
     Unsubscribe,
     /// Lift a suppression (an `unsuppress` envelope), e.g. on `customer.subscribed`.
     Unsuppress,
+    /// Record the bounce on the person (an `identify` with `email_bounced_at`, the event's
+    /// time in unix seconds), so segments can exclude them; the profile stays.
+    MarkBounced,
     None,
 }
+
+/// What the gateway does about reporting events unless `webhooks.rules` says otherwise:
+/// nothing that destroys data, and nothing for `*.subscribed` / `*.unsubscribed`, which
+/// Customer.io has already applied (echoing them back could undo a later change).
+pub const DEFAULT_RULES: [(&str, &str); 2] = [
+    ("email.bounced", "mark_bounced"),
+    ("email.spammed", "unsubscribe"),
+];
+
+/// The attribute [`Action::MarkBounced`] sets.
+pub const BOUNCED_AT_ATTRIBUTE: &str = "email_bounced_at";
 
 impl Action {
     pub fn parse(value: &str) -> Option<Self> {
@@ -28,6 +49,7 @@ impl Action {
             "suppress" => Some(Action::Suppress),
             "unsubscribe" => Some(Action::Unsubscribe),
             "unsuppress" => Some(Action::Unsuppress),
+            "mark_bounced" => Some(Action::MarkBounced),
             "none" => Some(Action::None),
             _ => None,
         }
@@ -39,15 +61,20 @@ impl Action {
         match self {
             Action::Suppress | Action::Unsuppress => Some(ActionKind::Suppression),
             Action::Unsubscribe => Some(ActionKind::Subscription),
+            Action::MarkBounced => Some(ActionKind::Bounce),
             Action::None => None,
         }
     }
+
+    /// Every action's name, for error messages.
+    pub const NAMES: &'static str = "mark_bounced, unsubscribe, unsuppress, suppress or none";
 
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Suppress => "suppress",
             Action::Unsubscribe => "unsubscribe",
             Action::Unsuppress => "unsuppress",
+            Action::MarkBounced => "mark_bounced",
             Action::None => "none",
         }
     }
@@ -60,6 +87,8 @@ pub enum ActionKind {
     Suppression,
     /// Subscribed or not: `unsubscribe` (no rule resubscribes yet).
     Subscription,
+    /// When the person's email last bounced: `mark_bounced`.
+    Bounce,
 }
 
 impl ActionKind {
@@ -67,6 +96,7 @@ impl ActionKind {
         match self {
             ActionKind::Suppression => "suppression",
             ActionKind::Subscription => "subscription",
+            ActionKind::Bounce => "bounce",
         }
     }
 }
@@ -87,7 +117,7 @@ impl Rules {
                     .ok_or_else(|| {
                         ParseError::new(
                             pattern.clone(),
-                            format!("action {action:?} must be suppress, unsuppress, unsubscribe or none"),
+                            format!("action {action:?} must be one of {}", Action::NAMES),
                         )
                     })
             })
@@ -95,6 +125,14 @@ impl Rules {
         // Stable: equally specific patterns keep their (sorted) configuration order.
         rules.sort_by_key(|(pattern, _)| std::cmp::Reverse(specificity(pattern)));
         Ok(Self { rules })
+    }
+
+    /// The patterns whose action is `suppress`, which deletes the person's profile.
+    pub fn destructive(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .filter(|(_, action)| *action == Action::Suppress)
+            .map(|(pattern, _)| pattern.as_str())
     }
 
     /// The action for a routing key `<object_type>.<metric>`; `None` when no rule matches.
@@ -148,28 +186,31 @@ pub fn action_correlation_id(event_id: &EventId, action: Action) -> CorrelationI
 
 /// The envelope that carries out `action` for `event`; `None` when there is nothing to do
 /// (no action, or the event names no person: see [`ReportingEvent::person`]).
+///
+/// `userId`, the ordering key, is the person as [`ReportingEvent::person`] spells them;
+/// `identifiers` names them in Customer.io by the key they came with (`id`, `email` or
+/// `cio_id`), so an email-only person is never addressed as if the email were an id.
 pub fn action_envelope(event: &ReportingEvent, action: Action) -> Option<Value> {
     let user = event.person()?;
+    let (key, value) = event.person_identifier()?;
     let correlation_id = action_correlation_id(&event.event_id, action);
-    match action {
-        Action::None => None,
-        Action::Suppress => Some(json!({
-            "type": "suppress",
-            "userId": user,
-            "correlationId": correlation_id,
-        })),
-        Action::Unsuppress => Some(json!({
-            "type": "unsuppress",
-            "userId": user,
-            "correlationId": correlation_id,
-        })),
-        Action::Unsubscribe => Some(json!({
-            "type": "identify",
-            "userId": user,
-            "correlationId": correlation_id,
-            "payload": {"unsubscribed": true},
-        })),
-    }
+    let (kind, payload) = match action {
+        Action::None => return None,
+        Action::Suppress => ("suppress", json!({})),
+        Action::Unsuppress => ("unsuppress", json!({})),
+        Action::Unsubscribe => ("identify", json!({"unsubscribed": true})),
+        Action::MarkBounced => (
+            "identify",
+            json!({ BOUNCED_AT_ATTRIBUTE: event.timestamp.timestamp() }),
+        ),
+    };
+    Some(json!({
+        "type": kind,
+        "userId": user,
+        "identifiers": { key: value },
+        "correlationId": correlation_id,
+        "payload": payload,
+    }))
 }
 
 #[cfg(test)]
@@ -188,18 +229,26 @@ mod tests {
     }
 
     #[test]
-    fn defaults_suppress_bounces_and_spam_and_unsubscribe() {
-        let r = rules(&[
+    fn the_defaults_destroy_nothing_and_echo_nothing() {
+        let r = rules(&DEFAULT_RULES);
+        assert_eq!(r.action_for("email.bounced"), Action::MarkBounced);
+        assert_eq!(r.action_for("email.spammed"), Action::Unsubscribe);
+        for key in [
+            "email.unsubscribed",
+            "customer.unsubscribed",
+            "customer.subscribed",
+            "customer.cio_subscription_preferences_changed",
+            "push.bounced",
+            "email.opened",
+        ] {
+            assert_eq!(r.action_for(key), Action::None, "{key}");
+        }
+        assert_eq!(r.destructive().count(), 0);
+        let opted = rules(&[
             ("email.bounced", "suppress"),
-            ("email.spammed", "suppress"),
-            ("*.unsubscribed", "unsubscribe"),
+            ("email.spammed", "unsubscribe"),
         ]);
-        assert_eq!(r.action_for("email.bounced"), Action::Suppress);
-        assert_eq!(r.action_for("email.spammed"), Action::Suppress);
-        assert_eq!(r.action_for("email.unsubscribed"), Action::Unsubscribe);
-        assert_eq!(r.action_for("customer.unsubscribed"), Action::Unsubscribe);
-        assert_eq!(r.action_for("push.bounced"), Action::None);
-        assert_eq!(r.action_for("email.opened"), Action::None);
+        assert_eq!(opted.destructive().collect::<Vec<_>>(), ["email.bounced"]);
     }
 
     #[test]
@@ -242,6 +291,7 @@ mod tests {
         assert_eq!(a, action_envelope(&event, Action::Suppress).unwrap());
         assert_eq!(a["type"], "suppress");
         assert_eq!(a["userId"], "42");
+        assert_eq!(a["identifiers"], json!({"id": "42"}));
         let lifted = action_envelope(&event, Action::Unsuppress).unwrap();
         assert_eq!(lifted["type"], "unsuppress");
         assert_ne!(
@@ -252,20 +302,42 @@ mod tests {
         assert!(cid.as_ulid().is_some());
         let u = action_envelope(&event, Action::Unsubscribe).unwrap();
         assert_eq!(u["type"], "identify");
-        assert_eq!(u["payload"]["unsubscribed"], true);
+        assert_eq!(u["payload"], json!({"unsubscribed": true}));
         assert_ne!(u["correlationId"], a["correlationId"]);
+        let b = action_envelope(&event, Action::MarkBounced).unwrap();
+        assert_eq!(b["type"], "identify");
+        assert_eq!(b["payload"], json!({"email_bounced_at": 1_700_000_000}));
         assert_eq!(action_envelope(&event, Action::None), None);
         let mut anonymous = event.clone();
         anonymous.customer_id = None;
         assert_eq!(action_envelope(&anonymous, Action::Suppress), None);
-        // A merged person: customer_id blank, identifiers still name them.
-        let merged = ReportingEvent::from_value(json!({"event_id": "ev2", "object_type": "email",
-            "metric": "bounced", "timestamp": 1_700_000_000,
-            "data": {"customer_id": "", "identifiers": {"email": "m@example.com", "cio_id": "c1"}}}))
-        .unwrap();
+    }
+
+    #[test]
+    fn an_action_names_its_person_by_the_key_customer_io_gave() {
+        let with = |identifiers: Value| {
+            let event = ReportingEvent::from_value(json!({"event_id": "ev2",
+                "object_type": "email", "metric": "spammed", "timestamp": 1_700_000_000,
+                "data": {"customer_id": "", "identifiers": identifiers}}))
+            .unwrap();
+            let envelope = action_envelope(&event, Action::Unsubscribe).unwrap();
+            (envelope["userId"].clone(), envelope["identifiers"].clone())
+        };
         assert_eq!(
-            action_envelope(&merged, Action::Suppress).unwrap()["userId"],
-            "m@example.com"
+            with(json!({"id": "7", "email": "a@example.com", "cio_id": "c7"})),
+            (json!("7"), json!({"id": "7"}))
+        );
+        // A merged or email-only person: never addressed as if the email were an id.
+        assert_eq!(
+            with(json!({"email": "only@example.com", "cio_id": "c1"})),
+            (
+                json!("only@example.com"),
+                json!({"email": "only@example.com"})
+            )
+        );
+        assert_eq!(
+            with(json!({"cio_id": "c1"})),
+            (json!("cio_c1"), json!({"cio_id": "c1"}))
         );
     }
 
