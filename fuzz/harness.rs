@@ -16,9 +16,10 @@ use cio_gateway::domain::{Envelope, ParseError};
 use serde_json::Value;
 
 /// Top-level envelope fields an error may name (`payload` errors name a path inside it).
-const ENVELOPE_FIELDS: [&str; 6] = [
+const ENVELOPE_FIELDS: [&str; 7] = [
     "type",
     "userId",
+    "anonymousId",
     "identifiers",
     "timestamp",
     "correlationId",

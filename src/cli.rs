@@ -26,11 +26,15 @@ pub enum Command {
     },
     /// Publish one envelope to the right exchange.
     Publish {
-        /// identify, track, transactional, page, delete, suppress, unsuppress, addDevice, deleteDevice, merge
+        /// identify, track, transactional, page, screen, delete, suppress, unsuppress, addDevice, deleteDevice, merge
         #[arg(value_name = "TYPE")]
         kind: String,
+        #[arg(long, required_unless_present = "anonymous_id")]
+        user: Option<String>,
+        /// An anonymous track, page or screen (instead of --user); with --user on an identify,
+        /// the anonymous activity to merge into the person.
         #[arg(long)]
-        user: String,
+        anonymous_id: Option<String>,
         #[arg(long, default_value = "{}")]
         payload: String,
         #[arg(long)]

@@ -25,19 +25,30 @@ fn require_shared_broker(settings: &Settings, what: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub async fn publish(
-    settings: Settings,
+/// The envelope `cio-gateway publish` sends: `--user` and/or `--anonymous-id`, as given.
+pub fn envelope(
     kind: &str,
-    user: &str,
+    user: Option<&str>,
+    anonymous_id: Option<&str>,
     payload: &str,
     correlation_id: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    require_shared_broker(&settings, "publish")?;
+) -> anyhow::Result<Value> {
     let payload: Value = serde_json::from_str(payload).context("--payload is not JSON")?;
-    let mut envelope = json!({"type": kind, "userId": user, "payload": payload});
+    let mut envelope = json!({"type": kind, "payload": payload});
+    if let Some(user) = user {
+        envelope["userId"] = user.into();
+    }
+    if let Some(anonymous) = anonymous_id {
+        envelope["anonymousId"] = anonymous.into();
+    }
     if let Some(id) = correlation_id {
         envelope["correlationId"] = id.into();
     }
+    Ok(envelope)
+}
+
+pub async fn publish(settings: Settings, envelope: Value) -> anyhow::Result<ExitCode> {
+    require_shared_broker(&settings, "publish")?;
     let broker = broker::connect(
         settings.broker.url.expose(),
         Topology::for_settings(&settings),

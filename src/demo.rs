@@ -1,7 +1,7 @@
 //! `cio-gateway demo`: local mode end to end, checked. Starts the gateway with the in-process
-//! broker and the built-in sandbox, sends a sample mix (identify, track, transactional, a signed
-//! reporting webhook), then prints what "Customer.io" received per user and what the warehouse
-//! holds. Exits 0 only if all of it arrived.
+//! broker and the built-in sandbox, sends a sample mix (identify, track, transactional, an
+//! anonymous visitor who signs up, a signed reporting webhook), then prints what "Customer.io"
+//! received per user and what the warehouse holds. Exits 0 only if all of it arrived.
 
 use crate::app::Gateway;
 use crate::config::Settings;
@@ -15,7 +15,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const SECRET: &str = "demo-signing-secret";
-const USERS: [&str; 3] = ["alice", "bob", "carol"];
+const USERS: [&str; 4] = ["alice", "bob", "carol", "dana"];
+/// Dana browses before signing up: her anonymous views merge into her profile.
+const VISITOR: &str = "anon-dana";
+
+fn visitor_signs_up() -> Vec<Value> {
+    vec![
+        json!({"type": "page", "anonymousId": VISITOR, "payload": {"path": "/pricing"}}),
+        json!({"type": "screen", "anonymousId": VISITOR, "payload": {"name": "Plans"}}),
+        json!({"type": "identify", "userId": "dana", "anonymousId": VISITOR,
+            "payload": {"email": "dana@example.com", "plan": "trial"}}),
+    ]
+}
 
 fn sample(user: &str) -> Vec<Value> {
     vec![
@@ -57,11 +68,16 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     );
 
     let mut expected = 0;
-    for user in USERS {
+    for user in &USERS[..3] {
         for envelope in sample(user) {
             gateway.state.publisher.publish(envelope).await?;
             expected += 1;
         }
+    }
+    // In order: the anonymous views are confirmed before the identify that merges them.
+    for envelope in visitor_signs_up() {
+        gateway.state.publisher.publish(envelope).await?;
+        expected += 1;
     }
     let webhook = json!({"event_id": ulid::Ulid::new().to_string(), "object_type": "email",
         "metric": "bounced", "timestamp": chrono::Utc::now().timestamp(),
@@ -69,7 +85,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             "delivery_id": "demo-delivery", "recipient": "carol@example.com"}});
     let status = post_signed_webhook(gateway.addr, &webhook).await?;
     println!("webhook email.bounced for carol -> HTTP {status}");
-    expected += 1; // the bounce becomes a suppress for carol
+    expected += 1; // the bounce marks carol (an identify setting email_bounced_at)
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let (delivered, rows) = loop {
@@ -91,13 +107,29 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             .collect();
         println!("{user:<8} {}", ops.join(" -> "));
     }
+    let views = sandbox.records_of_anonymous(VISITOR);
+    let merged = views.len() == 2
+        && views
+            .iter()
+            .all(|r| r.merged_into.as_deref() == Some("dana"));
+    println!(
+        "{VISITOR} (anonymous) {} -> merged into dana: {merged}",
+        views
+            .iter()
+            .map(|r| match r.api.as_str() {
+                "track_v1" => r.body["type"].as_str().unwrap_or("event"),
+                _ => r.action.as_str(),
+            })
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    );
     println!(
         "\nwarehouse (file sink): {rows} delivery event row(s) under {}",
         warehouse.display()
     );
     gateway.shutdown().await;
 
-    let ok = delivered >= expected && rows >= 1 && status == 200;
+    let ok = delivered >= expected && rows >= 1 && status == 200 && merged;
     println!(
         "\n{}: {delivered}/{expected} operations delivered, {rows}/1 warehouse rows",
         if ok { "OK" } else { "FAILED" }

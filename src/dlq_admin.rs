@@ -72,11 +72,13 @@ impl DeadLetter {
             }
         };
         let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_string);
-        let user_id = match body.get("userId") {
+        // The ordering key: the user, or the anonymous id of an anonymous event.
+        let key = |field: &str| match body.get(field) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
+        let user_id = key("userId").or_else(|| key("anonymousId"));
         Self {
             correlation_id: text("correlationId"),
             kind: text("type"),

@@ -44,10 +44,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Publish {
             kind,
             user,
+            anonymous_id,
             payload,
             correlation_id,
             config,
-        } => commands::publish(load(&config)?, &kind, &user, &payload, correlation_id).await,
+        } => {
+            let envelope = commands::envelope(
+                &kind,
+                user.as_deref(),
+                anonymous_id.as_deref(),
+                &payload,
+                correlation_id,
+            )?;
+            commands::publish(load(&config)?, envelope).await
+        }
         Command::Dlq { action, config } => commands::dlq(load(&config)?, action).await,
         Command::Topology(config) => commands::topology(load(&config)?).await,
         Command::CheckConfig(config) => {

@@ -5,7 +5,7 @@
 use cio_gateway::config::{CustomerIoSettings, Region, Secret};
 use cio_gateway::customerio::{CioError, CustomerIo, TrackCall};
 use cio_gateway::domain::{
-    Attributes, Device, Event, EventName, Operation, Page, PersonRef, TransactionalRequest, UserId,
+    Attributes, Device, Event, EventName, Operation, PersonRef, TransactionalRequest, UserId, View,
 };
 use cio_gateway::sandbox::{self, Faults, Record, RunningSandbox, SandboxConfig};
 use serde_json::{Map, Value, json};
@@ -153,7 +153,7 @@ async fn anonymous_track_posts_to_events() {
     let id = ulid::Ulid::new();
     client(&sb)
         .track_anonymous(
-            "cookie-1",
+            &user("cookie-1"),
             &event(json!({"name": "viewed", "data": {"n": 1}})),
             Some(id),
         )
@@ -179,7 +179,7 @@ async fn anonymous_track_posts_to_events() {
 #[tokio::test]
 async fn page_is_an_event_of_type_page_named_by_the_path() {
     let sb = sandbox().await;
-    let page = Page::parse(&json!({"path": "/pricing", "data": {"ref": "ad"}})).unwrap();
+    let page = View::page(&json!({"path": "/pricing", "data": {"ref": "ad"}})).unwrap();
     let id = ulid::Ulid::new();
     client(&sb)
         .page(&user("42"), &page, Some(id))
@@ -307,7 +307,7 @@ async fn v2_batch_records_every_operation_in_batch_order() {
         },
         call(
             "u3",
-            Operation::Page(Page::parse(&json!({"path": "/home"})).unwrap()),
+            Operation::Page(View::page(&json!({"path": "/home"})).unwrap()),
         ),
         call(
             "u4",

@@ -33,6 +33,13 @@ fn valid_samples() -> Vec<Value> {
         json!({"type": "track", "userId": "7", "payload": {"name": "viewed", "timestamp": 1764115200}}),
         json!({"type": "track", "userId": "7", "payload": {"name": "viewed", "data": null}}),
         json!({"type": "page", "userId": "7", "payload": {"path": "/pricing", "data": {"ref": "ad"}}}),
+        json!({"type": "screen", "userId": "7", "payload": {"name": "Checkout", "data": {"step": 2}}}),
+        json!({"type": "track", "anonymousId": "anon-1", "payload": {"name": "viewed"}}),
+        json!({"type": "page", "anonymousId": "anon-1", "userId": null, "identifiers": null,
+            "payload": {"path": "/pricing"}}),
+        json!({"type": "screen", "anonymousId": 17, "payload": {"name": "Home"}}),
+        json!({"type": "identify", "userId": "7", "anonymousId": "anon-1", "payload": {"plan": "pro"}}),
+        json!({"type": "track", "userId": "7", "anonymousId": "anon-1", "payload": {"name": "viewed"}}),
         json!({"type": "delete", "userId": "7"}),
         json!({"type": "suppress", "userId": "7", "payload": {}}),
         json!({"type": "unsuppress", "userId": "7"}),
@@ -86,6 +93,13 @@ fn invalid_samples() -> Vec<Value> {
         json!({"type": "track", "userId": "1", "payload": {"name": "x", "data": [1]}}),
         json!({"type": "track", "userId": "1", "payload": {"name": "x", "timestamp": 0}}),
         json!({"type": "page", "userId": "1", "payload": {}}),
+        json!({"type": "screen", "userId": "1", "payload": {"path": "/home"}}),
+        json!({"type": "screen", "userId": "1", "payload": {"name": ""}}),
+        json!({"type": "identify", "anonymousId": "anon-1"}),
+        json!({"type": "delete", "anonymousId": "anon-1"}),
+        json!({"type": "track", "anonymousId": "", "payload": {"name": "x"}}),
+        json!({"type": "track", "anonymousId": "a", "identifiers": {"id": "1"}, "payload": {"name": "x"}}),
+        json!({"type": "track", "userId": null, "payload": {"name": "x"}}),
         json!({"type": "page", "userId": "1", "payload": {"path": ""}}),
         json!({"type": "addDevice", "userId": "1", "payload": {"deviceId": "t"}}),
         json!({"type": "addDevice", "userId": "1", "payload": {"deviceId": "t", "platform": "web"}}),
@@ -187,19 +201,23 @@ fn generated_envelopes_agree() {
         Just("track"),
         Just("transactional"),
         Just("page"),
+        Just("screen"),
         Just("delete"),
         Just("addDevice"),
         Just("deleteDevice"),
         Just("merge"),
         Just("nope"),
     ];
-    let envelope = (kind, text, proptest::option::of(value)).prop_map(|(kind, user, payload)| {
-        let mut v = json!({"type": kind, "userId": user});
-        if let Some(p) = payload {
-            v["payload"] = p;
-        }
-        v
-    });
+    // Named by a userId mostly, sometimes by an anonymousId only.
+    let who = prop_oneof![3 => Just("userId"), 1 => Just("anonymousId")];
+    let envelope =
+        (kind, who, text, proptest::option::of(value)).prop_map(|(kind, who, user, payload)| {
+            let mut v = json!({"type": kind, who: user});
+            if let Some(p) = payload {
+                v["payload"] = p;
+            }
+            v
+        });
     let mut runner = TestRunner::new(Config {
         cases: 4000,
         ..Config::default()
@@ -216,5 +234,5 @@ fn generated_envelopes_agree() {
         .unwrap();
     // Both verdicts are well represented, so the agreement means something.
     let valid = valid.into_inner();
-    assert!((400..3600).contains(&valid), "{valid} of 4000 valid");
+    assert!((300..3600).contains(&valid), "{valid} of 4000 valid");
 }

@@ -49,7 +49,11 @@ fn topology() -> Topology {
     t
 }
 
+/// Installs a language's client library once; two tests installing into one cache at the same
+/// time would race.
 fn setup(language: &str) {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new("bash")
         .arg(repo().join("examples/setup.sh"))
         .arg(language)
@@ -148,8 +152,9 @@ async fn tap_properties(vhost: &TestVhost) -> Vec<(Option<u8>, Option<String>)> 
     out
 }
 
-async fn check(language: &str, example: Command, kind: MessageType) {
-    let vhost = TestVhost::new(&format!("producers-{language}"));
+/// Runs an example for five senders (users, or anonymous visitors with `--anonymous-id`).
+async fn check(language: &str, example: Command, kind: MessageType, sender_flag: &str) {
+    let vhost = TestVhost::new(&format!("producers-{language}-{}", kind.as_str()));
     let broker = broker::connect(&vhost.url, topology())
         .await
         .expect("topology declared");
@@ -158,10 +163,13 @@ async fn check(language: &str, example: Command, kind: MessageType) {
     let mut example = example;
     example.arg(kind.as_str());
     for u in users {
-        example.args(["--user", u]);
+        example.args([sender_flag, u]);
     }
     example.args(["--count", &per_user.to_string()]);
-    example.args(["--payload", r#"{"name": "step", "plan": "pro"}"#]);
+    example.args([
+        "--payload",
+        r#"{"name": "step", "path": "/step", "plan": "pro"}"#,
+    ]);
     let ids = run_example(example, &vhost);
     let expected = users.len() * per_user;
     assert_eq!(
@@ -179,7 +187,7 @@ async fn check(language: &str, example: Command, kind: MessageType) {
             assert_eq!(
                 routing_key,
                 envelope.user.as_str(),
-                "{language}: routing key = userId"
+                "{language}: routing key = userId (anonymousId)"
             );
             assert_eq!(envelope.kind, kind);
             let previous = partition_of.insert(routing_key.clone(), *p);
@@ -221,7 +229,16 @@ async fn python_pika_example_publishes_to_the_partitions() {
     let mut cmd = Command::new("python3");
     cmd.env("PYTHONPATH", cache().join("python"))
         .arg(repo().join("examples/python/publish.py"));
-    check("python", cmd, MessageType::Track).await;
+    check("python", cmd, MessageType::Track, "--user").await;
+}
+
+#[tokio::test]
+async fn python_pika_example_publishes_anonymous_screen_views() {
+    setup("python");
+    let mut cmd = Command::new("python3");
+    cmd.env("PYTHONPATH", cache().join("python"))
+        .arg(repo().join("examples/python/publish.py"));
+    check("python", cmd, MessageType::Screen, "--anonymous-id").await;
 }
 
 #[tokio::test]
@@ -230,5 +247,14 @@ async fn node_amqplib_example_publishes_to_the_partitions() {
     let mut cmd = Command::new("node");
     cmd.env("NODE_PATH", cache().join("node/node_modules"))
         .arg(repo().join("examples/node/publish.js"));
-    check("node", cmd, MessageType::Identify).await;
+    check("node", cmd, MessageType::Identify, "--user").await;
+}
+
+#[tokio::test]
+async fn node_amqplib_example_publishes_anonymous_page_views() {
+    setup("node");
+    let mut cmd = Command::new("node");
+    cmd.env("NODE_PATH", cache().join("node/node_modules"))
+        .arg(repo().join("examples/node/publish.js"));
+    check("node", cmd, MessageType::Page, "--anonymous-id").await;
 }

@@ -27,6 +27,7 @@ const EXCHANGES = {
   merge: 'customerio.identify',
   track: 'customerio.track',
   page: 'customerio.track',
+  screen: 'customerio.track',
   transactional: 'customerio.transactional',
 };
 
@@ -45,21 +46,23 @@ function ulid() {
 }
 
 function parseArgs(argv) {
-  const args = { users: [], payload: '{}', count: 1, url: process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672/%2f' };
+  const args = { senders: [], payload: '{}', count: 1, url: process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672/%2f' };
   const rest = argv.slice(2);
   args.type = rest.shift();
   while (rest.length) {
     const flag = rest.shift();
     const value = rest.shift();
     if (value === undefined) throw new Error(`${flag} needs a value`);
-    if (flag === '--user') args.users.push(value);
+    if (flag === '--user') args.senders.push(['userId', value]);
+    // A visitor not identified yet: an anonymous track, page or screen, routed by the anonymousId.
+    else if (flag === '--anonymous-id') args.senders.push(['anonymousId', value]);
     else if (flag === '--payload') args.payload = value;
     else if (flag === '--count') args.count = Number(value);
     else if (flag === '--url') args.url = value;
     else throw new Error(`unknown option ${flag}`);
   }
   if (!EXCHANGES[args.type]) throw new Error(`type must be one of ${Object.keys(EXCHANGES).join(', ')}`);
-  if (!args.users.length) throw new Error('give at least one --user');
+  if (!args.senders.length) throw new Error('give at least one --user or --anonymous-id');
   return args;
 }
 
@@ -74,10 +77,10 @@ async function main() {
     channel.on('return', (msg) => { unroutable = msg.fields.routingKey; });
     const confirmed = [];
     for (let n = 0; n < args.count; n++) {
-      for (const user of args.users) {
+      for (const [who, key] of args.senders) {
         const envelope = {
           type: args.type,
-          userId: user,
+          [who]: key,
           payload: args.type === 'identify' ? { ...payload, seq: n } : payload,
           timestamp: Date.now(),
           correlationId: ulid(),
@@ -85,7 +88,7 @@ async function main() {
         const body = Buffer.from(JSON.stringify(envelope));
         // The callback runs when RabbitMQ confirms (err = null) or nacks this message.
         confirmed.push(new Promise((resolve, reject) => {
-          channel.publish(exchange, user, body, {
+          channel.publish(exchange, key, body, {
             persistent: true,
             contentType: 'application/json',
             mandatory: true,
@@ -94,7 +97,7 @@ async function main() {
       }
     }
     for (const envelope of await Promise.all(confirmed)) {
-      console.log(JSON.stringify({ published: true, correlationId: envelope.correlationId, exchange, userId: envelope.userId }));
+      console.log(JSON.stringify({ published: true, correlationId: envelope.correlationId, exchange, userId: envelope.userId, anonymousId: envelope.anonymousId }));
     }
     await channel.waitForConfirms();
     if (unroutable !== null) throw new Error(`unroutable: no queue bound for user ${unroutable}`);

@@ -13,6 +13,8 @@ a silent drop.
 
 Prints one JSON line per confirmed envelope. Several users / messages:
     python3 examples/python/publish.py track --user 1 --user 2 --count 5 --payload '{"name": "step"}'
+A visitor not identified yet (track, page or screen; routing key = anonymousId):
+    python3 examples/python/publish.py screen --anonymous-id anon-7 --payload '{"name": "Home"}'
 """
 
 import argparse
@@ -34,6 +36,7 @@ EXCHANGES = {
     "merge": "customerio.identify",
     "track": "customerio.track",
     "page": "customerio.track",
+    "screen": "customerio.track",
     "transactional": "customerio.transactional",
 }
 
@@ -47,10 +50,11 @@ def ulid() -> str:
     return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
-def envelope(kind: str, user: str, payload: dict) -> dict:
+def envelope(kind: str, who: str, key: str, payload: dict) -> dict:
+    """`who` is "userId", or "anonymousId" for an anonymous track, page or screen."""
     return {
         "type": kind,
-        "userId": user,
+        who: key,
         "payload": payload,
         "timestamp": int(time.time() * 1000),
         "correlationId": ulid(),
@@ -60,12 +64,17 @@ def envelope(kind: str, user: str, payload: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("type", choices=sorted(EXCHANGES))
-    parser.add_argument("--user", action="append", required=True, help="user id (repeatable)")
+    parser.add_argument("--user", action="append", default=[], help="user id (repeatable)")
+    parser.add_argument("--anonymous-id", action="append", default=[],
+                        help="anonymous visitor instead of a user, for track, page, screen (repeatable)")
     parser.add_argument("--payload", default="{}", help="the payload, as JSON")
     parser.add_argument("--count", type=int, default=1, help="envelopes per user")
     parser.add_argument("--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
     args = parser.parse_args()
 
+    if not args.user and not args.anonymous_id:
+        parser.error("give at least one --user or --anonymous-id")
+    senders = [("userId", u) for u in args.user] + [("anonymousId", a) for a in args.anonymous_id]
     payload = json.loads(args.payload)
     connection = pika.BlockingConnection(pika.URLParameters(args.url))
     channel = connection.channel()
@@ -74,18 +83,18 @@ def main() -> int:
     exchange = EXCHANGES[args.type]
     try:
         for n in range(args.count):
-            for user in args.user:
-                body = envelope(args.type, user, payload)
+            for who, key in senders:
+                body = envelope(args.type, who, key, payload)
                 body["payload"] = dict(payload, seq=n) if args.type == "identify" else payload
                 channel.basic_publish(
                     exchange=exchange,
-                    routing_key=user,
+                    routing_key=key,
                     body=json.dumps(body).encode(),
                     properties=properties,
                     mandatory=True,
                 )
                 print(json.dumps({"published": True, "correlationId": body["correlationId"],
-                                  "exchange": exchange, "userId": user}), flush=True)
+                                  "exchange": exchange, who: key}), flush=True)
     except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as e:
         print(f"not confirmed: {e}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ use crate::domain::{Envelope, Operation};
 pub type IdentifyActor = TrackApiActor<PersonCall>;
 
 /// A person operation; identify attributes carry `_env` and `_updated_at` (docs/reference.md §4),
-/// and an identify carries the envelope's `timestamp` as Customer.io's ordering timestamp.
+/// an identify carries the envelope's `timestamp` as Customer.io's ordering timestamp, and its
+/// `anonymousId` as the `anonymous_id` attribute by which Customer.io merges anonymous activity.
 pub struct PersonCall;
 
 impl CallShape for PersonCall {
@@ -18,6 +19,10 @@ impl CallShape for PersonCall {
                 attributes.insert("_env", environment);
                 attributes.insert("_updated_at", chrono::Utc::now().timestamp());
                 timestamp = envelope.timestamp.map(|ms| ms / 1000);
+                // Customer.io merges the anonymous events carrying this id into the person.
+                if let Some(anonymous) = &envelope.anonymous_id {
+                    attributes.insert("anonymous_id", anonymous.as_str());
+                }
                 Operation::Identify(attributes)
             }
             other => other,

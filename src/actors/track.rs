@@ -1,13 +1,13 @@
-//! TrackActor: events and page views to the Track API, with the correlation ULID as event `id`
+//! TrackActor: events, page and screen views to the Track API, with the correlation ULID as event `id`
 //! so Customer.io de-duplicates a redelivered event.
 
 use super::track_api::{CallShape, TrackApiActor};
 use crate::customerio::TrackCall;
-use crate::domain::{Envelope, Operation};
+use crate::domain::{Envelope, MessageType, Operation};
 
 pub type TrackActor = TrackApiActor<EventCall>;
 
-/// An event or page view, tagged with `_env`; a page view carries the envelope's `timestamp`.
+/// An event or a page or screen view, tagged with `_env`; a view carries the envelope's `timestamp`.
 pub struct EventCall;
 
 impl CallShape for EventCall {
@@ -21,10 +21,14 @@ impl CallShape for EventCall {
                 event.timestamp = event.timestamp.or(published_secs);
                 Operation::Track(event)
             }
-            Operation::Page(mut page) => {
-                page.data.insert("_env", environment);
+            Operation::Page(mut view) | Operation::Screen(mut view) => {
+                view.data.insert("_env", environment);
                 timestamp = published_secs;
-                Operation::Page(page)
+                if envelope.kind == MessageType::Screen {
+                    Operation::Screen(view)
+                } else {
+                    Operation::Page(view)
+                }
             }
             other => other,
         };

@@ -18,7 +18,7 @@ pub use region::{BaseUrls, EU_APP_URL, EU_TRACK_URL, US_APP_URL, US_TRACK_URL};
 use crate::config::{CustomerIoSettings, Region};
 use crate::domain::limits::{MAX_V2_BATCH_BYTES, MAX_V2_OPERATION_BYTES};
 use crate::domain::{
-    Attributes, Device, Event, Operation, Page, PersonRef, TransactionalRequest, UserId,
+    Attributes, Device, Event, Operation, PersonRef, TransactionalRequest, UserId, View,
 };
 use crate::sandbox::{SANDBOX_API_KEY, SANDBOX_APP_API_KEY, SANDBOX_SITE_ID};
 use crate::telemetry::metric;
@@ -468,18 +468,21 @@ impl CustomerIo {
     /// `POST /events`: an event of someone not identified yet.
     pub async fn track_anonymous(
         &self,
-        anonymous_id: &str,
+        anonymous_id: &UserId,
         event: &Event,
         id: Option<ulid::Ulid>,
     ) -> Result<(), CioError> {
-        let request = wire::v1_anonymous(anonymous_id, event, id)?;
-        self.track_v1(request).await
+        let call = TrackCall {
+            person: PersonRef::anonymous(anonymous_id),
+            ..call(anonymous_id, Operation::Track(event.clone()), id)
+        };
+        self.perform(&call).await
     }
 
     pub async fn page(
         &self,
         user: &UserId,
-        page: &Page,
+        page: &View,
         id: Option<ulid::Ulid>,
     ) -> Result<(), CioError> {
         self.perform(&call(user, Operation::Page(page.clone()), id))

@@ -19,8 +19,7 @@ use crate::domain::limits::{
     MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES,
 };
 use crate::domain::{
-    Attributes, Channel, Device, Event, Operation, Page, PersonRef, TemplateRef,
-    TransactionalRequest,
+    Attributes, Channel, Device, Event, Operation, PersonRef, TemplateRef, TransactionalRequest,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
@@ -59,6 +58,9 @@ pub fn encode_segment(value: &str) -> Result<String, CioError> {
 
 /// The Track v1 request for a call.
 pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
+    if call.person.is_anonymous() {
+        return v1_anonymous_request(call);
+    }
     let id = encode_segment(&call.person.v1_path_identifier())?;
     let customer = format!("/customers/{id}");
     let (method, path, body) = match &call.operation {
@@ -70,15 +72,10 @@ pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
             (Method::PUT, customer, Some(body))
         }
         Operation::Delete => (Method::DELETE, customer, None),
-        Operation::Track(event) => (
+        Operation::Track(_) | Operation::Page(_) | Operation::Screen(_) => (
             Method::POST,
             format!("{customer}/events"),
-            Some(v1_event(event, call.event_id)),
-        ),
-        Operation::Page(page) => (
-            Method::POST,
-            format!("{customer}/events"),
-            Some(v1_page(page, call.event_id, call.timestamp)),
+            v1_event_body(call),
         ),
         Operation::Suppress => (Method::POST, format!("{customer}/suppress"), None),
         Operation::Unsuppress => (Method::POST, format!("{customer}/unsuppress"), None),
@@ -102,18 +99,11 @@ pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
     Ok(V1Request { method, path, body })
 }
 
-/// `POST /events`: an event of a person not identified yet.
-pub fn v1_anonymous(
-    anonymous_id: &str,
-    event: &Event,
-    id: Option<ulid::Ulid>,
-) -> Result<V1Request, CioError> {
-    if anonymous_id.is_empty() {
-        return Err(CioError::invalid("anonymous_id must not be empty"));
-    }
-    check_event(event)?;
-    let mut body = v1_event(event, id);
-    body["anonymous_id"] = Value::String(anonymous_id.to_string());
+/// `POST /events`: an event, page or screen view of someone not identified yet, with the
+/// `anonymous_id` Customer.io later merges into the person who identifies with it.
+fn v1_anonymous_request(call: &TrackCall) -> Result<V1Request, CioError> {
+    let mut body = v1_event_body(call).ok_or_else(not_anonymous)?;
+    body["anonymous_id"] = Value::String(call.person.value.clone());
     Ok(V1Request {
         method: Method::POST,
         path: "/events".to_string(),
@@ -121,31 +111,32 @@ pub fn v1_anonymous(
     })
 }
 
-fn v1_event(event: &Event, id: Option<ulid::Ulid>) -> Value {
+/// The v1 event body of an event or view: `{name, data, type?, timestamp?, id?}`.
+fn v1_event_body(call: &TrackCall) -> Option<Value> {
+    let (event_type, name, data, timestamp) = match &call.operation {
+        Operation::Track(event) => (None, event.name.as_str(), &event.data, event.timestamp),
+        Operation::Page(view) => (Some("page"), view.name.as_str(), &view.data, call.timestamp),
+        Operation::Screen(view) => (
+            Some("screen"),
+            view.name.as_str(),
+            &view.data,
+            call.timestamp,
+        ),
+        _ => return None,
+    };
     let mut body = Map::new();
-    body.insert("name".into(), event.name.as_str().into());
-    body.insert("data".into(), attributes_value(&event.data));
-    if let Some(ts) = event.timestamp {
-        body.insert("timestamp".into(), ts.into());
+    if let Some(t) = event_type {
+        body.insert("type".into(), t.into());
     }
-    if let Some(id) = id {
-        body.insert("id".into(), id.to_string().into());
-    }
-    Value::Object(body)
-}
-
-fn v1_page(page: &Page, id: Option<ulid::Ulid>, timestamp: Option<i64>) -> Value {
-    let mut body = Map::new();
-    body.insert("type".into(), "page".into());
-    body.insert("name".into(), page.path.as_str().into());
-    body.insert("data".into(), attributes_value(&page.data));
+    body.insert("name".into(), name.into());
+    body.insert("data".into(), attributes_value(data));
     if let Some(ts) = timestamp {
         body.insert("timestamp".into(), ts.into());
     }
-    if let Some(id) = id {
+    if let Some(id) = call.event_id {
         body.insert("id".into(), id.to_string().into());
     }
-    Value::Object(body)
+    Some(Value::Object(body))
 }
 
 /// The Track v2 operation for a call (`/api/v2/entity` body, or one `batch` element).
@@ -172,16 +163,20 @@ pub fn v2_operation(call: &TrackCall) -> Result<Value, CioError> {
             }
             "event"
         }
-        Operation::Page(page) => {
-            op.insert("name".into(), page.path.as_str().into());
-            op.insert("attributes".into(), attributes_value(&page.data));
+        Operation::Page(view) | Operation::Screen(view) => {
+            op.insert("name".into(), view.name.as_str().into());
+            op.insert("attributes".into(), attributes_value(&view.data));
             if let Some(ts) = call.timestamp {
                 op.insert("timestamp".into(), ts.into());
             }
             if let Some(id) = call.event_id {
                 op.insert("id".into(), id.to_string().into());
             }
-            "page"
+            if matches!(call.operation, Operation::Page(_)) {
+                "page"
+            } else {
+                "screen"
+            }
         }
         Operation::Suppress => "suppress",
         Operation::Unsuppress => "unsuppress",
@@ -213,6 +208,13 @@ pub fn json_len(value: &Value) -> usize {
 
 /// Checks Customer.io's documented limits for a Track call (both API versions).
 pub fn check_limits(call: &TrackCall) -> Result<(), CioError> {
+    let viewable = matches!(
+        call.operation,
+        Operation::Track(_) | Operation::Page(_) | Operation::Screen(_)
+    );
+    if call.person.is_anonymous() && !viewable {
+        return Err(not_anonymous());
+    }
     check_identifier(
         &format!("identifiers.{}", call.person.kind),
         &call.person.value,
@@ -220,13 +222,13 @@ pub fn check_limits(call: &TrackCall) -> Result<(), CioError> {
     match &call.operation {
         Operation::Identify(attributes) => check_attributes(attributes),
         Operation::Track(event) => check_event(event),
-        Operation::Page(page) => {
-            // The 100-byte event-name limit is documented for events; a page view's name is its
-            // path, which is routinely longer, and the docs give no limit for it.
-            if page.path.trim().is_empty() {
-                return Err(CioError::invalid("page path must not be empty"));
+        Operation::Page(view) | Operation::Screen(view) => {
+            // The 100-byte event-name limit is documented for events; a view is named by its
+            // path or screen, which is routinely longer, and the docs give no limit for it.
+            if view.name.trim().is_empty() {
+                return Err(CioError::invalid("a page or screen name must not be empty"));
             }
-            check_data(&page.data)
+            check_data(&view.data)
         }
         Operation::AddDevice(device) => {
             if device.id.is_empty() {
@@ -411,6 +413,10 @@ fn device_value(key: &str, device: &Device) -> Value {
     Value::Object(out)
 }
 
+fn not_anonymous() -> CioError {
+    CioError::invalid("only events, page and screen views can be anonymous")
+}
+
 fn not_track() -> CioError {
     CioError::invalid("a transactional send is not a Track API call")
 }
@@ -418,7 +424,7 @@ fn not_track() -> CioError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EventName, UserId};
+    use crate::domain::{EventName, UserId, View};
 
     fn call(operation: Operation) -> TrackCall {
         TrackCall::new(UserId::parse("a/b c").unwrap(), operation)
@@ -471,8 +477,8 @@ mod tests {
         assert_eq!(v2_operation(&identify).unwrap()["timestamp"], 1_700_000_000);
         let page = TrackCall {
             timestamp: Some(1_700_000_001),
-            ..call(Operation::Page(Page {
-                path: "/pricing".into(),
+            ..call(Operation::Page(View {
+                name: "/pricing".into(),
                 data: Attributes::default(),
             }))
         };
@@ -483,6 +489,38 @@ mod tests {
         assert_eq!(v2_operation(&page).unwrap()["timestamp"], 1_700_000_001);
         let untimed = call(Operation::Identify(Attributes::default()));
         assert!(v2_operation(&untimed).unwrap().get("timestamp").is_none());
+    }
+
+    #[test]
+    fn anonymous_events_and_views_carry_the_anonymous_id() {
+        let anonymous = UserId::parse("anon-1").unwrap();
+        let view = View {
+            name: "Home".into(),
+            data: Attributes::default(),
+        };
+        let screen = TrackCall {
+            person: PersonRef::anonymous(&anonymous),
+            timestamp: Some(1_700_000_002),
+            ..TrackCall::new(anonymous.clone(), Operation::Screen(view))
+        };
+        let v1 = v1_request(&screen).unwrap();
+        assert_eq!((v1.method, v1.path.as_str()), (Method::POST, "/events"));
+        assert_eq!(
+            v1.body.unwrap(),
+            json!({"type": "screen", "name": "Home", "data": {}, "anonymous_id": "anon-1",
+                "timestamp": 1_700_000_002})
+        );
+        assert_eq!(
+            v2_operation(&screen).unwrap(),
+            json!({"type": "person", "action": "screen", "identifiers": {"anonymous_id": "anon-1"},
+                "name": "Home", "attributes": {}, "timestamp": 1_700_000_002})
+        );
+        let delete = TrackCall {
+            person: PersonRef::anonymous(&anonymous),
+            ..TrackCall::new(anonymous, Operation::Delete)
+        };
+        assert!(matches!(v1_request(&delete), Err(CioError::Invalid(_))));
+        assert!(matches!(check_limits(&delete), Err(CioError::Invalid(_))));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use super::attributes::kind as json_kind;
 use super::event::object;
 use super::{
-    Attributes, CorrelationId, Device, Event, Page, ParseError, PersonRef, TransactionalRequest,
-    UserId, limits,
+    Attributes, CorrelationId, Device, Event, ParseError, PersonRef, TransactionalRequest, UserId,
+    View, limits,
 };
 use serde_json::{Map, Value};
 
@@ -16,6 +16,7 @@ pub enum MessageType {
     Track,
     Transactional,
     Page,
+    Screen,
     Delete,
     Suppress,
     Unsuppress,
@@ -33,11 +34,12 @@ pub enum Route {
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 10] = [
+    pub const ALL: [MessageType; 11] = [
         Self::Identify,
         Self::Track,
         Self::Transactional,
         Self::Page,
+        Self::Screen,
         Self::Delete,
         Self::Suppress,
         Self::Unsuppress,
@@ -56,6 +58,7 @@ impl MessageType {
             Self::Track => "track",
             Self::Transactional => "transactional",
             Self::Page => "page",
+            Self::Screen => "screen",
             Self::Delete => "delete",
             Self::Suppress => "suppress",
             Self::Unsuppress => "unsuppress",
@@ -65,9 +68,15 @@ impl MessageType {
         }
     }
 
+    /// The types that may name an `anonymousId` instead of a `userId`: Customer.io's anonymous
+    /// events are events, page views and screen views.
+    pub fn allows_anonymous(self) -> bool {
+        matches!(self, Self::Track | Self::Page | Self::Screen)
+    }
+
     pub fn route(self) -> Route {
         match self {
-            Self::Track | Self::Page => Route::Track,
+            Self::Track | Self::Page | Self::Screen => Route::Track,
             Self::Transactional => Route::Transactional,
             _ => Route::Identify,
         }
@@ -79,7 +88,8 @@ impl MessageType {
 pub enum Operation {
     Identify(Attributes),
     Track(Event),
-    Page(Page),
+    Page(View),
+    Screen(View),
     Delete,
     Suppress,
     Unsuppress,
@@ -93,12 +103,16 @@ pub enum Operation {
 }
 
 /// A parsed envelope. `timestamp` is milliseconds since the epoch, as published. `user` orders
-/// and routes; `person` is whom Customer.io is told about (`identifiers`, default the user's id).
+/// and routes: the `userId`, or the `anonymousId` of an anonymous event. `person` is whom
+/// Customer.io is told about (`identifiers`, default the user's id; the anonymous id of an
+/// anonymous event). `anonymous_id` is the envelope's `anonymousId`: on an identify, the
+/// anonymous activity Customer.io merges into the person.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub kind: MessageType,
     pub user: UserId,
     pub person: PersonRef,
+    pub anonymous_id: Option<UserId>,
     pub timestamp: Option<i64>,
     pub correlation_id: Option<CorrelationId>,
     pub operation: Operation,
@@ -140,17 +154,8 @@ impl Envelope {
             }
             None => return Err(ParseError::new("type", "is required")),
         };
-        let user = match obj.get("userId") {
-            Some(Value::String(s)) => UserId::parse(s)?,
-            Some(Value::Number(n)) => UserId::parse(&n.to_string())?,
-            Some(other) => {
-                return Err(ParseError::new(
-                    "userId",
-                    format!("must be a string, got {}", json_kind(other)),
-                ));
-            }
-            None => return Err(ParseError::new("userId", "is required")),
-        };
+        let user_id = optional_key(obj, "userId")?;
+        let anonymous_id = optional_key(obj, "anonymousId")?;
         let timestamp = match obj.get("timestamp") {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
@@ -162,10 +167,10 @@ impl Envelope {
             Some(Value::String(s)) => Some(CorrelationId::parse(s)?),
             Some(_) => return Err(ParseError::new("correlationId", "must be a string")),
         };
-        let person = match obj.get("identifiers") {
-            None | Some(Value::Null) => PersonRef::id(&user),
+        let identifiers = match obj.get("identifiers") {
+            None | Some(Value::Null) => None,
             Some(v @ Value::Object(_)) => {
-                PersonRef::parse(v).map_err(|e| e.within("identifiers"))?
+                Some(PersonRef::parse(v).map_err(|e| e.within("identifiers"))?)
             }
             Some(other) => {
                 return Err(ParseError::new(
@@ -174,6 +179,31 @@ impl Envelope {
                 ));
             }
         };
+        let (user, person) = match (user_id, &anonymous_id) {
+            (Some(user), _) => {
+                let person = identifiers.unwrap_or_else(|| PersonRef::id(&user));
+                (user, person)
+            }
+            (None, Some(anonymous)) if kind.allows_anonymous() => {
+                if identifiers.is_some() {
+                    return Err(ParseError::new(
+                        "identifiers",
+                        "names a person, and an anonymous event has none: send userId with it",
+                    ));
+                }
+                (anonymous.clone(), PersonRef::anonymous(anonymous))
+            }
+            (None, Some(_)) => {
+                return Err(ParseError::new(
+                    "userId",
+                    format!(
+                        "is required for {}: only track, page and screen may carry anonymousId instead",
+                        kind.as_str()
+                    ),
+                ));
+            }
+            (None, None) => return Err(ParseError::new("userId", "is required")),
+        };
         let empty = Value::Object(Map::new());
         let payload = obj.get("payload").unwrap_or(&empty);
         let operation = parse_operation(kind, payload, &person).map_err(|e| e.within("payload"))?;
@@ -181,10 +211,25 @@ impl Envelope {
             kind,
             user,
             person,
+            anonymous_id,
             timestamp,
             correlation_id,
             operation,
         })
+    }
+}
+
+/// A `userId` or `anonymousId`: a string (or a number, as producers often send ids), if present.
+fn optional_key(obj: &Map<String, Value>, field: &str) -> Result<Option<UserId>, ParseError> {
+    let parse = |s: &str| UserId::parse(s).map_err(|e| ParseError::new(field, e.reason));
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => parse(s).map(Some),
+        Some(Value::Number(n)) => parse(&n.to_string()).map(Some),
+        Some(other) => Err(ParseError::new(
+            field,
+            format!("must be a string, got {}", json_kind(other)),
+        )),
     }
 }
 
@@ -196,7 +241,8 @@ fn parse_operation(
     Ok(match kind {
         MessageType::Identify => Operation::Identify(Attributes::parse_person(payload)?),
         MessageType::Track => Operation::Track(Event::parse(payload)?),
-        MessageType::Page => Operation::Page(Page::parse(payload)?),
+        MessageType::Page => Operation::Page(View::page(payload)?),
+        MessageType::Screen => Operation::Screen(View::screen(payload)?),
         MessageType::Delete => Operation::Delete,
         MessageType::Suppress => Operation::Suppress,
         MessageType::Unsuppress => Operation::Unsuppress,
@@ -293,6 +339,60 @@ mod tests {
     }
 
     #[test]
+    fn an_anonymous_event_is_routed_by_its_anonymous_id() {
+        for (kind, payload) in [
+            ("track", json!({"name": "viewed_pricing"})),
+            ("page", json!({"path": "/pricing"})),
+            ("screen", json!({"name": "Home"})),
+        ] {
+            let env =
+                parse(json!({"type": kind, "anonymousId": "anon-1", "payload": payload})).unwrap();
+            assert_eq!(env.user.as_str(), "anon-1", "{kind}");
+            assert!(env.person.is_anonymous(), "{kind}");
+            assert_eq!(env.person.value, "anon-1");
+        }
+        let e = parse(json!({"type": "identify", "anonymousId": "anon-1"})).unwrap_err();
+        assert_eq!(e.field, "userId");
+        assert!(e.reason.contains("only track, page and screen"), "{e}");
+        let e = parse(
+            json!({"type": "track", "anonymousId": "a", "identifiers": {"email": "x@y.z"},
+            "payload": {"name": "n"}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "identifiers");
+        let e = parse(json!({"type": "track", "anonymousId": "", "payload": {"name": "n"}}))
+            .unwrap_err();
+        assert_eq!(e.field, "anonymousId");
+    }
+
+    #[test]
+    fn an_identify_with_an_anonymous_id_names_the_person_and_keeps_the_anonymous_id() {
+        let env = parse(
+            json!({"type": "identify", "userId": "42", "anonymousId": "anon-1",
+            "payload": {"email": "a@example.com"}}),
+        )
+        .unwrap();
+        assert_eq!(env.user.as_str(), "42");
+        assert_eq!(env.person, PersonRef::id(&env.user));
+        assert_eq!(env.anonymous_id.unwrap().as_str(), "anon-1");
+    }
+
+    #[test]
+    fn a_screen_view_is_named() {
+        let env = parse(json!({"type": "screen", "userId": "42",
+            "payload": {"name": "Checkout", "data": {"step": 2}}}))
+        .unwrap();
+        assert_eq!(env.kind.route(), Route::Track);
+        match env.operation {
+            Operation::Screen(view) => assert_eq!(view.name, "Checkout"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let e = parse(json!({"type": "screen", "userId": "42", "payload": {"path": "/x"}}))
+            .unwrap_err();
+        assert_eq!(e.field, "payload.name");
+    }
+
+    #[test]
     fn every_type_has_a_route() {
         for t in MessageType::ALL {
             assert_eq!(MessageType::parse(t.as_str()), Some(t));
@@ -313,6 +413,7 @@ mod tests {
         fn any_json_envelope_parses_or_fails_precisely(
             kind in prop_oneof![Just("identify".to_string()), Just("track".to_string()),
                 Just("transactional".to_string()), Just("page".to_string()), Just("merge".to_string()),
+                Just("screen".to_string()),
                 Just("addDevice".to_string()), ".{0,12}"],
             user in ".{0,200}",
             payload in arb_json(),

@@ -1,4 +1,4 @@
-//! Events, page views, devices and person references: the parts of Track operations.
+//! Events, page and screen views, devices and person references: the parts of Track operations.
 
 use super::{Attributes, ParseError, UserId, attributes::kind, limits};
 use serde_json::{Map, Value};
@@ -76,22 +76,34 @@ impl Event {
     }
 }
 
-/// A page view: Customer.io records it as an event of type `page` named by the path.
+/// A page or screen view: Customer.io records it as an event of type `page` or `screen`,
+/// named by the page's path or the screen's name.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Page {
-    pub path: String,
+pub struct View {
+    pub name: String,
     pub data: Attributes,
 }
 
-impl Page {
-    pub fn parse(payload: &Value) -> Result<Self, ParseError> {
+impl View {
+    /// A page view, payload `{path, data?}`.
+    pub fn page(payload: &Value) -> Result<Self, ParseError> {
+        Self::parse(payload, "path")
+    }
+
+    /// A mobile screen view, payload `{name, data?}`.
+    pub fn screen(payload: &Value) -> Result<Self, ParseError> {
+        Self::parse(payload, "name")
+    }
+
+    fn parse(payload: &Value, name_key: &str) -> Result<Self, ParseError> {
         let obj = object(payload)?;
-        let path = required_str(obj, "path")?;
-        if path.len() > limits::MAX_EVENT_NAME_BYTES * 10 {
-            return Err(ParseError::new("path", "is too long"));
+        let name = required_str(obj, name_key)?;
+        // Customer.io gives no limit for a view's name; a bound keeps a runaway value out.
+        if name.len() > limits::MAX_EVENT_NAME_BYTES * 10 {
+            return Err(ParseError::new(name_key, "is too long"));
         }
         Ok(Self {
-            path: path.to_string(),
+            name: name.to_string(),
             data: optional_data(obj)?,
         })
     }
@@ -129,7 +141,8 @@ impl Device {
 }
 
 /// A person as Customer.io names them: exactly one of `id`, `email` or `cio_id` (an envelope's
-/// `identifiers`, one side of a merge, a send's recipient).
+/// `identifiers`, one side of a merge, a send's recipient), or, for the events of someone not
+/// identified yet, their `anonymous_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonRef {
     pub kind: &'static str,
@@ -143,6 +156,20 @@ impl PersonRef {
             kind: "id",
             value: user.as_str().to_string(),
         }
+    }
+
+    /// Someone not identified yet, named by the anonymous id their events carry.
+    pub fn anonymous(anonymous_id: &UserId) -> Self {
+        Self {
+            kind: Self::ANONYMOUS,
+            value: anonymous_id.as_str().to_string(),
+        }
+    }
+
+    pub const ANONYMOUS: &'static str = "anonymous_id";
+
+    pub fn is_anonymous(&self) -> bool {
+        self.kind == Self::ANONYMOUS
     }
 
     /// How Track v1 names the person in a path: an id or an email as it is, a `cio_id` with

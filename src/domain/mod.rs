@@ -18,7 +18,7 @@ pub use attributes::Attributes;
 pub use correlation_id::CorrelationId;
 pub use envelope::{Envelope, MessageType, Operation, Route};
 pub use error::ParseError;
-pub use event::{Device, Event, EventName, Page, PersonRef};
+pub use event::{Device, Event, EventName, PersonRef, View};
 pub use transactional::{Channel, TemplateRef, TransactionalRequest};
 pub use user_id::UserId;
 pub use webhook::{EventId, Metric, ObjectType, ReceivedEvent, ReportingEvent, Row};

@@ -111,6 +111,11 @@ impl Sandbox {
         self.state.ledger.lock().records_for(user)
     }
 
+    /// The anonymous events, page and screen views carrying one `anonymous_id`, in arrival order.
+    pub fn records_of_anonymous(&self, anonymous_id: &str) -> Vec<Record> {
+        self.state.ledger.lock().records_of_anonymous(anonymous_id)
+    }
+
     /// Forgets records, seen event ids and counters; faults and budget stay.
     pub fn reset(&self) {
         self.state.ledger.lock().reset();

@@ -16,7 +16,7 @@ pub struct Record {
     /// The request path as received (percent-encoded, with any mount prefix).
     pub path: String,
     /// The person: the id in a v1 path, the v2 `identifiers` value, the send's `identifiers`
-    /// value, a merge's primary; `None` for anonymous events.
+    /// value, a merge's primary; `None` for anonymous events (see `anonymous_id`).
     pub user: Option<String>,
     /// identify, event, page, screen, delete, suppress, unsuppress, add_device, delete_device,
     /// merge, anonymous_event, send_email, send_push, send_sms (v2 object ops keep their action).
@@ -33,6 +33,14 @@ pub struct Record {
     /// so a test can see that it was sent and dropped.
     #[serde(default)]
     pub stale: bool,
+    /// The `anonymous_id` of an anonymous event, page or screen view.
+    #[serde(default)]
+    pub anonymous_id: Option<String>,
+    /// The person an anonymous event now belongs to: Customer.io merges the anonymous events
+    /// whose `anonymous_id` an identify names (the person's `anonymous_id` attribute), those
+    /// received before it and up to five minutes after it.
+    #[serde(default)]
+    pub merged_into: Option<String>,
     /// What an App API send answered.
     pub delivery_id: Option<String>,
     /// When the sandbox accepted it, in ms since the epoch: delivery latency is measured here.
@@ -49,8 +57,14 @@ pub(crate) struct Accepted {
     pub action: String,
     pub body: Value,
     pub event_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub merges: Option<String>,
     pub delivery_id: Option<String>,
 }
+
+/// "We'll associate any events with the matching anonymous_id that we received up to five
+/// minutes after your identify call" (Customer.io, Anonymous events).
+const MERGE_WINDOW_MS: i64 = 5 * 60 * 1000;
 
 /// Loose bound on memory: past this many records the oldest tenth is dropped.
 const MAX_RECORDS: usize = 2_000_000;
@@ -61,6 +75,8 @@ pub(crate) struct Ledger {
     event_ids: HashSet<String>,
     /// The newest ordering timestamp applied per person, as Customer.io keeps it.
     identified_at: HashMap<String, i64>,
+    /// Per anonymous id: the person an identify merged it into, and when (ms).
+    merged: HashMap<String, (String, i64)>,
     next_seq: u64,
 }
 
@@ -97,6 +113,14 @@ impl Ledger {
                 }
                 _ => false,
             };
+            let merged_into = match (&op.anonymous_id, &op.merges, &op.user) {
+                (Some(anonymous), _, _) => self.merged_person(anonymous, received_at_ms),
+                (None, Some(anonymous), Some(person)) if !stale => {
+                    self.merge(anonymous, person, received_at_ms);
+                    None
+                }
+                _ => None,
+            };
             let seq = self.next_seq;
             self.next_seq += 1;
             self.records.push(Record {
@@ -110,6 +134,8 @@ impl Ledger {
                 event_id: op.event_id,
                 duplicate,
                 stale,
+                anonymous_id: op.anonymous_id,
+                merged_into,
                 delivery_id: op.delivery_id,
                 received_at_ms,
             });
@@ -120,6 +146,24 @@ impl Ledger {
         duplicates
     }
 
+    /// An identify naming `anonymous` merges the anonymous events received so far.
+    fn merge(&mut self, anonymous: &str, person: &str, at_ms: i64) {
+        self.merged
+            .insert(anonymous.to_string(), (person.to_string(), at_ms));
+        for record in &mut self.records {
+            if record.anonymous_id.as_deref() == Some(anonymous) && record.merged_into.is_none() {
+                record.merged_into = Some(person.to_string());
+            }
+        }
+    }
+
+    /// Whom an anonymous event received now belongs to: the person of an identify that named
+    /// its anonymous id at most five minutes ago.
+    fn merged_person(&self, anonymous: &str, now_ms: i64) -> Option<String> {
+        let (person, at_ms) = self.merged.get(anonymous)?;
+        (now_ms - at_ms <= MERGE_WINDOW_MS).then(|| person.clone())
+    }
+
     pub(crate) fn records(&self) -> Vec<Record> {
         self.records.clone()
     }
@@ -128,6 +172,14 @@ impl Ledger {
         self.records
             .iter()
             .filter(|r| r.user.as_deref() == Some(user))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn records_of_anonymous(&self, anonymous_id: &str) -> Vec<Record> {
+        self.records
+            .iter()
+            .filter(|r| r.anonymous_id.as_deref() == Some(anonymous_id))
             .cloned()
             .collect()
     }
@@ -219,8 +271,46 @@ mod tests {
             action: "identify".into(),
             body,
             event_id: None,
+            anonymous_id: None,
+            merges: None,
             delivery_id: None,
         }
+    }
+
+    fn anonymous_event(anonymous: &str) -> Accepted {
+        Accepted {
+            api: "track_v1",
+            method: "POST".into(),
+            path: "/events".into(),
+            user: None,
+            action: "anonymous_event".into(),
+            body: json!({"name": "viewed", "anonymous_id": anonymous}),
+            event_id: None,
+            anonymous_id: Some(anonymous.into()),
+            merges: None,
+            delivery_id: None,
+        }
+    }
+
+    #[test]
+    fn an_identify_naming_an_anonymous_id_merges_its_events_before_and_after() {
+        let mut ledger = Ledger::default();
+        let merging = Accepted {
+            merges: Some("anon-1".into()),
+            ..identify("track_v1", "42", json!({"anonymous_id": "anon-1"}))
+        };
+        ledger.accept_all(vec![anonymous_event("anon-1"), anonymous_event("anon-2")]);
+        ledger.accept_all(vec![merging, anonymous_event("anon-1")]);
+        let merged: Vec<Option<&str>> = ledger
+            .records
+            .iter()
+            .map(|r| r.merged_into.as_deref())
+            .collect();
+        assert_eq!(merged, [Some("42"), None, None, Some("42")]);
+        // Past the window, a late anonymous event stays anonymous.
+        ledger.merged.get_mut("anon-1").unwrap().1 -= MERGE_WINDOW_MS + 1;
+        ledger.accept_all(vec![anonymous_event("anon-1")]);
+        assert_eq!(ledger.records.last().unwrap().merged_into, None);
     }
 
     /// Customer.io applies an identify only if its ordering timestamp is not older than the

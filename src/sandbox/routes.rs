@@ -121,7 +121,7 @@ enum Outcome {
     /// Record some operations; answer `207` with the others' errors.
     Partial(Vec<Accepted>, Vec<Value>),
     /// Record the send; answer its receipt.
-    Sent(Accepted, String, i64),
+    Sent(Box<Accepted>, String, i64),
 }
 
 /// The request as the recorder needs it.
@@ -141,6 +141,8 @@ impl Ctx<'_> {
             action: info.action,
             body,
             event_id: info.event_id,
+            anonymous_id: info.anonymous_id,
+            merges: info.merges,
             delivery_id: None,
         }
     }
@@ -178,14 +180,6 @@ fn whole_request_rejected(user: &str) -> Rejection {
         reason: "invalid",
         field: String::new(),
         message: format!("sandbox: every request about {user:?} is refused"),
-    }
-}
-
-fn info(user: Option<String>, action: &str, event_id: Option<String>) -> OpInfo {
-    OpInfo {
-        user,
-        action: action.to_string(),
-        event_id,
     }
 }
 
@@ -276,26 +270,40 @@ fn track_v1(ctx: &Ctx<'_>, route: Route, body: &[u8]) -> Result<Outcome, Stop> {
             let map = validate::object_body(body, true)?;
             validate::attributes("", &map)?;
             ctx.fail_user(&user)?;
-            ctx.accepted(info(Some(user), "identify", None), Value::Object(map))
+            let info = OpInfo {
+                merges: validate::merged_anonymous_id(Some(&map)),
+                ..OpInfo::new(Some(user), "identify", None)
+            };
+            ctx.accepted(info, Value::Object(map))
         }
         Route::Event => {
             let user = ctx.path_user()?;
             let map = validate::object_body(body, false)?;
             let (action, id) = validate::v1_event(&map, false)?;
             ctx.fail_user(&user)?;
-            ctx.accepted(info(Some(user), &action, id), Value::Object(map))
+            ctx.accepted(OpInfo::new(Some(user), &action, id), Value::Object(map))
         }
         Route::AnonymousEvent => {
             let map = validate::object_body(body, false)?;
             let (action, id) = validate::v1_event(&map, true)?;
-            ctx.accepted(info(None, &action, id), Value::Object(map))
+            let info = OpInfo {
+                anonymous_id: map
+                    .get("anonymous_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                ..OpInfo::new(None, &action, id)
+            };
+            ctx.accepted(info, Value::Object(map))
         }
         Route::AddDevice => {
             let user = ctx.path_user()?;
             let map = validate::object_body(body, false)?;
             validate::v1_device(&map)?;
             ctx.fail_user(&user)?;
-            ctx.accepted(info(Some(user), "add_device", None), Value::Object(map))
+            ctx.accepted(
+                OpInfo::new(Some(user), "add_device", None),
+                Value::Object(map),
+            )
         }
         Route::DeleteDevice => {
             let user = ctx.path_user()?;
@@ -304,14 +312,17 @@ fn track_v1(ctx: &Ctx<'_>, route: Route, body: &[u8]) -> Result<Outcome, Stop> {
                 return Err(Rejection::required("device_id").into());
             }
             ctx.fail_user(&user)?;
-            ctx.accepted(info(Some(user), "delete_device", None), Value::Null)
+            ctx.accepted(OpInfo::new(Some(user), "delete_device", None), Value::Null)
         }
         Route::Merge => {
             let map = validate::object_body(body, false)?;
             let (primary, secondary) = validate::merge(&map)?;
             ctx.fail_user(&primary)?;
             ctx.fail_user(&secondary)?;
-            ctx.accepted(info(Some(primary), "merge", None), Value::Object(map))
+            ctx.accepted(
+                OpInfo::new(Some(primary), "merge", None),
+                Value::Object(map),
+            )
         }
         Route::Delete | Route::Suppress | Route::Unsuppress => {
             let user = ctx.path_user()?;
@@ -321,7 +332,7 @@ fn track_v1(ctx: &Ctx<'_>, route: Route, body: &[u8]) -> Result<Outcome, Stop> {
                 _ => "unsuppress",
             };
             ctx.fail_user(&user)?;
-            ctx.accepted(info(Some(user), action, None), Value::Null)
+            ctx.accepted(OpInfo::new(Some(user), action, None), Value::Null)
         }
         Route::Entity | Route::Batch | Route::Send(_) => unreachable!("not a v1 route"),
     };
@@ -456,11 +467,11 @@ fn send(ctx: &Ctx<'_>, channel: &'static str, body: &[u8]) -> Result<Outcome, St
     let delivery_id = ulid::Ulid::new().to_string();
     let queued_at = chrono::Utc::now().timestamp();
     let mut op = ctx.accepted(
-        info(Some(user), &format!("send_{channel}"), None),
+        OpInfo::new(Some(user), &format!("send_{channel}"), None),
         Value::Object(map),
     );
     op.delivery_id = Some(delivery_id.clone());
-    Ok(Outcome::Sent(op, delivery_id, queued_at))
+    Ok(Outcome::Sent(Box::new(op), delivery_id, queued_at))
 }
 
 fn finish(state: &State, api: Api, outcome: Outcome) -> HttpResponse {
@@ -481,7 +492,7 @@ fn finish(state: &State, api: Api, outcome: Outcome) -> HttpResponse {
         }
         Outcome::Sent(op, delivery_id, queued_at) => {
             debug_assert_eq!(api, Api::App);
-            record(vec![op]);
+            record(vec![*op]);
             HttpResponse::Ok().json(json!({"delivery_id": delivery_id, "queued_at": queued_at}))
         }
     }

@@ -59,11 +59,35 @@ impl Rejection {
 type Checked<T> = Result<T, Rejection>;
 
 /// What one accepted operation is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct OpInfo {
     pub user: Option<String>,
     pub action: String,
     pub event_id: Option<String>,
+    /// The `anonymous_id` of an anonymous event, page or screen view.
+    pub anonymous_id: Option<String>,
+    /// The `anonymous_id` attribute of an identify: the anonymous activity to merge.
+    pub merges: Option<String>,
+}
+
+impl OpInfo {
+    pub(crate) fn new(user: Option<String>, action: &str, event_id: Option<String>) -> Self {
+        Self {
+            user,
+            action: action.to_string(),
+            event_id,
+            ..Self::default()
+        }
+    }
+}
+
+/// The `anonymous_id` attribute of identify attributes, if it is a non-empty string.
+pub(crate) fn merged_anonymous_id(attributes: Option<&Map<String, Value>>) -> Option<String> {
+    attributes?
+        .get("anonymous_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 pub(crate) fn json_len(value: &Value) -> usize {
@@ -119,6 +143,11 @@ pub(crate) fn identifier(field: &str, value: &Value) -> Checked<String> {
 
 /// An identifiers object naming exactly one of `allowed`; returns its value.
 pub(crate) fn person(field: &str, value: Option<&Value>, allowed: &[&str]) -> Checked<String> {
+    person_named(field, value, allowed).map(|(_, value)| value)
+}
+
+/// An identifiers object naming exactly one of `allowed`; returns its key and value.
+fn person_named(field: &str, value: Option<&Value>, allowed: &[&str]) -> Checked<(String, String)> {
     let Some(value) = value else {
         return Err(Rejection::required(field));
     };
@@ -137,7 +166,7 @@ pub(crate) fn person(field: &str, value: Option<&Value>, allowed: &[&str]) -> Ch
     match map.len() {
         1 => {
             let (key, value) = map.iter().next().expect("one entry");
-            identifier(&format!("{field}.{key}"), value)
+            Ok((key.clone(), identifier(&format!("{field}.{key}"), value)?))
         }
         0 => Err(Rejection::invalid(
             field,
@@ -366,11 +395,7 @@ pub(crate) fn v2_operation(op: &Value) -> Checked<OpInfo> {
             if !map.get("identifiers").is_some_and(Value::is_object) {
                 return Err(Rejection::required("identifiers"));
             }
-            return Ok(OpInfo {
-                user: None,
-                action,
-                event_id: None,
-            });
+            return Ok(OpInfo::new(None, &action, None));
         }
         other => {
             return Err(Rejection::invalid(
@@ -381,26 +406,33 @@ pub(crate) fn v2_operation(op: &Value) -> Checked<OpInfo> {
     }
     if action == "merge" {
         let (primary, _) = merge(map)?;
-        return Ok(OpInfo {
-            user: Some(primary),
-            action,
-            event_id: None,
-        });
+        return Ok(OpInfo::new(Some(primary), &action, None));
     }
-    let user = person(
-        "identifiers",
-        map.get("identifiers"),
-        &["id", "email", "phone", "cio_id"],
-    )?;
-    let mut event = None;
+    // Only events and views can be about someone not identified yet (Track v2: "anonymous_id"
+    // is an identifier of the event, page and screen actions).
+    let identifiers: &[&str] = match action.as_str() {
+        "event" | "page" | "screen" => &["id", "email", "phone", "cio_id", "anonymous_id"],
+        _ => &["id", "email", "phone", "cio_id"],
+    };
+    let (key, value) = person_named("identifiers", map.get("identifiers"), identifiers)?;
+    let mut info = if key == "anonymous_id" {
+        OpInfo {
+            anonymous_id: Some(value),
+            ..OpInfo::new(None, &action, None)
+        }
+    } else {
+        OpInfo::new(Some(value), &action, None)
+    };
     match action.as_str() {
         "identify" => {
-            if let Some(attributes) = optional_object(map, "attributes")? {
+            let attributes = optional_object(map, "attributes")?;
+            if let Some(attributes) = attributes {
                 self::attributes("attributes", attributes)?;
             }
+            info.merges = merged_anonymous_id(attributes);
             optional_integer(map, "timestamp")?;
         }
-        "event" | "page" | "screen" => event = event_common(map, &action, "attributes")?,
+        "event" | "page" | "screen" => info.event_id = event_common(map, &action, "attributes")?,
         "add_device" => device_common(device_object(map)?, "token")?,
         "delete_device" => {
             required_string(device_object(map)?, "token").map_err(|e| within("device", e))?;
@@ -413,11 +445,7 @@ pub(crate) fn v2_operation(op: &Value) -> Checked<OpInfo> {
             ));
         }
     }
-    Ok(OpInfo {
-        user: Some(user),
-        action,
-        event_id: event,
-    })
+    Ok(info)
 }
 
 /// An App API send body for `channel` (`email`, `push`, `sms`); returns the person's identifier.
@@ -494,6 +522,29 @@ mod tests {
         assert!(v2_operation(&long).is_err());
         let ok = json!({"type": "person", "action": "delete", "identifiers": {"id": 7}});
         assert_eq!(v2_operation(&ok).unwrap().user.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn only_events_and_views_can_be_anonymous_and_an_identify_names_what_it_merges() {
+        let screen = json!({"type": "person", "action": "screen", "name": "Home",
+            "identifiers": {"anonymous_id": "anon-1"}});
+        let info = v2_operation(&screen).unwrap();
+        assert_eq!(
+            (info.user, info.anonymous_id.as_deref()),
+            (None, Some("anon-1"))
+        );
+        let identify = json!({"type": "person", "action": "identify",
+            "identifiers": {"anonymous_id": "anon-1"}});
+        assert_eq!(
+            v2_operation(&identify).unwrap_err().field,
+            "identifiers.anonymous_id"
+        );
+        let merging = json!({"type": "person", "action": "identify", "identifiers": {"id": "42"},
+            "attributes": {"anonymous_id": "anon-1"}});
+        assert_eq!(
+            v2_operation(&merging).unwrap().merges.as_deref(),
+            Some("anon-1")
+        );
     }
 
     #[test]

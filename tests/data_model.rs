@@ -1,0 +1,203 @@
+//! Customer.io's data model beyond people and events, through RabbitMQ and the sandbox on both
+//! Track API versions: anonymous events, page and screen views merged into the person who
+//! identifies with their anonymous id; screen views of a known person; anonymous envelopes
+//! that Customer.io has no call for are dead-lettered, alone.
+
+mod common;
+#[path = "common/faults.rs"]
+mod faults;
+
+use cio_gateway::broker::Publish;
+use cio_gateway::broker::topology::{DLQ_QUEUE, IDENTIFY_EXCHANGE};
+use cio_gateway::publisher::Publisher;
+use cio_gateway::sandbox::{self, Record, SandboxConfig};
+use common::{TestVhost, eventually, eventually_async};
+use faults::{depth, gateway_env, producer, start_gateway};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What an anonymous record says it is: its type (v1 body `type`, v2 action) and name.
+fn view_of(version: &str, record: &Record) -> (String, String) {
+    let kind = if version == "v1" {
+        record.body["type"].as_str().unwrap_or("event").to_string()
+    } else {
+        record.action.clone()
+    };
+    (kind, record.body["name"].as_str().unwrap_or("").to_string())
+}
+
+#[actix_rt::test]
+async fn an_anonymous_visitor_who_signs_up_has_their_activity_merged() {
+    for version in ["v1", "v2"] {
+        let vhost = TestVhost::new(&format!("data-anonymous-{version}"));
+        let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+        let producer = producer(&vhost).await;
+        let extra = [("GATEWAY__DELIVERY__TRACK_API", version.to_string())];
+        let gateway = start_gateway(&gateway_env(
+            &vhost,
+            &sandbox.track_url(),
+            &sandbox.app_url(),
+            &extra,
+        ))
+        .await;
+        let publisher = Publisher::new(producer.clone());
+        let anonymous = format!("anon-{version}");
+        let user = format!("signed-up-{version}");
+
+        for (kind, payload) in [
+            (
+                "track",
+                json!({"name": "viewed_pricing", "data": {"plan": "pro"}}),
+            ),
+            ("page", json!({"path": "/pricing"})),
+            ("screen", json!({"name": "Plans"})),
+        ] {
+            publisher
+                .publish(json!({"type": kind, "anonymousId": anonymous, "payload": payload}))
+                .await
+                .unwrap();
+        }
+        let before = eventually(WAIT, || {
+            sandbox.sandbox.records_of_anonymous(&anonymous).len() == 3
+        })
+        .await;
+        let records = sandbox.sandbox.records_of_anonymous(&anonymous);
+        assert!(before, "{version}: {records:#?}");
+        let views: Vec<_> = records.iter().map(|r| view_of(version, r)).collect();
+        assert_eq!(
+            views,
+            [
+                ("event".to_string(), "viewed_pricing".to_string()),
+                ("page".to_string(), "/pricing".to_string()),
+                ("screen".to_string(), "Plans".to_string()),
+            ],
+            "{version}: in publish order, as anonymous events"
+        );
+        for r in &records {
+            assert_eq!(r.user, None, "{version}: {r:?}");
+            assert_eq!(r.merged_into, None, "{version}: nobody identified yet");
+            if version == "v1" {
+                assert_eq!(r.path, "/api/v1/events");
+                assert_eq!(r.body["anonymous_id"], anonymous.as_str());
+            } else {
+                assert_eq!(r.body["identifiers"], json!({"anonymous_id": anonymous}));
+            }
+        }
+
+        // The visitor signs up: the identify names the person and the anonymous id.
+        publisher
+            .publish(
+                json!({"type": "identify", "userId": user, "anonymousId": anonymous,
+                "payload": {"email": format!("{user}@example.com")}}),
+            )
+            .await
+            .unwrap();
+        publisher
+            .publish(json!({"type": "screen", "userId": user, "payload": {"name": "Welcome"}}))
+            .await
+            .unwrap();
+        let identified = eventually(WAIT, || sandbox.sandbox.records_for(&user).len() == 2).await;
+        let own = sandbox.sandbox.records_for(&user);
+        assert!(identified, "{version}: {own:#?}");
+        let attributes = if version == "v1" {
+            &own[0].body
+        } else {
+            &own[0].body["attributes"]
+        };
+        assert_eq!(own[0].action, "identify");
+        assert_eq!(attributes["anonymous_id"], anonymous.as_str(), "{version}");
+        assert_eq!(own[1].action, "screen");
+        if version == "v1" {
+            assert_eq!(own[1].body["type"], "screen");
+        }
+        assert_eq!(own[1].body["name"], "Welcome");
+        assert!(
+            sandbox
+                .sandbox
+                .records_of_anonymous(&anonymous)
+                .iter()
+                .all(|r| r.merged_into.as_deref() == Some(user.as_str())),
+            "{version}: the anonymous activity belongs to {user} now"
+        );
+
+        // Customer.io also merges what arrives with the anonymous id soon after the identify.
+        publisher
+            .publish(json!({"type": "track", "anonymousId": anonymous,
+                "payload": {"name": "late_click"}}))
+            .await
+            .unwrap();
+        let late = eventually(WAIT, || {
+            sandbox.sandbox.records_of_anonymous(&anonymous).len() == 4
+        })
+        .await;
+        let records = sandbox.sandbox.records_of_anonymous(&anonymous);
+        assert!(late, "{version}: {records:#?}");
+        assert_eq!(records[3].merged_into.as_deref(), Some(user.as_str()));
+        assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "{version}");
+        gateway.shutdown().await;
+        producer.close().await;
+    }
+}
+
+#[actix_rt::test]
+async fn an_anonymous_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
+    let vhost = TestVhost::new("data-anonymous-invalid");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let producer = producer(&vhost).await;
+    let gateway = start_gateway(&gateway_env(
+        &vhost,
+        &sandbox.track_url(),
+        &sandbox.app_url(),
+        &[],
+    ))
+    .await;
+    let anonymous = "anon-invalid";
+    // A producer that does not validate: Customer.io identifies and deletes people, never an
+    // anonymous id.
+    for body in [
+        json!({"type": "identify", "anonymousId": anonymous, "payload": {"plan": "pro"}}),
+        json!({"type": "delete", "anonymousId": anonymous}),
+    ] {
+        producer
+            .publish(Publish::new(
+                IDENTIFY_EXCHANGE,
+                anonymous,
+                serde_json::to_vec(&body).unwrap(),
+            ))
+            .await
+            .unwrap();
+    }
+    Publisher::new(producer.clone())
+        .publish(json!({"type": "track", "anonymousId": anonymous,
+            "payload": {"name": "still_delivered"}}))
+        .await
+        .unwrap();
+    let settled = eventually_async(WAIT, || async {
+        depth(&vhost, DLQ_QUEUE).await == 2
+            && sandbox.sandbox.records_of_anonymous(anonymous).len() == 1
+    })
+    .await;
+    assert!(
+        settled,
+        "dlq {} records {:#?}",
+        depth(&vhost, DLQ_QUEUE).await,
+        sandbox.sandbox.records()
+    );
+    let mut stream = producer.consume(DLQ_QUEUE, 10).await.unwrap();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let letter: Value = serde_json::from_slice(&d.body).unwrap();
+        assert_eq!(letter["errorKind"], "invalid", "{letter}");
+        let error = letter["error"].as_str().unwrap();
+        assert!(error.contains("only track, page and screen"), "{error}");
+    }
+    drop(stream);
+    gateway.shutdown().await;
+    producer.close().await;
+}
