@@ -16,10 +16,12 @@ use cio_gateway::domain::{Envelope, ParseError};
 use serde_json::Value;
 
 /// Top-level envelope fields an error may name (`payload` errors name a path inside it).
-const ENVELOPE_FIELDS: [&str; 7] = [
+const ENVELOPE_FIELDS: [&str; 9] = [
     "type",
     "userId",
     "anonymousId",
+    "objectTypeId",
+    "objectId",
     "identifiers",
     "timestamp",
     "correlationId",

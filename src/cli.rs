@@ -26,15 +26,18 @@ pub enum Command {
     },
     /// Publish one envelope to the right exchange.
     Publish {
-        /// identify, track, transactional, page, screen, delete, suppress, unsuppress, addDevice, deleteDevice, merge
+        /// identify, track, transactional, page, screen, delete, suppress, unsuppress, addDevice, deleteDevice, merge, object
         #[arg(value_name = "TYPE")]
         kind: String,
-        #[arg(long, required_unless_present = "anonymous_id")]
+        #[arg(long, required_unless_present_any = ["anonymous_id", "object"])]
         user: Option<String>,
         /// An anonymous track, page or screen (instead of --user); with --user on an identify,
         /// the anonymous activity to merge into the person.
         #[arg(long)]
         anonymous_id: Option<String>,
+        /// The object of an `object` envelope, as OBJECT_TYPE_ID:OBJECT_ID (e.g. 1:acme).
+        #[arg(long, value_name = "TYPE:ID")]
+        object: Option<String>,
         #[arg(long, default_value = "{}")]
         payload: String,
         #[arg(long)]

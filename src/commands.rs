@@ -25,21 +25,34 @@ fn require_shared_broker(settings: &Settings, what: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The envelope `cio-gateway publish` sends: `--user` and/or `--anonymous-id`, as given.
+/// Whom `cio-gateway publish` names: `--user`, `--anonymous-id`, `--object TYPE:ID`.
+pub struct Who {
+    pub user: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub object: Option<String>,
+}
+
+/// The envelope `cio-gateway publish` sends, as given (the publisher validates it).
 pub fn envelope(
     kind: &str,
-    user: Option<&str>,
-    anonymous_id: Option<&str>,
+    who: Who,
     payload: &str,
     correlation_id: Option<String>,
 ) -> anyhow::Result<Value> {
     let payload: Value = serde_json::from_str(payload).context("--payload is not JSON")?;
     let mut envelope = json!({"type": kind, "payload": payload});
-    if let Some(user) = user {
+    if let Some(user) = who.user {
         envelope["userId"] = user.into();
     }
-    if let Some(anonymous) = anonymous_id {
+    if let Some(anonymous) = who.anonymous_id {
         envelope["anonymousId"] = anonymous.into();
+    }
+    if let Some(object) = who.object {
+        let (type_id, id) = object
+            .split_once(':')
+            .context("--object is OBJECT_TYPE_ID:OBJECT_ID, e.g. 1:acme")?;
+        envelope["objectTypeId"] = type_id.into();
+        envelope["objectId"] = id.into();
     }
     if let Some(id) = correlation_id {
         envelope["correlationId"] = id.into();

@@ -1,6 +1,7 @@
 //! `cio-gateway demo`: local mode end to end, checked. Starts the gateway with the in-process
 //! broker and the built-in sandbox, sends a sample mix (identify, track, transactional, an
-//! anonymous visitor who signs up, a signed reporting webhook), then prints what "Customer.io"
+//! anonymous visitor who signs up, a company object its people belong to, a signed reporting
+//! webhook), then prints what "Customer.io"
 //! received per user and what the warehouse holds. Exits 0 only if all of it arrived.
 
 use crate::app::Gateway;
@@ -75,7 +76,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         }
     }
     // In order: the anonymous views are confirmed before the identify that merges them.
-    for envelope in visitor_signs_up() {
+    let company = json!({"type": "object", "objectTypeId": "1", "objectId": "acme",
+        "payload": {"action": "identify", "attributes": {"name": "Acme Inc"},
+            "relationships": [{"identifiers": {"id": "alice"}}, {"identifiers": {"id": "bob"}}]}});
+    for envelope in visitor_signs_up().into_iter().chain([company]) {
         gateway.state.publisher.publish(envelope).await?;
         expected += 1;
     }
@@ -123,13 +127,19 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(" -> ")
     );
+    let acme = sandbox.records_of_object("1:acme");
+    let related = acme
+        .first()
+        .and_then(|r| r.body["cio_relationships"].as_array())
+        .map_or(0, Vec::len);
+    println!("object 1:acme (company) identify, relating {related} people");
     println!(
         "\nwarehouse (file sink): {rows} delivery event row(s) under {}",
         warehouse.display()
     );
     gateway.shutdown().await;
 
-    let ok = delivered >= expected && rows >= 1 && status == 200 && merged;
+    let ok = delivered >= expected && rows >= 1 && status == 200 && merged && related == 2;
     println!(
         "\n{}: {delivered}/{expected} operations delivered, {rows}/1 warehouse rows",
         if ok { "OK" } else { "FAILED" }

@@ -45,17 +45,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             kind,
             user,
             anonymous_id,
+            object,
             payload,
             correlation_id,
             config,
         } => {
-            let envelope = commands::envelope(
-                &kind,
-                user.as_deref(),
-                anonymous_id.as_deref(),
-                &payload,
-                correlation_id,
-            )?;
+            let who = commands::Who {
+                user,
+                anonymous_id,
+                object,
+            };
+            let envelope = commands::envelope(&kind, who, &payload, correlation_id)?;
             commands::publish(load(&config)?, envelope).await
         }
         Command::Dlq { action, config } => commands::dlq(load(&config)?, action).await,

@@ -1,7 +1,8 @@
 //! Customer.io's data model beyond people and events, through RabbitMQ and the sandbox on both
 //! Track API versions: anonymous events, page and screen views merged into the person who
-//! identifies with their anonymous id; screen views of a known person; anonymous envelopes
-//! that Customer.io has no call for are dead-lettered, alone.
+//! identifies with their anonymous id; screen views of a known person; objects and their
+//! relationships to people, in order per object; envelopes that Customer.io has no call for
+//! are dead-lettered, alone.
 
 mod common;
 #[path = "common/faults.rs"]
@@ -143,7 +144,118 @@ async fn an_anonymous_visitor_who_signs_up_has_their_activity_merged() {
 }
 
 #[actix_rt::test]
-async fn an_anonymous_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
+async fn objects_and_their_relationships_arrive_in_order_per_object() {
+    for version in ["v1", "v2"] {
+        let vhost = TestVhost::new(&format!("data-objects-{version}"));
+        let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+        let producer = producer(&vhost).await;
+        let extra = [("GATEWAY__DELIVERY__TRACK_API", version.to_string())];
+        let gateway = start_gateway(&gateway_env(
+            &vhost,
+            &sandbox.track_url(),
+            &sandbox.app_url(),
+            &extra,
+        ))
+        .await;
+        let publisher = Publisher::new(producer.clone());
+        let object = |id: &str, payload: Value| json!({"type": "object", "objectTypeId": "1", "objectId": id, "payload": payload});
+        // Two objects' lives, interleaved; each in order.
+        let steps = [
+            (
+                "acme",
+                json!({"action": "identify", "attributes": {"name": "Acme"},
+                "relationships": [{"identifiers": {"id": "42"}}]}),
+            ),
+            (
+                "globex",
+                json!({"action": "identify", "attributes": {"name": "Globex"}}),
+            ),
+            (
+                "acme",
+                json!({"action": "add_relationships",
+                "relationships": [{"identifiers": {"email": "ops@acme.test"},
+                    "relationship_attributes": {"role": "admin"}}]}),
+            ),
+            ("globex", json!({"action": "delete"})),
+            (
+                "acme",
+                json!({"action": "delete_relationships",
+                "relationships": [{"identifiers": {"id": "42"}}]}),
+            ),
+        ];
+        for (id, payload) in &steps {
+            publisher
+                .publish(object(id, payload.clone()))
+                .await
+                .unwrap();
+        }
+        // A person's identify names the objects they belong to, as Customer.io's reserved
+        // attribute.
+        let member = format!("member-{version}");
+        let relationships = json!([{"identifiers": {"object_type_id": "1", "object_id": "acme"}}]);
+        publisher
+            .publish(json!({"type": "identify", "userId": member,
+                "payload": {"cio_relationships": relationships}}))
+            .await
+            .unwrap();
+
+        let arrived = eventually(WAIT, || {
+            sandbox.sandbox.records_of_object("1:acme").len() == 3
+                && sandbox.sandbox.records_of_object("1:globex").len() == 2
+                && sandbox.sandbox.records_for(&member).len() == 1
+        })
+        .await;
+        assert!(arrived, "{version}: {:#?}", sandbox.sandbox.records());
+        let actions = |object: &str| -> Vec<String> {
+            sandbox
+                .sandbox
+                .records_of_object(object)
+                .iter()
+                .map(|r| r.action.clone())
+                .collect()
+        };
+        assert_eq!(
+            actions("1:acme"),
+            ["identify", "add_relationships", "delete_relationships"],
+            "{version}"
+        );
+        assert_eq!(actions("1:globex"), ["identify", "delete"], "{version}");
+        let acme = sandbox.sandbox.records_of_object("1:acme");
+        for r in &acme {
+            // Track v1 has no objects: they take v2 `/entity` whatever the configured version.
+            if version == "v1" {
+                assert!(r.path.ends_with("/api/v2/entity"), "{}", r.path);
+            }
+            assert_eq!(r.body["type"], "object");
+            assert_eq!(
+                r.body["identifiers"],
+                json!({"object_type_id": "1", "object_id": "acme"})
+            );
+        }
+        assert_eq!(acme[0].body["attributes"]["name"], "Acme");
+        assert_eq!(
+            acme[0].body["cio_relationships"],
+            json!([{"identifiers": {"id": "42"}}])
+        );
+        assert_eq!(
+            acme[1].body["cio_relationships"][0]["relationship_attributes"],
+            json!({"role": "admin"})
+        );
+        let identify = &sandbox.sandbox.records_for(&member)[0];
+        let attributes = if version == "v1" {
+            &identify.body
+        } else {
+            &identify.body["attributes"]
+        };
+        assert_eq!(attributes["cio_relationships"], relationships, "{version}");
+        assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "{version}");
+        gateway.shutdown().await;
+        producer.close().await;
+    }
+}
+
+#[actix_rt::test]
+async fn an_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
     let vhost = TestVhost::new("data-anonymous-invalid");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
     let producer = producer(&vhost).await;
@@ -157,14 +269,26 @@ async fn an_anonymous_envelope_customerio_has_no_call_for_is_dead_lettered_alone
     let anonymous = "anon-invalid";
     // A producer that does not validate: Customer.io identifies and deletes people, never an
     // anonymous id.
-    for body in [
-        json!({"type": "identify", "anonymousId": anonymous, "payload": {"plan": "pro"}}),
-        json!({"type": "delete", "anonymousId": anonymous}),
+    for (key, body) in [
+        (
+            anonymous,
+            json!({"type": "identify", "anonymousId": anonymous, "payload": {"plan": "pro"}}),
+        ),
+        (
+            anonymous,
+            json!({"type": "delete", "anonymousId": anonymous}),
+        ),
+        // Customer.io numbers object types from 1.
+        (
+            "object:0:acme",
+            json!({"type": "object", "objectTypeId": "0", "objectId": "acme",
+                "payload": {"action": "delete"}}),
+        ),
     ] {
         producer
             .publish(Publish::new(
                 IDENTIFY_EXCHANGE,
-                anonymous,
+                key,
                 serde_json::to_vec(&body).unwrap(),
             ))
             .await
@@ -176,7 +300,7 @@ async fn an_anonymous_envelope_customerio_has_no_call_for_is_dead_lettered_alone
         .await
         .unwrap();
     let settled = eventually_async(WAIT, || async {
-        depth(&vhost, DLQ_QUEUE).await == 2
+        depth(&vhost, DLQ_QUEUE).await == 3
             && sandbox.sandbox.records_of_anonymous(anonymous).len() == 1
     })
     .await;
@@ -187,14 +311,19 @@ async fn an_anonymous_envelope_customerio_has_no_call_for_is_dead_lettered_alone
         sandbox.sandbox.records()
     );
     let mut stream = producer.consume(DLQ_QUEUE, 10).await.unwrap();
-    for _ in 0..2 {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
         let d = tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
             .unwrap()
             .unwrap();
         let letter: Value = serde_json::from_slice(&d.body).unwrap();
         assert_eq!(letter["errorKind"], "invalid", "{letter}");
-        let error = letter["error"].as_str().unwrap();
+        errors.push(letter["error"].as_str().unwrap().to_string());
+    }
+    errors.sort();
+    assert!(errors[0].starts_with("objectTypeId"), "{errors:?}");
+    for error in &errors[1..] {
         assert!(error.contains("only track, page and screen"), "{error}");
     }
     drop(stream);

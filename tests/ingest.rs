@@ -304,6 +304,50 @@ async fn the_publish_command_works_against_rabbitmq() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("payload.name"));
+
+    // An anonymous screen view, and an object.
+    for args in [
+        &[
+            "screen",
+            "--anonymous-id",
+            "cli-anon",
+            "--payload",
+            r#"{"name": "Home"}"#,
+        ][..],
+        &[
+            "object",
+            "--object",
+            "1:cli-acme",
+            "--payload",
+            r#"{"action": "identify", "attributes": {"name": "Acme"}}"#,
+        ][..],
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cio-gateway"))
+            .arg("publish")
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env("AMQP_URL", &setup.vhost.url)
+            .env("GATEWAY__BROKER__PARTITIONS", "4")
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let sandbox = &setup.sandbox.sandbox;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            sandbox.records_of_anonymous("cli-anon").len() == 1
+                && sandbox.records_of_object("1:cli-acme").len() == 1
+        })
+        .await,
+        "{:#?}",
+        sandbox.records()
+    );
     setup.stop().await;
 }
 

@@ -1,8 +1,9 @@
-//! IdentifyActor: person operations (identify, delete, suppress, devices, merge) to the Track API.
+//! IdentifyActor: person operations (identify, delete, suppress, devices, merge) and object
+//! operations to the Track API.
 
 use super::track_api::{CallShape, TrackApiActor};
 use crate::customerio::TrackCall;
-use crate::domain::{Envelope, Operation};
+use crate::domain::{Envelope, ObjectAction, Operation};
 
 pub type IdentifyActor = TrackApiActor<PersonCall>;
 
@@ -24,6 +25,10 @@ impl CallShape for PersonCall {
                     attributes.insert("anonymous_id", anonymous.as_str());
                 }
                 Operation::Identify(attributes)
+            }
+            Operation::Object(mut object) if object.action == ObjectAction::Identify => {
+                object.attributes.insert("_env", environment);
+                Operation::Object(object)
             }
             other => other,
         };

@@ -216,6 +216,10 @@ impl CustomerIo {
 
     /// One Track v1 request.
     pub async fn perform(&self, call: &TrackCall) -> Result<(), CioError> {
+        // Track v1 has no objects: they go to v2 `/entity` with the same credentials.
+        if matches!(call.operation, Operation::Object(_)) {
+            return self.entity(call).await;
+        }
         wire::check_limits(call)?;
         let request = wire::v1_request(call)?;
         self.track_v1(request).await

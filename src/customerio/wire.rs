@@ -16,10 +16,11 @@
 use super::{CioError, TrackCall};
 use crate::domain::limits::{
     MAX_ATTRIBUTE_NAME_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES_PER_CALL,
-    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES,
+    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES, STRUCTURED_ATTRIBUTES,
 };
 use crate::domain::{
-    Attributes, Channel, Device, Event, Operation, PersonRef, TemplateRef, TransactionalRequest,
+    Attributes, Channel, Device, Event, ObjectAction, ObjectOp, Operation, PersonRef, TemplateRef,
+    TransactionalRequest,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
@@ -95,6 +96,7 @@ pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
             Some(json!({"primary": person_ref(primary), "secondary": person_ref(secondary)})),
         ),
         Operation::Transactional(_) => return Err(not_track()),
+        Operation::Object(_) => return Err(v2_only()),
     };
     Ok(V1Request { method, path, body })
 }
@@ -195,10 +197,45 @@ pub fn v2_operation(call: &TrackCall) -> Result<Value, CioError> {
             return Ok(Value::Object(op));
         }
         Operation::Transactional(_) => return Err(not_track()),
+        Operation::Object(object) => return Ok(v2_object(object)),
     };
     op.insert("action".into(), action.into());
     op.insert("identifiers".into(), person_ref(&call.person));
     Ok(Value::Object(op))
+}
+
+/// An object operation: `identifiers` `{object_type_id, object_id}`, the identify's
+/// `attributes`, and the people related as `cio_relationships`.
+fn v2_object(object: &ObjectOp) -> Value {
+    let mut op = Map::new();
+    op.insert("type".into(), "object".into());
+    op.insert("action".into(), object.action.as_str().into());
+    op.insert(
+        "identifiers".into(),
+        json!({"object_type_id": object.object_type_id, "object_id": object.object_id}),
+    );
+    if object.action == ObjectAction::Identify {
+        op.insert("attributes".into(), attributes_value(&object.attributes));
+    }
+    if !object.relationships.is_empty() {
+        let related: Vec<Value> = object
+            .relationships
+            .iter()
+            .map(|r| {
+                let mut entry = Map::new();
+                entry.insert("identifiers".into(), person_ref(&r.person));
+                if let Some(attributes) = &r.attributes {
+                    entry.insert(
+                        "relationship_attributes".into(),
+                        Value::Object(attributes.clone()),
+                    );
+                }
+                Value::Object(entry)
+            })
+            .collect();
+        op.insert("cio_relationships".into(), Value::Array(related));
+    }
+    Value::Object(op)
 }
 
 /// Serialized size of a JSON value, as it goes on the wire.
@@ -208,6 +245,9 @@ pub fn json_len(value: &Value) -> usize {
 
 /// Checks Customer.io's documented limits for a Track call (both API versions).
 pub fn check_limits(call: &TrackCall) -> Result<(), CioError> {
+    if let Operation::Object(object) = &call.operation {
+        return check_object(object);
+    }
     let viewable = matches!(
         call.operation,
         Operation::Track(_) | Operation::Page(_) | Operation::Screen(_)
@@ -250,11 +290,24 @@ pub fn check_limits(call: &TrackCall) -> Result<(), CioError> {
             check_identifier(&format!("secondary.{}", secondary.kind), &secondary.value)
         }
         Operation::Transactional(_) => Err(not_track()),
+        Operation::Object(object) => check_object(object),
         Operation::Delete
         | Operation::Suppress
         | Operation::Unsuppress
         | Operation::DeleteDevice(_) => Ok(()),
     }
+}
+
+fn check_object(object: &ObjectOp) -> Result<(), CioError> {
+    check_identifier("identifiers.object_id", &object.object_id)?;
+    check_attributes(&object.attributes)?;
+    for (i, related) in object.relationships.iter().enumerate() {
+        check_identifier(
+            &format!("cio_relationships.{i}.identifiers.{}", related.person.kind),
+            &related.person.value,
+        )?;
+    }
+    Ok(())
 }
 
 fn check_identifier(field: &str, value: &str) -> Result<(), CioError> {
@@ -284,6 +337,9 @@ fn check_attributes(attributes: &Attributes) -> Result<(), CioError> {
                 "attribute name {:?} must be 1..={MAX_ATTRIBUTE_NAME_BYTES} bytes",
                 truncate(name)
             )));
+        }
+        if STRUCTURED_ATTRIBUTES.contains(&name.as_str()) {
+            continue;
         }
         let size = attribute_value_len(value);
         if size > MAX_ATTRIBUTE_VALUE_BYTES {
@@ -413,6 +469,10 @@ fn device_value(key: &str, device: &Device) -> Value {
     Value::Object(out)
 }
 
+fn v2_only() -> CioError {
+    CioError::invalid("objects exist only in Track v2: send them with /entity or /batch")
+}
+
 fn not_anonymous() -> CioError {
     CioError::invalid("only events, page and screen views can be anonymous")
 }
@@ -424,7 +484,7 @@ fn not_track() -> CioError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EventName, UserId, View};
+    use crate::domain::{EventName, ObjectOp, UserId, View};
 
     fn call(operation: Operation) -> TrackCall {
         TrackCall::new(UserId::parse("a/b c").unwrap(), operation)
@@ -521,6 +581,30 @@ mod tests {
         };
         assert!(matches!(v1_request(&delete), Err(CioError::Invalid(_))));
         assert!(matches!(check_limits(&delete), Err(CioError::Invalid(_))));
+    }
+
+    #[test]
+    fn an_object_is_a_v2_object_operation_with_its_relationships() {
+        let op = ObjectOp::parse(
+            Some(&json!("1")),
+            Some(&json!("acme")),
+            &json!({"action": "identify", "attributes": {"name": "Acme"},
+                "relationships": [{"identifiers": {"email": "a@example.com"},
+                    "relationship_attributes": {"role": "admin"}}]}),
+        )
+        .unwrap();
+        let key = UserId::parse("object:1:acme").unwrap();
+        let object = TrackCall::new(key, Operation::Object(op));
+        assert_eq!(
+            v2_operation(&object).unwrap(),
+            json!({"type": "object", "action": "identify",
+                "identifiers": {"object_type_id": "1", "object_id": "acme"},
+                "attributes": {"name": "Acme"},
+                "cio_relationships": [{"identifiers": {"email": "a@example.com"},
+                    "relationship_attributes": {"role": "admin"}}]})
+        );
+        assert!(check_limits(&object).is_ok());
+        assert!(matches!(v1_request(&object), Err(CioError::Invalid(_))));
     }
 
     #[test]

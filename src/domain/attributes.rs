@@ -26,6 +26,9 @@ impl Attributes {
         }
         for (name, value) in map {
             check_name(name)?;
+            if limits::STRUCTURED_ATTRIBUTES.contains(&name.as_str()) {
+                continue;
+            }
             let size = serialized_len(value);
             if size > limits::MAX_ATTRIBUTE_VALUE_BYTES {
                 return Err(ParseError::new(

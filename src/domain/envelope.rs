@@ -3,8 +3,8 @@
 use super::attributes::kind as json_kind;
 use super::event::object;
 use super::{
-    Attributes, CorrelationId, Device, Event, ParseError, PersonRef, TransactionalRequest, UserId,
-    View, limits,
+    Attributes, CorrelationId, Device, Event, ObjectOp, ParseError, PersonRef,
+    TransactionalRequest, UserId, View, limits,
 };
 use serde_json::{Map, Value};
 
@@ -23,6 +23,7 @@ pub enum MessageType {
     AddDevice,
     DeleteDevice,
     Merge,
+    Object,
 }
 
 /// Which of the three producer exchanges a message type belongs on.
@@ -34,7 +35,7 @@ pub enum Route {
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 11] = [
+    pub const ALL: [MessageType; 12] = [
         Self::Identify,
         Self::Track,
         Self::Transactional,
@@ -46,6 +47,7 @@ impl MessageType {
         Self::AddDevice,
         Self::DeleteDevice,
         Self::Merge,
+        Self::Object,
     ];
 
     pub fn parse(value: &str) -> Option<Self> {
@@ -65,6 +67,7 @@ impl MessageType {
             Self::AddDevice => "addDevice",
             Self::DeleteDevice => "deleteDevice",
             Self::Merge => "merge",
+            Self::Object => "object",
         }
     }
 
@@ -100,6 +103,7 @@ pub enum Operation {
         secondary: PersonRef,
     },
     Transactional(TransactionalRequest),
+    Object(ObjectOp),
 }
 
 /// A parsed envelope. `timestamp` is milliseconds since the epoch, as published. `user` orders
@@ -154,8 +158,6 @@ impl Envelope {
             }
             None => return Err(ParseError::new("type", "is required")),
         };
-        let user_id = optional_key(obj, "userId")?;
-        let anonymous_id = optional_key(obj, "anonymousId")?;
         let timestamp = match obj.get("timestamp") {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
@@ -167,6 +169,11 @@ impl Envelope {
             Some(Value::String(s)) => Some(CorrelationId::parse(s)?),
             Some(_) => return Err(ParseError::new("correlationId", "must be a string")),
         };
+        if kind == MessageType::Object {
+            return Self::object_from(obj, timestamp, correlation_id);
+        }
+        let user_id = optional_key(obj, "userId")?;
+        let anonymous_id = optional_key(obj, "anonymousId")?;
         let identifiers = match obj.get("identifiers") {
             None | Some(Value::Null) => None,
             Some(v @ Value::Object(_)) => {
@@ -219,6 +226,33 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// An `object` envelope: `objectTypeId`, `objectId` and the payload; it orders and routes
+    /// by `object:<objectTypeId>:<objectId>`, and names no person.
+    fn object_from(
+        obj: &Map<String, Value>,
+        timestamp: Option<i64>,
+        correlation_id: Option<CorrelationId>,
+    ) -> Result<Self, ParseError> {
+        let empty = Value::Object(Map::new());
+        let op = ObjectOp::parse(
+            obj.get("objectTypeId"),
+            obj.get("objectId"),
+            obj.get("payload").unwrap_or(&empty),
+        )?;
+        let user = UserId::ordering_key(op.routing_key());
+        Ok(Self {
+            kind: MessageType::Object,
+            person: PersonRef::id(&user),
+            user,
+            anonymous_id: None,
+            timestamp,
+            correlation_id,
+            operation: Operation::Object(op),
+        })
+    }
+}
+
 /// A `userId` or `anonymousId`: a string (or a number, as producers often send ids), if present.
 fn optional_key(obj: &Map<String, Value>, field: &str) -> Result<Option<UserId>, ParseError> {
     let parse = |s: &str| UserId::parse(s).map_err(|e| ParseError::new(field, e.reason));
@@ -262,6 +296,13 @@ fn parse_operation(
         }
         MessageType::Transactional => {
             Operation::Transactional(TransactionalRequest::parse_for(payload, person.clone())?)
+        }
+        // Objects name no person; `Envelope::object_from` parses them.
+        MessageType::Object => {
+            return Err(ParseError::new(
+                "type",
+                "an object is not a person operation",
+            ));
         }
     })
 }

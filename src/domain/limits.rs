@@ -8,6 +8,9 @@ pub const MAX_EVENT_NAME_BYTES: usize = 100;
 pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 150;
 /// Maximum bytes of one attribute value once serialized.
 pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1000;
+/// Reserved attributes whose value is a structure Customer.io reads (a person's relationships
+/// to objects, their subscription preferences), not a value: the 1000-byte limit is not theirs.
+pub const STRUCTURED_ATTRIBUTES: [&str; 2] = ["cio_relationships", "cio_subscription_preferences"];
 /// Maximum attributes per identify call.
 pub const MAX_ATTRIBUTES_PER_CALL: usize = 300;
 /// Attributes the gateway adds to every identify (`_env`, `_updated_at`).

@@ -1,4 +1,5 @@
 //! The person a message is about; also the routing key that orders their messages.
+//! An object's messages are ordered the same way, by a key of their own.
 
 use super::identifier::identifier;
 use super::limits::MAX_IDENTIFIER_BYTES;
@@ -6,6 +7,15 @@ use super::limits::MAX_IDENTIFIER_BYTES;
 identifier! {
     /// Customer.io's limit on an identifier applies.
     UserId { field: "userId", max_bytes: MAX_IDENTIFIER_BYTES }
+}
+
+impl UserId {
+    /// The ordering key of something that is not a person (an object's
+    /// `object:<type>:<id>`): it routes and orders like a user id, and may be longer than one,
+    /// up to AMQP's 255-byte routing key.
+    pub(crate) fn ordering_key(key: String) -> Self {
+        Self(key)
+    }
 }
 
 #[cfg(test)]

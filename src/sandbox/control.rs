@@ -10,6 +10,7 @@ use serde_json::json;
 struct RecordsQuery {
     user: Option<String>,
     anonymous_id: Option<String>,
+    object: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -39,12 +40,14 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, sandbox: &Sandbox) {
     .service(resource("/sandbox/stats").route(web::get().to(stats)));
 }
 
-/// `GET /sandbox/requests[?user=ID | ?anonymous_id=ID]`: records in arrival order.
+/// `GET /sandbox/requests[?user=ID | ?anonymous_id=ID | ?object=TYPE:ID]`: records in arrival
+/// order.
 async fn records(sandbox: web::Data<Sandbox>, query: web::Query<RecordsQuery>) -> HttpResponse {
-    let records = match (&query.user, &query.anonymous_id) {
-        (Some(user), _) => sandbox.records_for(user),
-        (None, Some(anonymous)) => sandbox.records_of_anonymous(anonymous),
-        (None, None) => sandbox.records(),
+    let records = match (&query.user, &query.anonymous_id, &query.object) {
+        (Some(user), _, _) => sandbox.records_for(user),
+        (None, Some(anonymous), _) => sandbox.records_of_anonymous(anonymous),
+        (None, None, Some(object)) => sandbox.records_of_object(object),
+        (None, None, None) => sandbox.records(),
     };
     HttpResponse::Ok().json(records)
 }

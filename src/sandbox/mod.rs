@@ -116,6 +116,11 @@ impl Sandbox {
         self.state.ledger.lock().records_of_anonymous(anonymous_id)
     }
 
+    /// The operations on one object (`<object_type_id>:<object_id>`), in arrival order.
+    pub fn records_of_object(&self, object: &str) -> Vec<Record> {
+        self.state.ledger.lock().records_of_object(object)
+    }
+
     /// Forgets records, seen event ids and counters; faults and budget stay.
     pub fn reset(&self) {
         self.state.ledger.lock().reset();

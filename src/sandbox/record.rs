@@ -41,6 +41,10 @@ pub struct Record {
     /// received before it and up to five minutes after it.
     #[serde(default)]
     pub merged_into: Option<String>,
+    /// The object of a v2 object operation: `<object_type_id>:<object_id>` (or its
+    /// `cio_object_id`).
+    #[serde(default)]
+    pub object: Option<String>,
     /// What an App API send answered.
     pub delivery_id: Option<String>,
     /// When the sandbox accepted it, in ms since the epoch: delivery latency is measured here.
@@ -59,6 +63,7 @@ pub(crate) struct Accepted {
     pub event_id: Option<String>,
     pub anonymous_id: Option<String>,
     pub merges: Option<String>,
+    pub object: Option<String>,
     pub delivery_id: Option<String>,
 }
 
@@ -136,6 +141,7 @@ impl Ledger {
                 stale,
                 anonymous_id: op.anonymous_id,
                 merged_into,
+                object: op.object,
                 delivery_id: op.delivery_id,
                 received_at_ms,
             });
@@ -180,6 +186,14 @@ impl Ledger {
         self.records
             .iter()
             .filter(|r| r.anonymous_id.as_deref() == Some(anonymous_id))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn records_of_object(&self, object: &str) -> Vec<Record> {
+        self.records
+            .iter()
+            .filter(|r| r.object.as_deref() == Some(object))
             .cloned()
             .collect()
     }
@@ -273,6 +287,7 @@ mod tests {
             event_id: None,
             anonymous_id: None,
             merges: None,
+            object: None,
             delivery_id: None,
         }
     }
@@ -288,6 +303,7 @@ mod tests {
             event_id: None,
             anonymous_id: Some(anonymous.into()),
             merges: None,
+            object: None,
             delivery_id: None,
         }
     }

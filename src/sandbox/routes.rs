@@ -143,6 +143,7 @@ impl Ctx<'_> {
             event_id: info.event_id,
             anonymous_id: info.anonymous_id,
             merges: info.merges,
+            object: info.object,
             delivery_id: None,
         }
     }

@@ -10,7 +10,7 @@
 
 use crate::domain::limits::{
     MAX_ATTRIBUTE_NAME_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES_PER_CALL,
-    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES,
+    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES, STRUCTURED_ATTRIBUTES,
 };
 use serde_json::{Map, Value};
 
@@ -68,6 +68,8 @@ pub(crate) struct OpInfo {
     pub anonymous_id: Option<String>,
     /// The `anonymous_id` attribute of an identify: the anonymous activity to merge.
     pub merges: Option<String>,
+    /// An object operation's object: `<object_type_id>:<object_id>`, or its `cio_object_id`.
+    pub object: Option<String>,
 }
 
 impl OpInfo {
@@ -204,10 +206,7 @@ pub(crate) fn attributes(field: &str, map: &Map<String, Value>) -> Checked<()> {
                 format!("attribute names must be 1..={MAX_ATTRIBUTE_NAME_BYTES} bytes"),
             ));
         }
-        if matches!(
-            name.as_str(),
-            "cio_relationships" | "cio_subscription_preferences"
-        ) {
+        if STRUCTURED_ATTRIBUTES.contains(&name.as_str()) {
             continue;
         }
         let size = match value {
@@ -389,9 +388,10 @@ pub(crate) fn v2_operation(op: &Value) -> Checked<OpInfo> {
     let action = required_string(map, "action")?.to_string();
     match kind {
         "person" => {}
-        // Objects and deliveries are outside what the gateway sends; accepted with their shape
-        // checked only loosely, so a tool pointed at the sandbox still sees them recorded.
-        "object" | "delivery" => {
+        "object" => return v2_object(map, &action),
+        // Deliveries are outside what the gateway sends; accepted with their shape checked
+        // only loosely, so a tool pointed at the sandbox still sees them recorded.
+        "delivery" => {
             if !map.get("identifiers").is_some_and(Value::is_object) {
                 return Err(Rejection::required("identifiers"));
             }
@@ -446,6 +446,90 @@ pub(crate) fn v2_operation(op: &Value) -> Checked<OpInfo> {
         }
     }
     Ok(info)
+}
+
+/// One v2 object operation: `identifiers` names the object by `object_type_id` (an integer
+/// from 1, as a string) and `object_id`, or by `cio_object_id`; `identify` may set
+/// `attributes` (the person limits apply); `cio_relationships` relate people
+/// (`{identifiers, relationship_attributes?}`), and the relationship actions need one.
+fn v2_object(map: &Map<String, Value>, action: &str) -> Checked<OpInfo> {
+    let Some(ids) = map.get("identifiers").and_then(Value::as_object) else {
+        return Err(Rejection::required("identifiers"));
+    };
+    let object = match (
+        ids.get("object_type_id"),
+        ids.get("object_id"),
+        ids.get("cio_object_id"),
+    ) {
+        (Some(Value::String(t)), Some(id), None)
+            if !t.is_empty() && !t.starts_with('0') && t.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("{t}:{}", identifier("identifiers.object_id", id)?)
+        }
+        (None, None, Some(id)) => identifier("identifiers.cio_object_id", id)?,
+        _ => {
+            return Err(Rejection::invalid(
+                "identifiers",
+                "identifiers must be {object_type_id (a string of an integer from 1), object_id} or {cio_object_id}",
+            ));
+        }
+    };
+    match action {
+        "identify" | "delete" | "add_relationships" | "delete_relationships" => {}
+        other => {
+            return Err(Rejection::invalid(
+                "action",
+                format!("unknown action {other:?} for an object"),
+            ));
+        }
+    }
+    if let Some(attributes) = optional_object(map, "attributes")? {
+        attributes_of_object(action, attributes)?;
+    }
+    let related = match map.get("cio_relationships") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let field = format!("cio_relationships.{i}");
+                let Some(item) = item.as_object() else {
+                    return Err(Rejection::invalid(
+                        &field,
+                        format!("{field} must be an object"),
+                    ));
+                };
+                person(
+                    &format!("{field}.identifiers"),
+                    item.get("identifiers"),
+                    &["id", "email", "cio_id"],
+                )?;
+                optional_object(item, "relationship_attributes").map_err(|e| within(&field, e))?;
+            }
+            items.len()
+        }
+        Some(_) => {
+            return Err(Rejection::invalid(
+                "cio_relationships",
+                "cio_relationships must be an array",
+            ));
+        }
+    };
+    if related == 0 && action.ends_with("_relationships") {
+        return Err(Rejection::required("cio_relationships"));
+    }
+    Ok(OpInfo {
+        object: Some(object),
+        ..OpInfo::new(None, action, None)
+    })
+}
+
+fn attributes_of_object(action: &str, attributes: &Map<String, Value>) -> Checked<()> {
+    if action != "identify" {
+        return Err(Rejection::invalid(
+            "attributes",
+            format!("attributes are set by identify, not {action}"),
+        ));
+    }
+    self::attributes("attributes", attributes)
 }
 
 /// An App API send body for `channel` (`email`, `push`, `sms`); returns the person's identifier.
