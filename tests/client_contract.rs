@@ -481,6 +481,35 @@ async fn send_email_push_and_sms_post_the_send_bodies() {
 }
 
 #[tokio::test]
+async fn in_app_and_inbox_messages_post_to_their_own_paths_and_need_a_template() {
+    let sb = sandbox().await;
+    let cio = client(&sb);
+    for (channel, path) in [
+        ("in_app", "/v1/send/in_app"),
+        ("inbox_message", "/v1/send/inbox_message"),
+    ] {
+        let send = transactional(
+            json!({"channel": channel, "transactional_message_id": "order",
+            "message_data": {"order_id": "ORD-1"}}),
+        );
+        let receipt = cio.send(&send, None).await.unwrap();
+        let r = sb.sandbox.records_for("42").pop().unwrap();
+        assert_request(&r, "app", "POST", path, &format!("send_{channel}"));
+        assert_eq!(
+            r.body,
+            json!({"transactional_message_id": "order", "identifiers": {"id": "42"},
+                "message_data": {"order_id": "ORD-1"}})
+        );
+        assert_eq!(r.delivery_id.as_deref(), Some(receipt.delivery_id.as_str()));
+        // Composed inline, they cannot be sent: the message body is the template's.
+        let inline = json!({"channel": channel, "to": "a@example.com",
+            "from": "us@example.com", "subject": "Hi", "body": "<p>Hi</p>"});
+        let refused = TransactionalRequest::parse(&inline, &user("42")).unwrap_err();
+        assert_eq!(refused.field, "transactional_message_id", "{channel}");
+    }
+}
+
+#[tokio::test]
 async fn an_inline_email_has_no_template_id() {
     let sb = sandbox().await;
     let email = transactional(json!({"to": "a@example.com", "from": "us@example.com",

@@ -255,6 +255,41 @@ async fn objects_and_their_relationships_arrive_in_order_per_object() {
 }
 
 #[actix_rt::test]
+async fn in_app_and_inbox_messages_are_sent_on_their_channels() {
+    let vhost = TestVhost::new("data-channels");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let producer = producer(&vhost).await;
+    let gateway = start_gateway(&gateway_env(
+        &vhost,
+        &sandbox.track_url(),
+        &sandbox.app_url(),
+        &[],
+    ))
+    .await;
+    let publisher = Publisher::new(producer.clone());
+    for channel in ["in_app", "inbox_message"] {
+        publisher
+            .publish(json!({"type": "transactional", "userId": "reader",
+                "payload": {"channel": channel, "transactional_message_id": "order_shipped",
+                    "message_data": {"order": "ORD-1"}}}))
+            .await
+            .unwrap();
+    }
+    let sent = eventually(WAIT, || sandbox.sandbox.records_for("reader").len() == 2).await;
+    let records = sandbox.sandbox.records_for("reader");
+    assert!(sent, "{records:#?}");
+    let paths: Vec<_> = records.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/v1/send/in_app", "/v1/send/inbox_message"]);
+    for r in &records {
+        assert_eq!(r.body["identifiers"], json!({"id": "reader"}));
+        assert!(r.delivery_id.is_some());
+    }
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0);
+    gateway.shutdown().await;
+    producer.close().await;
+}
+
+#[actix_rt::test]
 async fn an_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
     let vhost = TestVhost::new("data-anonymous-invalid");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();

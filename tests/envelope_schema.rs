@@ -64,6 +64,9 @@ fn valid_samples() -> Vec<Value> {
             "to": "a@b.c", "message_data": {"code": "123"}}}),
         json!({"type": "transactional", "userId": "7", "payload": {"transactional_message_id": "welcome"}}),
         json!({"type": "transactional", "userId": "7", "payload": {"template": "welcome", "channel": "sms"}}),
+        json!({"type": "transactional", "userId": "7", "payload": {"template": "order", "channel": "in_app"}}),
+        json!({"type": "transactional", "userId": "7", "payload": {"transactional_message_id": 9,
+            "channel": "inbox_message", "message_data": {"n": 1}}}),
         json!({"type": "transactional", "userId": "7", "payload": {"template": "welcome",
             "identifiers": {"email": "a@b.c"}}}),
         json!({"type": "transactional", "userId": "7", "payload": {"body": "hi", "subject": "s",
@@ -146,6 +149,8 @@ fn invalid_samples() -> Vec<Value> {
         json!({"type": "transactional", "userId": "1", "payload": {"template": "w", "to": 5}}),
         json!({"type": "transactional", "userId": "1", "payload": {"body": "b", "subject": "s",
             "from": "f", "channel": "push"}}),
+        json!({"type": "transactional", "userId": "1", "payload": {"body": "b", "subject": "s",
+            "from": "f", "channel": "in_app"}}),
     ]
 }
 

@@ -394,6 +394,8 @@ pub fn send_path(channel: Channel) -> &'static str {
         Channel::Email => "/send/email",
         Channel::Push => "/send/push",
         Channel::Sms => "/send/sms",
+        Channel::InApp => "/send/in_app",
+        Channel::InboxMessage => "/send/inbox_message",
     }
 }
 
@@ -421,8 +423,10 @@ pub fn send_body(
                 "transactional_message_id must be a number or a trigger name, got {other}"
             )));
         }
-        // Only email can be composed inline (`body`, `subject`, `from`); push and SMS need a
-        // template (App API `sendpush` / `sendsms` require transactional_message_id).
+        // Only email can be composed inline (`body`, `subject`, `from`); the other channels need
+        // a template (App API `sendpush`, `sendsms`, `sendinapp`, `sendinboxmessage` require
+        // transactional_message_id: "you cannot send a transactional in-app message without a
+        // template").
         None if request.channel != Channel::Email => {
             return Err(CioError::invalid(format!(
                 "a {} send needs a transactional_message_id",

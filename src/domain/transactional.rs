@@ -4,21 +4,39 @@ use super::event::{object, required_str};
 use super::{ParseError, PersonRef, UserId};
 use serde_json::{Map, Value};
 
+/// The App API's transactional channels (`POST /v1/send/<channel>`): email, push, SMS, in-app
+/// messages rendered by Customer.io's SDKs, and inbox messages for a web notification centre.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Channel {
     Email,
     Push,
     Sms,
+    InApp,
+    InboxMessage,
 }
 
 impl Channel {
+    pub const ALL: [Channel; 5] = [
+        Self::Email,
+        Self::Push,
+        Self::Sms,
+        Self::InApp,
+        Self::InboxMessage,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Email => "email",
             Channel::Push => "push",
             Channel::Sms => "sms",
+            Channel::InApp => "in_app",
+            Channel::InboxMessage => "inbox_message",
         }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == value)
     }
 }
 
@@ -52,17 +70,12 @@ impl TransactionalRequest {
         let mut body = object(payload)?.clone();
         let channel = match body.remove("channel") {
             None | Some(Value::Null) => Channel::Email,
-            Some(Value::String(s)) => match s.as_str() {
-                "email" => Channel::Email,
-                "push" => Channel::Push,
-                "sms" => Channel::Sms,
-                other => {
-                    return Err(ParseError::new(
-                        "channel",
-                        format!("must be email, push or sms, got {other:?}"),
-                    ));
-                }
-            },
+            Some(Value::String(s)) => Channel::parse(&s).ok_or_else(|| {
+                ParseError::new(
+                    "channel",
+                    format!("must be email, push, sms, in_app or inbox_message, got {s:?}"),
+                )
+            })?,
             Some(_) => return Err(ParseError::new("channel", "must be a string")),
         };
         let template = match (
@@ -147,6 +160,14 @@ mod tests {
             TransactionalRequest::parse(&json!({"template": "x", "channel": "fax"}), &user())
                 .is_err()
         );
+        for channel in Channel::ALL {
+            let r = TransactionalRequest::parse(
+                &json!({"template": "x", "channel": channel.as_str()}),
+                &user(),
+            )
+            .unwrap();
+            assert_eq!(r.channel, channel);
+        }
         let inline = json!({"body": "hi", "subject": "s", "from": "a@b.c", "to": "x@y.z"});
         assert_eq!(
             TransactionalRequest::parse(&inline, &user())

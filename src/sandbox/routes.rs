@@ -100,7 +100,11 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, sandbox: &Sandbox) {
     .service(resource("/api/v2/batch").route(web::post().to(to!(Route::Batch))))
     .service(resource("/v1/send/email").route(web::post().to(to!(Route::Send("email")))))
     .service(resource("/v1/send/push").route(web::post().to(to!(Route::Send("push")))))
-    .service(resource("/v1/send/sms").route(web::post().to(to!(Route::Send("sms")))));
+    .service(resource("/v1/send/sms").route(web::post().to(to!(Route::Send("sms")))))
+    .service(resource("/v1/send/in_app").route(web::post().to(to!(Route::Send("in_app")))))
+    .service(
+        resource("/v1/send/inbox_message").route(web::post().to(to!(Route::Send("inbox_message")))),
+    );
 }
 
 /// Why a request stops before (or instead of) being recorded.

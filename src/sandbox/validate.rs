@@ -554,10 +554,11 @@ pub(crate) fn send(channel: &str, map: &Map<String, Value>) -> Checked<String> {
         }
         None => return Err(Rejection::required("transactional_message_id")),
     }
-    // `to` is required for email and SMS; for push it is optional (`all` by default).
+    // `to` is required for email and SMS; for push it is optional (`all` by default); in-app
+    // and inbox messages go to the person's devices and browsers, named by `identifiers` alone.
     match (channel, map.get("to")) {
         (_, Some(Value::String(s))) if !s.trim().is_empty() => {}
-        ("push", None) => {}
+        ("push" | "in_app" | "inbox_message", None) => {}
         (_, None) => return Err(Rejection::required("to")),
         (_, Some(_)) => return Err(Rejection::invalid("to", "to must be a non-empty string")),
     }
