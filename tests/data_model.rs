@@ -255,6 +255,59 @@ async fn objects_and_their_relationships_arrive_in_order_per_object() {
 }
 
 #[actix_rt::test]
+async fn manual_segment_membership_follows_the_person_in_order() {
+    for version in ["v1", "v2"] {
+        let vhost = TestVhost::new(&format!("data-segments-{version}"));
+        let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+        let producer = producer(&vhost).await;
+        let extra = [("GATEWAY__DELIVERY__TRACK_API", version.to_string())];
+        let gateway = start_gateway(&gateway_env(
+            &vhost,
+            &sandbox.track_url(),
+            &sandbox.app_url(),
+            &extra,
+        ))
+        .await;
+        let publisher = Publisher::new(producer.clone());
+        let user = format!("member-{version}");
+        let email = format!("{user}@example.com");
+        for envelope in [
+            json!({"type": "identify", "userId": user, "payload": {"plan": "pro"}}),
+            json!({"type": "segment", "userId": user, "payload": {"segmentId": 7, "action": "add"}}),
+            json!({"type": "segment", "userId": user, "payload": {"segmentId": 7, "action": "remove"}}),
+            // An email-keyed workspace names the person by email: `id_type=email`.
+            json!({"type": "segment", "userId": user, "identifiers": {"email": email},
+                "payload": {"segmentId": "8", "action": "add"}}),
+        ] {
+            publisher.publish(envelope).await.unwrap();
+        }
+        let arrived = eventually(WAIT, || {
+            sandbox.sandbox.records_for(&user).len() == 3
+                && sandbox.sandbox.records_for(&email).len() == 1
+        })
+        .await;
+        assert!(arrived, "{version}: {:#?}", sandbox.sandbox.records());
+        let own = sandbox.sandbox.records_for(&user);
+        let actions: Vec<_> = own.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["identify", "add_to_segment", "remove_from_segment"],
+            "{version}"
+        );
+        assert_eq!(own[1].path, "/api/v1/segments/7/add_customers");
+        assert_eq!(own[1].body, json!({"segment_id": "7", "id_type": "id"}));
+        let by_email = &sandbox.sandbox.records_for(&email)[0];
+        assert_eq!(
+            by_email.body,
+            json!({"segment_id": "8", "id_type": "email"})
+        );
+        assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "{version}");
+        gateway.shutdown().await;
+        producer.close().await;
+    }
+}
+
+#[actix_rt::test]
 async fn in_app_and_inbox_messages_are_sent_on_their_channels() {
     let vhost = TestVhost::new("data-channels");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();

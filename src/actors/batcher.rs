@@ -14,7 +14,7 @@
 //! the wire it is not recalled (the other users' operations share that request).
 
 use super::messages::Failure;
-use crate::customerio::{CioError, CustomerIo, Permit, TrackCall, unless_cancelled};
+use crate::customerio::{CioError, CustomerIo, Permit, TrackCall, unless_cancelled, wire};
 use crate::domain::limits::MAX_V2_BATCH_BYTES;
 use crate::telemetry::metric;
 use std::sync::Arc;
@@ -52,6 +52,8 @@ pub enum TrackSender {
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Job>,
     watch: Arc<Watch>,
+    /// For the operations v2 has no shape for (manual segments), sent on their own.
+    client: CustomerIo,
 }
 
 /// What the supervisor knows of the loop, for `/readyz` and `/healthz`.
@@ -92,9 +94,9 @@ impl TrackSender {
         let watch = Arc::new(Watch::default());
         watch.supervised.store(true, Ordering::SeqCst);
         watch.running.store(true, Ordering::SeqCst);
-        let supervisor = tokio::spawn(supervise(client, limits, rx, watch.clone()));
+        let supervisor = tokio::spawn(supervise(client.clone(), limits, rx, watch.clone()));
         let _ = watch.supervisor.set(supervisor.abort_handle());
-        Self::V2(Batcher { tx, watch })
+        Self::V2(Batcher { tx, watch, client })
     }
 
     /// Whether operations are being sent: `/readyz` keeps it.
@@ -128,28 +130,39 @@ impl TrackSender {
 
     /// Sends `call`, unless `cancel` fires before it is on the wire.
     pub async fn send(&self, call: TrackCall, cancel: CancellationToken) -> Result<(), Failure> {
-        match self {
-            TrackSender::V1(client) => unless_cancelled(cancel, client.perform(&call))
-                .await
-                .map_err(Failure::from),
-            TrackSender::V2(Batcher { tx, .. }) => {
-                let (done, result) = oneshot::channel();
-                let job = Job {
-                    call,
-                    cancel: cancel.clone(),
-                    done,
-                };
-                tx.send(job)
-                    .map_err(|_| Failure::retryable("batcher stopped"))?;
-                tokio::select! {
-                    result = result => result
-                        .unwrap_or_else(|_| Err(Failure::retryable("batch request abandoned"))),
-                    // The batcher leaves the operation out when it cuts the next batch.
-                    () = cancel.cancelled() => Err(cancelled()),
-                }
+        let tx = match self {
+            TrackSender::V1(client) => return one_request(client, call, cancel).await,
+            TrackSender::V2(b) if wire::only_in_v1(&call.operation) => {
+                return one_request(&b.client, call, cancel).await;
             }
+            TrackSender::V2(b) => &b.tx,
+        };
+        let (done, result) = oneshot::channel();
+        let job = Job {
+            call,
+            cancel: cancel.clone(),
+            done,
+        };
+        tx.send(job)
+            .map_err(|_| Failure::retryable("batcher stopped"))?;
+        tokio::select! {
+            result = result => result
+                .unwrap_or_else(|_| Err(Failure::retryable("batch request abandoned"))),
+            // The batcher leaves the operation out when it cuts the next batch.
+            () = cancel.cancelled() => Err(cancelled()),
         }
     }
+}
+
+/// A call in a request of its own (Track v1).
+async fn one_request(
+    client: &CustomerIo,
+    call: TrackCall,
+    cancel: CancellationToken,
+) -> Result<(), Failure> {
+    unless_cancelled(cancel, client.perform(&call))
+        .await
+        .map_err(Failure::from)
 }
 
 // Room for the `{"batch":[...]}` wrapper and separators.

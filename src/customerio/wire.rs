@@ -97,6 +97,22 @@ pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
         ),
         Operation::Transactional(_) => return Err(not_track()),
         Operation::Object(_) => return Err(v2_only()),
+        // One person per request, so a person's membership changes stay in their order; the
+        // identifier's kind is `id_type` ("we'll ignore values in the ids array that don't
+        // match the id_type parameter").
+        Operation::Segment { segment_id, add } => (
+            Method::POST,
+            format!(
+                "/segments/{segment_id}/{}?id_type={}",
+                if *add {
+                    "add_customers"
+                } else {
+                    "remove_customers"
+                },
+                call.person.kind
+            ),
+            Some(json!({"ids": [call.person.value]})),
+        ),
     };
     Ok(V1Request { method, path, body })
 }
@@ -198,6 +214,7 @@ pub fn v2_operation(call: &TrackCall) -> Result<Value, CioError> {
         }
         Operation::Transactional(_) => return Err(not_track()),
         Operation::Object(object) => return Ok(v2_object(object)),
+        Operation::Segment { .. } => return Err(v1_only()),
     };
     op.insert("action".into(), action.into());
     op.insert("identifiers".into(), person_ref(&call.person));
@@ -236,6 +253,12 @@ fn v2_object(object: &ObjectOp) -> Value {
         op.insert("cio_relationships".into(), Value::Array(related));
     }
     Value::Object(op)
+}
+
+/// Whether only Track v1 carries the operation (v2 has no manual segments), so a v2 pipeline
+/// sends it on its own.
+pub fn only_in_v1(operation: &Operation) -> bool {
+    matches!(operation, Operation::Segment { .. })
 }
 
 /// Serialized size of a JSON value, as it goes on the wire.
@@ -291,7 +314,8 @@ pub fn check_limits(call: &TrackCall) -> Result<(), CioError> {
         }
         Operation::Transactional(_) => Err(not_track()),
         Operation::Object(object) => check_object(object),
-        Operation::Delete
+        Operation::Segment { .. }
+        | Operation::Delete
         | Operation::Suppress
         | Operation::Unsuppress
         | Operation::DeleteDevice(_) => Ok(()),
@@ -473,6 +497,10 @@ fn device_value(key: &str, device: &Device) -> Value {
     Value::Object(out)
 }
 
+fn v1_only() -> CioError {
+    CioError::invalid("manual segments exist only in Track v1: /segments/{id}/add_customers")
+}
+
 fn v2_only() -> CioError {
     CioError::invalid("objects exist only in Track v2: send them with /entity or /batch")
 }
@@ -609,6 +637,25 @@ mod tests {
         );
         assert!(check_limits(&object).is_ok());
         assert!(matches!(v1_request(&object), Err(CioError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_segment_change_is_a_v1_request_for_one_person_by_id_type() {
+        let add = naming(
+            "email",
+            "a@example.com",
+            Operation::Segment {
+                segment_id: 7,
+                add: true,
+            },
+        );
+        let r = v1_request(&add).unwrap();
+        assert_eq!(
+            (r.method, r.path.as_str()),
+            (Method::POST, "/segments/7/add_customers?id_type=email")
+        );
+        assert_eq!(r.body.unwrap(), json!({"ids": ["a@example.com"]}));
+        assert!(v2_operation(&add).is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub enum MessageType {
     DeleteDevice,
     Merge,
     Object,
+    Segment,
 }
 
 /// Which of the three producer exchanges a message type belongs on.
@@ -35,7 +36,7 @@ pub enum Route {
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 12] = [
+    pub const ALL: [MessageType; 13] = [
         Self::Identify,
         Self::Track,
         Self::Transactional,
@@ -48,6 +49,7 @@ impl MessageType {
         Self::DeleteDevice,
         Self::Merge,
         Self::Object,
+        Self::Segment,
     ];
 
     pub fn parse(value: &str) -> Option<Self> {
@@ -68,6 +70,7 @@ impl MessageType {
             Self::DeleteDevice => "deleteDevice",
             Self::Merge => "merge",
             Self::Object => "object",
+            Self::Segment => "segment",
         }
     }
 
@@ -104,6 +107,11 @@ pub enum Operation {
     },
     Transactional(TransactionalRequest),
     Object(ObjectOp),
+    /// Add the person to (`add: true`) or remove them from a manual segment.
+    Segment {
+        segment_id: u32,
+        add: bool,
+    },
 }
 
 /// A parsed envelope. `timestamp` is milliseconds since the epoch, as published. `user` orders
@@ -253,6 +261,27 @@ impl Envelope {
     }
 }
 
+/// `{segmentId, action: "add" | "remove"}`: the segment is a manual one, named by its id
+/// (Customer.io: "segment_id: integer").
+fn parse_segment(payload: &Value) -> Result<Operation, ParseError> {
+    let obj = object(payload)?;
+    let segment_id = match obj.get("segmentId") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse::<u64>().ok(),
+        None => return Err(ParseError::new("segmentId", "is required")),
+        Some(_) => None,
+    }
+    .filter(|id| *id >= 1)
+    .and_then(|id| u32::try_from(id).ok())
+    .ok_or_else(|| ParseError::new("segmentId", "must be a segment id: an integer from 1"))?;
+    let add = match obj.get("action").and_then(Value::as_str) {
+        Some("add") => true,
+        Some("remove") => false,
+        _ => return Err(ParseError::new("action", "must be \"add\" or \"remove\"")),
+    };
+    Ok(Operation::Segment { segment_id, add })
+}
+
 /// A `userId` or `anonymousId`: a string (or a number, as producers often send ids), if present.
 fn optional_key(obj: &Map<String, Value>, field: &str) -> Result<Option<UserId>, ParseError> {
     let parse = |s: &str| UserId::parse(s).map_err(|e| ParseError::new(field, e.reason));
@@ -297,6 +326,7 @@ fn parse_operation(
         MessageType::Transactional => {
             Operation::Transactional(TransactionalRequest::parse_for(payload, person.clone())?)
         }
+        MessageType::Segment => parse_segment(payload)?,
         // Objects name no person; `Envelope::object_from` parses them.
         MessageType::Object => {
             return Err(ParseError::new(
@@ -431,6 +461,37 @@ mod tests {
         let e = parse(json!({"type": "screen", "userId": "42", "payload": {"path": "/x"}}))
             .unwrap_err();
         assert_eq!(e.field, "payload.name");
+    }
+
+    #[test]
+    fn a_segment_membership_names_a_manual_segment() {
+        let env = parse(json!({"type": "segment", "userId": "42",
+            "payload": {"segmentId": 7, "action": "remove"}}))
+        .unwrap();
+        assert_eq!(env.kind.route(), Route::Identify);
+        assert_eq!(
+            env.operation,
+            Operation::Segment {
+                segment_id: 7,
+                add: false
+            }
+        );
+        for (payload, field) in [
+            (json!({"action": "add"}), "payload.segmentId"),
+            (
+                json!({"segmentId": 0, "action": "add"}),
+                "payload.segmentId",
+            ),
+            (
+                json!({"segmentId": "x", "action": "add"}),
+                "payload.segmentId",
+            ),
+            (json!({"segmentId": 7, "action": "join"}), "payload.action"),
+        ] {
+            let e =
+                parse(json!({"type": "segment", "userId": "42", "payload": payload})).unwrap_err();
+            assert_eq!(e.field, field);
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ enum Route {
     AddDevice,
     DeleteDevice,
     Merge,
+    /// A manual segment's `add_customers` (true) or `remove_customers`.
+    Segment(bool),
     Entity,
     Batch,
     Send(&'static str),
@@ -95,6 +97,14 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, sandbox: &Sandbox) {
             .route(web::delete().to(to!(Route::DeleteDevice))),
     )
     .service(resource("/api/v1/events").route(web::post().to(to!(Route::AnonymousEvent))))
+    .service(
+        resource("/api/v1/segments/{segment_id}/add_customers")
+            .route(web::post().to(to!(Route::Segment(true)))),
+    )
+    .service(
+        resource("/api/v1/segments/{segment_id}/remove_customers")
+            .route(web::post().to(to!(Route::Segment(false)))),
+    )
     .service(resource("/api/v1/merge_customers").route(web::post().to(to!(Route::Merge))))
     .service(resource("/api/v2/entity").route(web::post().to(to!(Route::Entity))))
     .service(resource("/api/v2/batch").route(web::post().to(to!(Route::Batch))))
@@ -339,9 +349,46 @@ fn track_v1(ctx: &Ctx<'_>, route: Route, body: &[u8]) -> Result<Outcome, Stop> {
             ctx.fail_user(&user)?;
             ctx.accepted(OpInfo::new(Some(user), action, None), Value::Null)
         }
+        Route::Segment(add) => return segment(ctx, add, body),
         Route::Entity | Route::Batch | Route::Send(_) => unreachable!("not a v1 route"),
     };
     Ok(Outcome::Accept(vec![op]))
+}
+
+/// `POST /segments/{segment_id}/add_customers` (or `remove_customers`) `?id_type=`: one record
+/// per person in `ids` whose value fits `id_type`; Customer.io ignores the others.
+fn segment(ctx: &Ctx<'_>, add: bool, body: &[u8]) -> Result<Outcome, Stop> {
+    let segment_id = ctx.segment("segment_id")?;
+    if !segment_id.parse::<u32>().is_ok_and(|id| id >= 1) {
+        return Err(Rejection::invalid("segment_id", "segment_id must be an integer").into());
+    }
+    let id_type = query_value(ctx.req.query_string(), "id_type").unwrap_or_else(|| "id".into());
+    let map = validate::object_body(body, false)?;
+    let people = validate::segment_ids(&map, &id_type)?;
+    let action = if add {
+        "add_to_segment"
+    } else {
+        "remove_from_segment"
+    };
+    let mut ops = Vec::with_capacity(people.len());
+    for person in people {
+        ctx.fail_user(&person)?;
+        let body = json!({"segment_id": segment_id, "id_type": id_type});
+        ops.push(ctx.accepted(OpInfo::new(Some(person), action, None), body));
+    }
+    Ok(Outcome::Accept(ops))
+}
+
+/// One parameter of a query string, percent-decoded.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Stop> {

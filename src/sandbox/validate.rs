@@ -379,6 +379,42 @@ pub(crate) fn merge(map: &Map<String, Value>) -> Checked<(String, String)> {
     ))
 }
 
+/// "You are limited to 1000 customer IDs per request" (add to / remove from a manual segment).
+pub const MAX_SEGMENT_IDS: usize = 1000;
+
+/// A manual segment change's `{"ids": [...]}` for `id_type` (`id`, `email` or `cio_id`):
+/// returns the people it names. "We'll ignore values in the ids array that don't match the
+/// id_type parameter": an email-typed value without `@` is left out, as Customer.io does.
+pub(crate) fn segment_ids(map: &Map<String, Value>, id_type: &str) -> Checked<Vec<String>> {
+    if !matches!(id_type, "id" | "email" | "cio_id") {
+        return Err(Rejection::invalid(
+            "id_type",
+            "id_type must be id, email or cio_id",
+        ));
+    }
+    let ids = match map.get("ids") {
+        Some(Value::Array(ids)) if !ids.is_empty() => ids,
+        Some(Value::Array(_)) | None | Some(Value::Null) => {
+            return Err(Rejection::required("ids"));
+        }
+        Some(_) => return Err(Rejection::invalid("ids", "ids must be an array")),
+    };
+    if ids.len() > MAX_SEGMENT_IDS {
+        return Err(Rejection::invalid(
+            "ids",
+            format!("{} ids, at most {MAX_SEGMENT_IDS} per request", ids.len()),
+        ));
+    }
+    let mut people = Vec::with_capacity(ids.len());
+    for (i, value) in ids.iter().enumerate() {
+        let person = identifier(&format!("ids.{i}"), value)?;
+        if id_type != "email" || person.contains('@') {
+            people.push(person);
+        }
+    }
+    Ok(people)
+}
+
 /// One v2 operation (`/entity` body or `batch` element).
 pub(crate) fn v2_operation(op: &Value) -> Checked<OpInfo> {
     let Some(map) = op.as_object() else {
@@ -630,6 +666,20 @@ mod tests {
             v2_operation(&merging).unwrap().merges.as_deref(),
             Some("anon-1")
         );
+    }
+
+    #[test]
+    fn segment_ids_are_at_most_a_thousand_of_the_id_type() {
+        let ids = |v: Value| obj(json!({"ids": v}));
+        assert_eq!(
+            segment_ids(&ids(json!(["a@b.c", "not-an-email"])), "email").unwrap(),
+            ["a@b.c"],
+            "a value not of the id_type is ignored"
+        );
+        assert!(segment_ids(&ids(json!([])), "id").is_err());
+        assert!(segment_ids(&ids(json!(["1"])), "phone").is_err());
+        let many: Vec<String> = (0..=MAX_SEGMENT_IDS).map(|i| i.to_string()).collect();
+        assert!(segment_ids(&ids(json!(many)), "id").is_err());
     }
 
     #[test]
