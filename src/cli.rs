@@ -26,10 +26,11 @@ pub enum Command {
     },
     /// Publish one envelope to the right exchange.
     Publish {
-        /// identify, track, transactional, page, screen, delete, suppress, unsuppress, addDevice, deleteDevice, merge, object
+        /// identify, track, transactional, page, screen, delete, suppress, unsuppress, addDevice, deleteDevice, merge, object, segment, broadcast
         #[arg(value_name = "TYPE")]
         kind: String,
-        #[arg(long, required_unless_present_any = ["anonymous_id", "object"])]
+        /// The person (every type but an anonymous event, an object and a broadcast).
+        #[arg(long)]
         user: Option<String>,
         /// An anonymous track, page or screen (instead of --user); with --user on an identify,
         /// the anonymous activity to merge into the person.

@@ -94,6 +94,9 @@ pub struct CustomerIoSettings {
     pub app_api_key: Option<Secret>,
     pub track_rps: u32,
     pub app_rps: u32,
+    /// Least time between two API-triggered broadcasts ("1 request every 10 seconds"): their
+    /// own budget, so broadcasts never spend the transactional one.
+    pub broadcast_interval_ms: u64,
     pub timeout_ms: u64,
     /// Longest wait between two probes of an open circuit (a paused API).
     pub circuit_max_backoff_ms: u64,
@@ -220,6 +223,7 @@ data_dir = "./data"
 region = "sandbox"
 track_rps = 100
 app_rps = 100
+broadcast_interval_ms = 10000
 timeout_ms = 10000
 circuit_max_backoff_ms = 60000
 circuit_failure_threshold = 3
@@ -427,6 +431,12 @@ impl Settings {
         }
         if self.customerio.track_rps == 0 {
             return Err(invalid("customerio.track_rps", "must be at least 1"));
+        }
+        if self.customerio.broadcast_interval_ms == 0 {
+            return Err(invalid(
+                "customerio.broadcast_interval_ms",
+                "must be at least 1",
+            ));
         }
         if self.customerio.app_rps == 0 {
             return Err(invalid("customerio.app_rps", "must be at least 1"));

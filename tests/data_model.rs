@@ -342,6 +342,86 @@ async fn in_app_and_inbox_messages_are_sent_on_their_channels() {
     producer.close().await;
 }
 
+/// Publishes three triggers of broadcast 12 and one of 13 through a gateway allowed one
+/// broadcast per `gateway_ms`, to a sandbox that allows one per `sandbox_ms`.
+async fn trigger_broadcasts(tag: &str, gateway_ms: u64, sandbox_ms: u64) -> (Vec<Record>, u64) {
+    let vhost = TestVhost::new(&format!("data-broadcasts-{tag}"));
+    let sandbox = sandbox::spawn(SandboxConfig {
+        broadcast_interval: Duration::from_millis(sandbox_ms),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let producer = producer(&vhost).await;
+    let extra = [(
+        "GATEWAY__CUSTOMERIO__BROADCAST_INTERVAL_MS",
+        gateway_ms.to_string(),
+    )];
+    let gateway = start_gateway(&gateway_env(
+        &vhost,
+        &sandbox.track_url(),
+        &sandbox.app_url(),
+        &extra,
+    ))
+    .await;
+    let publisher = Publisher::new(producer.clone());
+    for (n, id) in [(1, 12), (2, 13), (3, 12), (4, 12)] {
+        publisher
+            .publish(json!({"type": "broadcast", "payload": {"broadcastId": id,
+                "data": {"n": n}, "ids": ["42"]}}))
+            .await
+            .unwrap();
+    }
+    let triggers = || -> Vec<Record> {
+        sandbox
+            .sandbox
+            .records()
+            .into_iter()
+            .filter(|r| r.action == "trigger_broadcast")
+            .collect()
+    };
+    let all = eventually(WAIT, || triggers().len() == 4).await;
+    assert!(all, "{tag}: {:#?}", sandbox.sandbox.records());
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "{tag}");
+    let rate_limited = sandbox.sandbox.stats().rate_limited;
+    gateway.shutdown().await;
+    producer.close().await;
+    (triggers(), rate_limited)
+}
+
+#[actix_rt::test]
+async fn broadcasts_keep_their_own_pace_and_their_order() {
+    // The gateway's interval is a little longer than the one the sandbox enforces: not one 429.
+    let (triggers, rate_limited) = trigger_broadcasts("paced", 400, 300).await;
+    assert_eq!(rate_limited, 0, "the gateway kept the broadcast interval");
+    for pair in triggers.windows(2) {
+        let gap = pair[1].received_at_ms - pair[0].received_at_ms;
+        assert!(gap >= 300, "triggers {gap} ms apart: {triggers:#?}");
+    }
+    let of_12: Vec<_> = triggers
+        .iter()
+        .filter(|r| r.path == "/v1/campaigns/12/triggers")
+        .map(|r| r.body["trigger"]["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        of_12,
+        [1, 3, 4],
+        "one broadcast's triggers in publish order"
+    );
+    assert_eq!(triggers[0].body["trigger"]["ids"], json!(["42"]));
+
+    // A workspace that allows fewer than configured answers 429s: each trigger waits for its
+    // Retry-After, and all of them still arrive, in order, none dead-lettered.
+    let (triggers, rate_limited) = trigger_broadcasts("throttled", 50, 700).await;
+    assert!(rate_limited > 0, "the sandbox throttled nothing");
+    let of_12: Vec<_> = triggers
+        .iter()
+        .filter(|r| r.path == "/v1/campaigns/12/triggers")
+        .map(|r| r.body["trigger"]["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(of_12, [1, 3, 4]);
+}
+
 #[actix_rt::test]
 async fn an_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
     let vhost = TestVhost::new("data-anonymous-invalid");

@@ -318,6 +318,7 @@ mod tests {
             app_api_key: None,
             track_rps: 1000,
             app_rps: 1000,
+            broadcast_interval_ms: 10,
             timeout_ms: 5000,
             circuit_max_backoff_ms: 2000,
             circuit_failure_threshold: 3,

@@ -1,10 +1,12 @@
-//! TransactionalActor: App API sends, with template names resolved from `[templates]`.
+//! TransactionalActor: App API sends, with template names resolved from `[templates]`, and
+//! API-triggered broadcasts.
 
 use super::messages::{Deliver, Delivered, Failure};
 use super::panic_guard::{fault_hook, guarded};
 use crate::customerio::{CustomerIo, unless_cancelled};
 use crate::domain::{Operation, TemplateRef};
 use actix::prelude::*;
+use futures::FutureExt as _;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -44,23 +46,31 @@ impl Handler<Deliver> for TransactionalActor {
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
         guarded(|| {
             fault_hook(msg.envelope.user.as_str());
-            let request = match msg.envelope.operation {
-                Operation::Transactional(request) => Ok(request),
-                _ => Err(Failure::invalid("not a transactional message")),
-            };
-            let message_id = request
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|r| self.message_id(&r.template));
             let client = self.client.clone();
-            async move {
-                let (request, message_id) = (request?, message_id?);
-                unless_cancelled(msg.cancel, client.send(&request, message_id.as_ref()))
-                    .await
-                    .map(|receipt| Delivered {
-                        delivery_id: Some(receipt.delivery_id).filter(|id| !id.is_empty()),
-                    })
-                    .map_err(Failure::from)
+            let cancel = msg.cancel;
+            match msg.envelope.operation {
+                Operation::Transactional(request) => {
+                    let message_id = self.message_id(&request.template);
+                    async move {
+                        let message_id = message_id?;
+                        unless_cancelled(cancel, client.send(&request, message_id.as_ref()))
+                            .await
+                            .map(|receipt| Delivered {
+                                delivery_id: Some(receipt.delivery_id).filter(|id| !id.is_empty()),
+                            })
+                            .map_err(Failure::from)
+                    }
+                    .boxed_local()
+                }
+                Operation::Broadcast(trigger) => async move {
+                    unless_cancelled(cancel, client.trigger_broadcast(&trigger))
+                        .await
+                        .map(|()| Delivered::default())
+                        .map_err(Failure::from)
+                }
+                .boxed_local(),
+                _ => std::future::ready(Err(Failure::invalid("not a transactional message")))
+                    .boxed_local(),
             }
         })
     }

@@ -26,6 +26,8 @@ const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
 pub(crate) struct Budget {
     api: &'static str,
     ceiling: f64,
+    /// A 429 never lowers the rate below this.
+    floor: f64,
     state: Mutex<State>,
 }
 
@@ -46,12 +48,23 @@ impl Budget {
         if rps == 0 {
             return Err(CioError::invalid(format!("{key} must be at least 1")));
         }
+        Ok(Self::new(api, f64::from(rps), MIN_RPS))
+    }
+
+    /// One request per `interval`, never less often (API-triggered broadcasts: "1 request every
+    /// 10 seconds"); a 429 still pauses for its `Retry-After`.
+    pub(crate) fn every(interval: Duration, api: &'static str) -> Self {
+        let ceiling = 1.0 / interval.as_secs_f64().max(0.001);
+        Self::new(api, ceiling, ceiling)
+    }
+
+    fn new(api: &'static str, ceiling: f64, floor: f64) -> Self {
         let now = Instant::now();
-        let ceiling = f64::from(rps);
         metrics::gauge!(metric::RATE_LIMIT_RPS, "api" => api).set(ceiling);
-        Ok(Self {
+        Self {
             api,
             ceiling,
+            floor: floor.min(ceiling),
             state: Mutex::new(State {
                 rps: ceiling,
                 // A fresh budget has its burst available, as after idling.
@@ -61,7 +74,7 @@ impl Budget {
                 throttles: 0,
                 paused_until: now,
             }),
-        })
+        }
     }
 
     /// Waits until one request fits the budget, and spends it.
@@ -80,8 +93,11 @@ impl Budget {
         let mut state = self.state.lock();
         let now = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / state.rps);
-        // A burst is BURST's worth of requests, not one more.
-        let earliest = (now + interval).checked_sub(BURST).unwrap_or(now);
+        // A burst is BURST's worth of requests, not one more; and at least one request, so a
+        // slow budget (one per 10 s) sends its first at once.
+        let earliest = (now + interval)
+            .checked_sub(BURST.max(interval))
+            .unwrap_or(now);
         let base = state.next.max(earliest);
         state.next = base + interval;
         (base.max(now), state.throttles)
@@ -124,7 +140,7 @@ impl Budget {
             .is_some_and(|at| now.duration_since(at) < DECREASE_COOLDOWN);
         if !recent {
             state.last_decrease = Some(now);
-            state.rps = (state.rps / 2.0).max(MIN_RPS);
+            state.rps = (state.rps / 2.0).max(self.floor);
             metrics::gauge!(metric::RATE_LIMIT_RPS, "api" => self.api).set(state.rps);
             tracing::info!(
                 api = self.api,
@@ -161,6 +177,27 @@ mod tests {
         assert!(
             took >= Duration::from_millis(2650) && took <= Duration::from_millis(2850),
             "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_of_one_per_interval_sends_the_first_at_once_then_one_per_interval() {
+        let b = Budget::every(Duration::from_secs(10), "broadcast");
+        let started = Instant::now();
+        b.acquire().await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "the first at once");
+        b.acquire().await;
+        b.acquire().await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(20),
+            "then one per 10 s"
+        );
+        b.on_throttled(None);
+        assert_eq!(
+            b.rate(),
+            0.1,
+            "a 429 never makes it rarer than its interval"
         );
     }
 

@@ -18,7 +18,8 @@ pub use region::{BaseUrls, EU_APP_URL, EU_TRACK_URL, US_APP_URL, US_TRACK_URL};
 use crate::config::{CustomerIoSettings, Region};
 use crate::domain::limits::{MAX_V2_BATCH_BYTES, MAX_V2_OPERATION_BYTES};
 use crate::domain::{
-    Attributes, Device, Event, Operation, PersonRef, TransactionalRequest, UserId, View,
+    Attributes, BroadcastTrigger, Device, Event, Operation, PersonRef, TransactionalRequest,
+    UserId, View,
 };
 use crate::sandbox::{SANDBOX_API_KEY, SANDBOX_APP_API_KEY, SANDBOX_SITE_ID};
 use crate::telemetry::metric;
@@ -94,6 +95,7 @@ struct Inner {
     app_api_key: Option<String>,
     track_budget: Budget,
     app_budget: Budget,
+    broadcast_budget: Budget,
     track_circuit: Arc<Circuit>,
     app_circuit: Arc<Circuit>,
 }
@@ -110,6 +112,8 @@ enum Api {
     TrackV1,
     TrackV2,
     App,
+    /// App API broadcast triggers: the App API's circuit and credentials, a budget of their own.
+    Broadcast,
 }
 
 impl Api {
@@ -117,7 +121,7 @@ impl Api {
     fn family(self) -> &'static str {
         match self {
             Api::TrackV1 | Api::TrackV2 => "track",
-            Api::App => "app",
+            Api::App | Api::Broadcast => "app",
         }
     }
 
@@ -126,6 +130,7 @@ impl Api {
             Api::TrackV1 => "track_v1",
             Api::TrackV2 => "track_v2",
             Api::App => "app",
+            Api::Broadcast => "broadcast",
         }
     }
 }
@@ -203,6 +208,10 @@ impl CustomerIo {
                     "track",
                 )?,
                 app_budget: Budget::per_second(settings.app_rps, "customerio.app_rps", "app")?,
+                broadcast_budget: Budget::every(
+                    Duration::from_millis(settings.broadcast_interval_ms.max(1)),
+                    "broadcast",
+                ),
                 track_circuit: Circuit::new("track", threshold, max_backoff),
                 app_circuit: Circuit::new("app", threshold, max_backoff),
             }),
@@ -442,6 +451,23 @@ impl CustomerIo {
         }))
     }
 
+    /// `POST /v1/campaigns/{id}/triggers`: an API-triggered broadcast, at most one per
+    /// `customerio.broadcast_interval_ms`.
+    pub async fn trigger_broadcast(&self, trigger: &BroadcastTrigger) -> Result<(), CioError> {
+        if self.inner.app_api_key.is_none() {
+            return Err(CioError::invalid(
+                "customerio.app_api_key is not configured; broadcasts need it",
+            ));
+        }
+        let body =
+            serde_json::to_vec(&trigger.body).map_err(|e| CioError::invalid(e.to_string()))?;
+        let url = format!("{}{}", self.inner.urls.app, wire::broadcast_path(trigger));
+        self.execute(Api::Broadcast, Method::POST, url, Some(body), 1)
+            .await?
+            .success()
+            .map(drop)
+    }
+
     /// Serialized bytes of the v2 operation of `call` (0 if it has none), so a batcher can cut
     /// batches under the 500 KB limit.
     pub fn v2_operation_size(call: &TrackCall) -> usize {
@@ -544,7 +570,7 @@ impl CustomerIo {
     fn circuit(&self, api: Api) -> &Arc<Circuit> {
         match api {
             Api::TrackV1 | Api::TrackV2 => &self.inner.track_circuit,
-            Api::App => &self.inner.app_circuit,
+            Api::App | Api::Broadcast => &self.inner.app_circuit,
         }
     }
 
@@ -552,6 +578,7 @@ impl CustomerIo {
         match api {
             Api::TrackV1 | Api::TrackV2 => &self.inner.track_budget,
             Api::App => &self.inner.app_budget,
+            Api::Broadcast => &self.inner.broadcast_budget,
         }
     }
 
@@ -686,7 +713,7 @@ impl CustomerIo {
             Api::TrackV1 | Api::TrackV2 => {
                 builder = builder.basic_auth(&inner.site_id, Some(&inner.api_key));
             }
-            Api::App => {
+            Api::App | Api::Broadcast => {
                 let key = inner.app_api_key.as_deref().unwrap_or_default();
                 builder = builder.bearer_auth(key);
             }
@@ -761,7 +788,18 @@ fn classify(api: Api, path: &str, status: u16) -> Class {
             "Customer.io refused the {} credentials (401)",
             api.family()
         )),
-        403 if api == Api::App && (path.ends_with("/send/sms") || path.ends_with("/send/push")) => {
+        // "Requests sent to a workspace without the in-app capability return 403" (likewise
+        // SMS and push): the channel is off for the whole workspace.
+        403 if api == Api::App
+            && [
+                "/send/sms",
+                "/send/push",
+                "/send/in_app",
+                "/send/inbox_message",
+            ]
+            .iter()
+            .any(|channel| path.ends_with(channel)) =>
+        {
             Class::Workspace(format!(
                 "the channel of {path} is not enabled for the workspace (403)"
             ))

@@ -81,6 +81,7 @@ mod tests {
             app_api_key: None,
             track_rps: 100,
             app_rps: 100,
+            broadcast_interval_ms: 10,
             timeout_ms: 1000,
             circuit_max_backoff_ms: 200,
             circuit_failure_threshold: 3,

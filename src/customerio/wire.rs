@@ -19,8 +19,8 @@ use crate::domain::limits::{
     MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES, STRUCTURED_ATTRIBUTES,
 };
 use crate::domain::{
-    Attributes, Channel, Device, Event, ObjectAction, ObjectOp, Operation, PersonRef, TemplateRef,
-    TransactionalRequest,
+    Attributes, BroadcastTrigger, Channel, Device, Event, ObjectAction, ObjectOp, Operation,
+    PersonRef, TemplateRef, TransactionalRequest,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
@@ -95,7 +95,7 @@ pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
             "/merge_customers".to_string(),
             Some(json!({"primary": person_ref(primary), "secondary": person_ref(secondary)})),
         ),
-        Operation::Transactional(_) => return Err(not_track()),
+        Operation::Transactional(_) | Operation::Broadcast(_) => return Err(not_track()),
         Operation::Object(_) => return Err(v2_only()),
         // One person per request, so a person's membership changes stay in their order; the
         // identifier's kind is `id_type` ("we'll ignore values in the ids array that don't
@@ -212,7 +212,7 @@ pub fn v2_operation(call: &TrackCall) -> Result<Value, CioError> {
             op.insert("secondary".into(), person_ref(secondary));
             return Ok(Value::Object(op));
         }
-        Operation::Transactional(_) => return Err(not_track()),
+        Operation::Transactional(_) | Operation::Broadcast(_) => return Err(not_track()),
         Operation::Object(object) => return Ok(v2_object(object)),
         Operation::Segment { .. } => return Err(v1_only()),
     };
@@ -312,7 +312,7 @@ pub fn check_limits(call: &TrackCall) -> Result<(), CioError> {
             check_identifier(&format!("primary.{}", primary.kind), &primary.value)?;
             check_identifier(&format!("secondary.{}", secondary.kind), &secondary.value)
         }
-        Operation::Transactional(_) => Err(not_track()),
+        Operation::Transactional(_) | Operation::Broadcast(_) => Err(not_track()),
         Operation::Object(object) => check_object(object),
         Operation::Segment { .. }
         | Operation::Delete
@@ -423,6 +423,11 @@ pub fn send_path(channel: Channel) -> &'static str {
     }
 }
 
+/// The App API path that triggers a broadcast, relative to the `.../v1` base.
+pub fn broadcast_path(trigger: &BroadcastTrigger) -> String {
+    format!("/campaigns/{}/triggers", trigger.broadcast_id)
+}
+
 /// The App API send body: the request's fields, the resolved `transactional_message_id`, and
 /// `identifiers` as exactly one of `id`, `email` or `cio_id`.
 pub fn send_body(
@@ -510,7 +515,7 @@ fn not_anonymous() -> CioError {
 }
 
 fn not_track() -> CioError {
-    CioError::invalid("a transactional send is not a Track API call")
+    CioError::invalid("a transactional send or a broadcast is not a Track API call")
 }
 
 #[cfg(test)]

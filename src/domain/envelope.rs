@@ -3,7 +3,7 @@
 use super::attributes::kind as json_kind;
 use super::event::object;
 use super::{
-    Attributes, CorrelationId, Device, Event, ObjectOp, ParseError, PersonRef,
+    Attributes, BroadcastTrigger, CorrelationId, Device, Event, ObjectOp, ParseError, PersonRef,
     TransactionalRequest, UserId, View, limits,
 };
 use serde_json::{Map, Value};
@@ -25,6 +25,7 @@ pub enum MessageType {
     Merge,
     Object,
     Segment,
+    Broadcast,
 }
 
 /// Which of the three producer exchanges a message type belongs on.
@@ -36,7 +37,7 @@ pub enum Route {
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 13] = [
+    pub const ALL: [MessageType; 14] = [
         Self::Identify,
         Self::Track,
         Self::Transactional,
@@ -50,6 +51,7 @@ impl MessageType {
         Self::Merge,
         Self::Object,
         Self::Segment,
+        Self::Broadcast,
     ];
 
     pub fn parse(value: &str) -> Option<Self> {
@@ -71,6 +73,7 @@ impl MessageType {
             Self::Merge => "merge",
             Self::Object => "object",
             Self::Segment => "segment",
+            Self::Broadcast => "broadcast",
         }
     }
 
@@ -83,7 +86,7 @@ impl MessageType {
     pub fn route(self) -> Route {
         match self {
             Self::Track | Self::Page | Self::Screen => Route::Track,
-            Self::Transactional => Route::Transactional,
+            Self::Transactional | Self::Broadcast => Route::Transactional,
             _ => Route::Identify,
         }
     }
@@ -112,6 +115,7 @@ pub enum Operation {
         segment_id: u32,
         add: bool,
     },
+    Broadcast(BroadcastTrigger),
 }
 
 /// A parsed envelope. `timestamp` is milliseconds since the epoch, as published. `user` orders
@@ -177,8 +181,12 @@ impl Envelope {
             Some(Value::String(s)) => Some(CorrelationId::parse(s)?),
             Some(_) => return Err(ParseError::new("correlationId", "must be a string")),
         };
-        if kind == MessageType::Object {
-            return Self::object_from(obj, timestamp, correlation_id);
+        match kind {
+            MessageType::Object => return Self::object_from(obj, timestamp, correlation_id),
+            MessageType::Broadcast => {
+                return Self::broadcast_from(obj, timestamp, correlation_id);
+            }
+            _ => {}
         }
         let user_id = optional_key(obj, "userId")?;
         let anonymous_id = optional_key(obj, "anonymousId")?;
@@ -248,16 +256,53 @@ impl Envelope {
             obj.get("objectId"),
             obj.get("payload").unwrap_or(&empty),
         )?;
-        let user = UserId::ordering_key(op.routing_key());
-        Ok(Self {
-            kind: MessageType::Object,
+        let key = op.routing_key();
+        Ok(Self::of_no_person(
+            MessageType::Object,
+            key,
+            Operation::Object(op),
+            timestamp,
+            correlation_id,
+        ))
+    }
+
+    /// A `broadcast` envelope: it orders and routes by `broadcast:<broadcastId>`.
+    fn broadcast_from(
+        obj: &Map<String, Value>,
+        timestamp: Option<i64>,
+        correlation_id: Option<CorrelationId>,
+    ) -> Result<Self, ParseError> {
+        let empty = Value::Object(Map::new());
+        let trigger = BroadcastTrigger::parse(obj.get("payload").unwrap_or(&empty))
+            .map_err(|e| e.within("payload"))?;
+        let key = trigger.routing_key();
+        Ok(Self::of_no_person(
+            MessageType::Broadcast,
+            key,
+            Operation::Broadcast(trigger),
+            timestamp,
+            correlation_id,
+        ))
+    }
+
+    /// An envelope about no person, ordered by `key` (its `person` is the key, never sent).
+    fn of_no_person(
+        kind: MessageType,
+        key: String,
+        operation: Operation,
+        timestamp: Option<i64>,
+        correlation_id: Option<CorrelationId>,
+    ) -> Self {
+        let user = UserId::ordering_key(key);
+        Self {
+            kind,
             person: PersonRef::id(&user),
             user,
             anonymous_id: None,
             timestamp,
             correlation_id,
-            operation: Operation::Object(op),
-        })
+            operation,
+        }
     }
 }
 
@@ -327,12 +372,9 @@ fn parse_operation(
             Operation::Transactional(TransactionalRequest::parse_for(payload, person.clone())?)
         }
         MessageType::Segment => parse_segment(payload)?,
-        // Objects name no person; `Envelope::object_from` parses them.
-        MessageType::Object => {
-            return Err(ParseError::new(
-                "type",
-                "an object is not a person operation",
-            ));
+        // Objects and broadcasts name no person; `Envelope::from_value` parses them apart.
+        MessageType::Object | MessageType::Broadcast => {
+            return Err(ParseError::new("type", "not a person operation"));
         }
     })
 }

@@ -25,3 +25,8 @@ pub const MAX_V2_BATCH_BYTES: usize = 500 * 1024;
 pub const MAX_ENVELOPE_BYTES: usize = 512 * 1024;
 /// Maximum bytes of a correlation id.
 pub const MAX_CORRELATION_ID_BYTES: usize = 128;
+/// "Trigger Data | 50000 bytes | Max length of the data section in the Trigger call"
+/// (API-triggered broadcasts).
+pub const MAX_TRIGGER_DATA_BYTES: usize = 50_000;
+/// "Recipient List | 10000 recipients | Max number of ids or emails included in the Trigger call".
+pub const MAX_TRIGGER_RECIPIENTS: usize = 10_000;

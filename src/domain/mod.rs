@@ -4,6 +4,7 @@
 //! the edges translate these types, the core only ever sees valid ones.
 
 mod attributes;
+mod broadcast;
 mod correlation_id;
 mod envelope;
 mod error;
@@ -16,6 +17,7 @@ mod user_id;
 pub mod webhook;
 
 pub use attributes::Attributes;
+pub use broadcast::BroadcastTrigger;
 pub use correlation_id::CorrelationId;
 pub use envelope::{Envelope, MessageType, Operation, Route};
 pub use error::ParseError;

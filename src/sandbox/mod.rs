@@ -41,6 +41,9 @@ pub struct SandboxConfig {
     /// Requests per second over all routes; `None` is unlimited.
     pub rps: Option<u32>,
     pub faults: Faults,
+    /// API-triggered broadcasts: "limited to 1 request every 10 seconds"; a trigger sooner is a
+    /// 429 with `Retry-After`.
+    pub broadcast_interval: std::time::Duration,
 }
 
 impl Default for SandboxConfig {
@@ -51,6 +54,7 @@ impl Default for SandboxConfig {
             app_api_key: SANDBOX_APP_API_KEY.into(),
             rps: None,
             faults: Faults::default(),
+            broadcast_interval: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -69,6 +73,9 @@ pub(crate) struct State {
     budget: faults::Budget,
     ledger: Mutex<Ledger>,
     counters: Counters,
+    broadcast_interval: std::time::Duration,
+    /// When the last broadcast trigger was accepted, and how many there were.
+    broadcasts: Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 impl Sandbox {
@@ -81,6 +88,8 @@ impl Sandbox {
             budget: faults::Budget::default(),
             ledger: Mutex::new(Ledger::default()),
             counters: Counters::default(),
+            broadcast_interval: config.broadcast_interval,
+            broadcasts: Mutex::new((None, 0)),
         };
         state.faults.set(config.faults);
         state.budget.set(config.rps);

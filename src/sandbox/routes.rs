@@ -54,6 +54,8 @@ enum Route {
     /// A manual segment's `add_customers` (true) or `remove_customers`.
     Segment(bool),
     Entity,
+    /// `POST /v1/campaigns/{broadcast_id}/triggers`.
+    Broadcast,
     Batch,
     Send(&'static str),
 }
@@ -62,7 +64,7 @@ impl Route {
     fn api(self) -> Api {
         match self {
             Route::Entity | Route::Batch => Api::TrackV2,
-            Route::Send(_) => Api::App,
+            Route::Send(_) | Route::Broadcast => Api::App,
             _ => Api::TrackV1,
         }
     }
@@ -111,6 +113,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, sandbox: &Sandbox) {
     .service(resource("/v1/send/email").route(web::post().to(to!(Route::Send("email")))))
     .service(resource("/v1/send/push").route(web::post().to(to!(Route::Send("push")))))
     .service(resource("/v1/send/sms").route(web::post().to(to!(Route::Send("sms")))))
+    .service(
+        resource("/v1/campaigns/{broadcast_id}/triggers")
+            .route(web::post().to(to!(Route::Broadcast))),
+    )
     .service(resource("/v1/send/in_app").route(web::post().to(to!(Route::Send("in_app")))))
     .service(
         resource("/v1/send/inbox_message").route(web::post().to(to!(Route::Send("inbox_message")))),
@@ -121,6 +127,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, sandbox: &Sandbox) {
 enum Stop {
     Reject(Rejection),
     Inject(Injected),
+    /// Over a documented rate: 429, retry after this many seconds.
+    Throttle(u64),
 }
 
 impl From<Rejection> for Stop {
@@ -136,6 +144,8 @@ enum Outcome {
     Partial(Vec<Accepted>, Vec<Value>),
     /// Record the send; answer its receipt.
     Sent(Box<Accepted>, String, i64),
+    /// Record the broadcast trigger; answer its id.
+    Triggered(Box<Accepted>, u64),
 }
 
 /// The request as the recorder needs it.
@@ -235,19 +245,7 @@ async fn handle(
         );
     }
     if let Err(seconds) = state.budget.check() {
-        Counters::add(&state.counters.rate_limited, 1);
-        let mut response = error(
-            api,
-            StatusCode::TOO_MANY_REQUESTS,
-            &Rejection {
-                status: 429,
-                reason: "rate_limited",
-                field: String::new(),
-                message: "Too many requests: over the request budget".into(),
-            },
-        );
-        set_retry_after(&mut response, seconds);
-        return response;
+        return throttled(state, api, seconds, "over the request budget");
     }
     if let Some(injected) = state.faults.inject() {
         Counters::add(&state.counters.injected_failures, 1);
@@ -266,6 +264,7 @@ async fn handle(
         Route::Entity => entity(&ctx, &body),
         Route::Batch => batch(&ctx, &body),
         Route::Send(channel) => send(&ctx, channel, &body),
+        Route::Broadcast => broadcast(&ctx, &body),
         _ => track_v1(&ctx, route, &body),
     };
     match outcome {
@@ -275,6 +274,7 @@ async fn handle(
             Counters::add(&state.counters.injected_failures, 1);
             injected_response(api, injected)
         }
+        Err(Stop::Throttle(seconds)) => throttled(state, api, seconds, "over the documented rate"),
     }
 }
 
@@ -350,7 +350,9 @@ fn track_v1(ctx: &Ctx<'_>, route: Route, body: &[u8]) -> Result<Outcome, Stop> {
             ctx.accepted(OpInfo::new(Some(user), action, None), Value::Null)
         }
         Route::Segment(add) => return segment(ctx, add, body),
-        Route::Entity | Route::Batch | Route::Send(_) => unreachable!("not a v1 route"),
+        Route::Entity | Route::Batch | Route::Send(_) | Route::Broadcast => {
+            unreachable!("not a v1 route")
+        }
     };
     Ok(Outcome::Accept(vec![op]))
 }
@@ -547,6 +549,10 @@ fn finish(state: &State, api: Api, outcome: Outcome) -> HttpResponse {
             record(vec![*op]);
             HttpResponse::Ok().json(json!({"delivery_id": delivery_id, "queued_at": queued_at}))
         }
+        Outcome::Triggered(op, id) => {
+            record(vec![*op]);
+            HttpResponse::Ok().json(json!({ "id": id }))
+        }
     }
 }
 
@@ -608,6 +614,52 @@ fn redirect(api: Api, status: u16, path: &str) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((actix_web::http::header::LOCATION, format!("{host}{path}")))
         .finish()
+}
+
+/// A 429 with `Retry-After`, counted.
+fn throttled(state: &State, api: Api, seconds: u64, why: &str) -> HttpResponse {
+    Counters::add(&state.counters.rate_limited, 1);
+    let mut response = error(
+        api,
+        StatusCode::TOO_MANY_REQUESTS,
+        &Rejection {
+            status: 429,
+            reason: "rate_limited",
+            field: String::new(),
+            message: format!("Too many requests: {why}"),
+        },
+    );
+    set_retry_after(&mut response, seconds);
+    response
+}
+
+/// `POST /v1/campaigns/{broadcast_id}/triggers`: validated as documented, at most one per
+/// `broadcast_interval` (a sooner one is a 429, and is not recorded); answers the trigger id.
+fn broadcast(ctx: &Ctx<'_>, body: &[u8]) -> Result<Outcome, Stop> {
+    let broadcast_id = ctx.segment("broadcast_id")?;
+    if !broadcast_id.parse::<u32>().is_ok_and(|id| id >= 1) {
+        return Err(Rejection::invalid("broadcast_id", "broadcast_id must be an integer").into());
+    }
+    let map = validate::object_body(body, true)?;
+    validate::broadcast_trigger(&map)?;
+    let id = {
+        let mut last = ctx.state.broadcasts.lock();
+        let now = std::time::Instant::now();
+        if let Some(at) = last.0 {
+            let since = now.duration_since(at);
+            if since < ctx.state.broadcast_interval {
+                let wait = (ctx.state.broadcast_interval - since).as_secs_f64().ceil() as u64;
+                return Err(Stop::Throttle(wait.max(1)));
+            }
+        }
+        *last = (Some(now), last.1 + 1);
+        last.1
+    };
+    let op = ctx.accepted(
+        OpInfo::new(None, "trigger_broadcast", None),
+        json!({"broadcast_id": broadcast_id, "trigger": map}),
+    );
+    Ok(Outcome::Triggered(Box::new(op), id))
 }
 
 fn set_retry_after(response: &mut HttpResponse, seconds: u64) {

@@ -415,6 +415,53 @@ pub(crate) fn segment_ids(map: &Map<String, Value>, id_type: &str) -> Checked<Ve
     Ok(people)
 }
 
+/// An API-triggered broadcast's trigger body ("Trigger Data | 50000 bytes", "Recipient List |
+/// 10000 recipients"): `data` an object, at most one of `recipients` (a filter object), `ids`
+/// and `emails` (lists).
+pub(crate) fn broadcast_trigger(map: &Map<String, Value>) -> Checked<()> {
+    use crate::domain::limits::{MAX_TRIGGER_DATA_BYTES, MAX_TRIGGER_RECIPIENTS};
+    if let Some(data) = optional_object(map, "data")? {
+        let size = json_len(&Value::Object(data.clone()));
+        if size > MAX_TRIGGER_DATA_BYTES {
+            return Err(Rejection::too_large(
+                "data",
+                format!("data is {size} bytes, at most {MAX_TRIGGER_DATA_BYTES} allowed"),
+            ));
+        }
+    }
+    let audiences: Vec<&str> = [
+        "recipients",
+        "ids",
+        "emails",
+        "per_user_data",
+        "data_file_url",
+    ]
+    .into_iter()
+    .filter(|k| map.get(*k).is_some_and(|v| !v.is_null()))
+    .collect();
+    if audiences.len() > 1 {
+        return Err(Rejection::invalid(
+            audiences[1],
+            format!("only one of {} may be given", audiences.join(", ")),
+        ));
+    }
+    optional_object(map, "recipients")?;
+    for key in ["ids", "emails"] {
+        match map.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(list)) if list.len() <= MAX_TRIGGER_RECIPIENTS => {}
+            Some(Value::Array(_)) => {
+                return Err(Rejection::invalid(
+                    key,
+                    format!("{key} lists more than {MAX_TRIGGER_RECIPIENTS} recipients"),
+                ));
+            }
+            Some(_) => return Err(Rejection::invalid(key, format!("{key} must be an array"))),
+        }
+    }
+    Ok(())
+}
+
 /// One v2 operation (`/entity` body or `batch` element).
 pub(crate) fn v2_operation(op: &Value) -> Checked<OpInfo> {
     let Some(map) = op.as_object() else {
