@@ -31,6 +31,18 @@ async fn main() -> anyhow::Result<()> {
     let id = publisher.publish(track).await?;
     println!("track confirmed, correlationId {id}");
 
+    // The other kinds go the same way; the publisher routes each by its own key: an anonymous
+    // visitor's screen view by the anonymousId, a company object by object:<type>:<id>.
+    for envelope in [
+        json!({"type": "screen", "anonymousId": format!("anon-{user}"), "payload": {"name": "Home"}}),
+        json!({"type": "identify", "userId": user, "anonymousId": format!("anon-{user}"), "payload": {}}),
+        json!({"type": "object", "objectTypeId": "1", "objectId": "acme",
+            "payload": {"action": "identify", "relationships": [{"identifiers": {"id": user}}]}}),
+    ] {
+        let id = publisher.publish(envelope).await?;
+        println!("confirmed, correlationId {id}");
+    }
+
     // Invalid envelopes are refused before anything is sent, naming the field.
     match publisher
         .publish(json!({"type": "track", "userId": user, "payload": {}}))

@@ -152,7 +152,8 @@ async fn tap_properties(vhost: &TestVhost) -> Vec<(Option<u8>, Option<String>)> 
     out
 }
 
-/// Runs an example for five senders (users, or anonymous visitors with `--anonymous-id`).
+/// Runs an example for five senders (users, anonymous visitors with `--anonymous-id`, or objects
+/// of type 1 with `--object`).
 async fn check(language: &str, example: Command, kind: MessageType, sender_flag: &str) {
     let vhost = TestVhost::new(&format!("producers-{language}-{}", kind.as_str()));
     let broker = broker::connect(&vhost.url, topology())
@@ -163,12 +164,17 @@ async fn check(language: &str, example: Command, kind: MessageType, sender_flag:
     let mut example = example;
     example.arg(kind.as_str());
     for u in users {
-        example.args([sender_flag, u]);
+        let sender = if sender_flag == "--object" {
+            format!("1:{u}")
+        } else {
+            u.to_string()
+        };
+        example.args([sender_flag, &sender]);
     }
     example.args(["--count", &per_user.to_string()]);
     example.args([
         "--payload",
-        r#"{"name": "step", "path": "/step", "plan": "pro"}"#,
+        r#"{"name": "step", "path": "/step", "plan": "pro", "action": "identify"}"#,
     ]);
     let ids = run_example(example, &vhost);
     let expected = users.len() * per_user;
@@ -242,6 +248,15 @@ async fn python_pika_example_publishes_anonymous_screen_views() {
 }
 
 #[tokio::test]
+async fn python_pika_example_publishes_objects_by_their_own_key() {
+    setup("python");
+    let mut cmd = Command::new("python3");
+    cmd.env("PYTHONPATH", cache().join("python"))
+        .arg(repo().join("examples/python/publish.py"));
+    check("python", cmd, MessageType::Object, "--object").await;
+}
+
+#[tokio::test]
 async fn node_amqplib_example_publishes_to_the_partitions() {
     setup("node");
     let mut cmd = Command::new("node");
@@ -257,4 +272,13 @@ async fn node_amqplib_example_publishes_anonymous_page_views() {
     cmd.env("NODE_PATH", cache().join("node/node_modules"))
         .arg(repo().join("examples/node/publish.js"));
     check("node", cmd, MessageType::Page, "--anonymous-id").await;
+}
+
+#[tokio::test]
+async fn node_amqplib_example_publishes_objects_by_their_own_key() {
+    setup("node");
+    let mut cmd = Command::new("node");
+    cmd.env("NODE_PATH", cache().join("node/node_modules"))
+        .arg(repo().join("examples/node/publish.js"));
+    check("node", cmd, MessageType::Object, "--object").await;
 }

@@ -10,8 +10,10 @@
 //   AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f \
 //     node examples/node/publish.js track --user 42 --payload '{"name": "signup"}'
 //
-// Prints one JSON line per confirmed envelope. Options: --user (repeatable), --payload JSON,
-// --count N (envelopes per user), --url URL (default $AMQP_URL).
+// Prints one JSON line per confirmed envelope. Options: --user, --anonymous-id (an anonymous
+// track, page or screen), --object TYPE:ID (an object envelope; routing key object:TYPE:ID), all
+// repeatable; --payload JSON, --count N (envelopes per sender), --url URL (default $AMQP_URL).
+// A broadcast needs no sender: its routing key is broadcast:<payload.broadcastId>.
 'use strict';
 
 const amqp = require('amqplib');
@@ -25,10 +27,13 @@ const EXCHANGES = {
   addDevice: 'customerio.identify',
   deleteDevice: 'customerio.identify',
   merge: 'customerio.identify',
+  object: 'customerio.identify',
+  segment: 'customerio.identify',
   track: 'customerio.track',
   page: 'customerio.track',
   screen: 'customerio.track',
   transactional: 'customerio.transactional',
+  broadcast: 'customerio.transactional',
 };
 
 const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
@@ -53,16 +58,24 @@ function parseArgs(argv) {
     const flag = rest.shift();
     const value = rest.shift();
     if (value === undefined) throw new Error(`${flag} needs a value`);
-    if (flag === '--user') args.senders.push(['userId', value]);
+    // [what names the subject, routing key]: one subject's messages share a key, so stay in order.
+    if (flag === '--user') args.senders.push([{ userId: value }, value]);
     // A visitor not identified yet: an anonymous track, page or screen, routed by the anonymousId.
-    else if (flag === '--anonymous-id') args.senders.push(['anonymousId', value]);
+    else if (flag === '--anonymous-id') args.senders.push([{ anonymousId: value }, value]);
+    else if (flag === '--object') {
+      const [objectTypeId, objectId] = value.split(/:(.*)/s);
+      args.senders.push([{ objectTypeId, objectId }, `object:${value}`]);
+    }
     else if (flag === '--payload') args.payload = value;
     else if (flag === '--count') args.count = Number(value);
     else if (flag === '--url') args.url = value;
     else throw new Error(`unknown option ${flag}`);
   }
   if (!EXCHANGES[args.type]) throw new Error(`type must be one of ${Object.keys(EXCHANGES).join(', ')}`);
-  if (!args.senders.length) throw new Error('give at least one --user or --anonymous-id');
+  if (args.type === 'broadcast') {
+    args.senders = [[{}, `broadcast:${JSON.parse(args.payload).broadcastId}`]];
+  }
+  if (!args.senders.length) throw new Error('give at least one --user, --anonymous-id or --object');
   return args;
 }
 
@@ -77,10 +90,10 @@ async function main() {
     channel.on('return', (msg) => { unroutable = msg.fields.routingKey; });
     const confirmed = [];
     for (let n = 0; n < args.count; n++) {
-      for (const [who, key] of args.senders) {
+      for (const [names, key] of args.senders) {
         const envelope = {
           type: args.type,
-          [who]: key,
+          ...names,
           payload: args.type === 'identify' ? { ...payload, seq: n } : payload,
           timestamp: Date.now(),
           correlationId: ulid(),
@@ -97,7 +110,7 @@ async function main() {
       }
     }
     for (const envelope of await Promise.all(confirmed)) {
-      console.log(JSON.stringify({ published: true, correlationId: envelope.correlationId, exchange, userId: envelope.userId, anonymousId: envelope.anonymousId }));
+      console.log(JSON.stringify({ published: true, correlationId: envelope.correlationId, exchange }));
     }
     await channel.waitForConfirms();
     if (unroutable !== null) throw new Error(`unroutable: no queue bound for user ${unroutable}`);
