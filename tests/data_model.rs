@@ -423,6 +423,44 @@ async fn broadcasts_keep_their_own_pace_and_their_order() {
 }
 
 #[actix_rt::test]
+async fn an_event_too_big_for_v2_goes_by_v1_in_the_persons_order() {
+    let vhost = TestVhost::new("data-v1-fallback");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let producer = producer(&vhost).await;
+    let gateway = start_gateway(&gateway_env(
+        &vhost,
+        &sandbox.track_url(),
+        &sandbox.app_url(),
+        &[("GATEWAY__DELIVERY__TRACK_API", "v2".to_string())],
+    ))
+    .await;
+    let publisher = Publisher::new(producer.clone());
+    let blob = "x".repeat(60 * 1024);
+    for (n, data) in [(0, json!({})), (1, json!({"blob": blob})), (2, json!({}))] {
+        publisher
+            .publish(json!({"type": "track", "userId": "big",
+                "payload": {"name": format!("e{n}"), "data": data}}))
+            .await
+            .unwrap();
+    }
+    let arrived = eventually(WAIT, || sandbox.sandbox.records_for("big").len() == 3).await;
+    let records = sandbox.sandbox.records_for("big");
+    assert!(arrived, "{records:#?}");
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| (r.api.as_str(), r.body["name"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        seen,
+        [("track_v2", "e0"), ("track_v1", "e1"), ("track_v2", "e2")],
+        "the 60 KB event went by v1, in order"
+    );
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0);
+    gateway.shutdown().await;
+    producer.close().await;
+}
+
+#[actix_rt::test]
 async fn an_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
     let vhost = TestVhost::new("data-anonymous-invalid");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();

@@ -52,7 +52,7 @@ pub enum TrackSender {
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Job>,
     watch: Arc<Watch>,
-    /// For the operations v2 has no shape for (manual segments), sent on their own.
+    /// For the calls v2 cannot carry (manual segments, operations over 32 KB), sent by v1.
     client: CustomerIo,
 }
 
@@ -132,7 +132,7 @@ impl TrackSender {
     pub async fn send(&self, call: TrackCall, cancel: CancellationToken) -> Result<(), Failure> {
         let tx = match self {
             TrackSender::V1(client) => return one_request(client, call, cancel).await,
-            TrackSender::V2(b) if wire::only_in_v1(&call.operation) => {
+            TrackSender::V2(b) if wire::by_v1_instead_of_v2(&call) => {
                 return one_request(&b.client, call, cancel).await;
             }
             TrackSender::V2(b) => &b.tx,

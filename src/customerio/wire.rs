@@ -16,7 +16,7 @@
 use super::{CioError, TrackCall};
 use crate::domain::limits::{
     MAX_ATTRIBUTE_NAME_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES_PER_CALL,
-    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES, STRUCTURED_ATTRIBUTES,
+    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES, MAX_V2_OPERATION_BYTES, STRUCTURED_ATTRIBUTES,
 };
 use crate::domain::{
     Attributes, BroadcastTrigger, Channel, Device, Event, ObjectAction, ObjectOp, Operation,
@@ -255,10 +255,37 @@ fn v2_object(object: &ObjectOp) -> Value {
     Value::Object(op)
 }
 
-/// Whether only Track v1 carries the operation (v2 has no manual segments), so a v2 pipeline
-/// sends it on its own.
-pub fn only_in_v1(operation: &Operation) -> bool {
-    matches!(operation, Operation::Segment { .. })
+/// Whether a v2 pipeline sends the call by Track v1, on its own: v2 has no manual segments, and
+/// an operation over v2's 32 KB fits v1's limits when v1 has the call (event data up to
+/// 100000 bytes), instead of being refused.
+pub fn by_v1_instead_of_v2(call: &TrackCall) -> bool {
+    let data = match &call.operation {
+        Operation::Segment { .. } => return true,
+        Operation::Identify(attributes) => attributes,
+        Operation::Track(event) => &event.data,
+        Operation::Page(view) | Operation::Screen(view) => &view.data,
+        // Only v2 has objects (an oversized one is refused by v2's own limit); the rest is small.
+        _ => return false,
+    };
+    // Counting the data's bytes is cheap; the whole operation is built only when it may be big.
+    counted_len(data.as_map()).saturating_add(1024) > MAX_V2_OPERATION_BYTES
+        && v2_operation(call).is_ok_and(|op| json_len(&op) > MAX_V2_OPERATION_BYTES)
+}
+
+/// Serialized size of `value`, counted without building the bytes.
+fn counted_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
 }
 
 /// Serialized size of a JSON value, as it goes on the wire.
@@ -661,6 +688,27 @@ mod tests {
         );
         assert_eq!(r.body.unwrap(), json!({"ids": ["a@example.com"]}));
         assert!(v2_operation(&add).is_err());
+    }
+
+    #[test]
+    fn an_operation_too_big_for_v2_goes_by_v1_when_v1_takes_it() {
+        let event = |bytes: usize| {
+            let mut data = Attributes::default();
+            data.insert("blob", "x".repeat(bytes));
+            Operation::Track(Event {
+                name: EventName::parse("e").unwrap(),
+                data,
+                timestamp: None,
+            })
+        };
+        assert!(!by_v1_instead_of_v2(&call(event(1000))));
+        let big = call(event(40 * 1024));
+        assert!(by_v1_instead_of_v2(&big));
+        assert!(
+            check_limits(&big).is_ok(),
+            "within v1's 100000 bytes of event data"
+        );
+        assert!(!by_v1_instead_of_v2(&call(Operation::Delete)));
     }
 
     #[test]
