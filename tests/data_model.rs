@@ -13,7 +13,7 @@ use cio_gateway::broker::topology::{DLQ_QUEUE, IDENTIFY_EXCHANGE};
 use cio_gateway::publisher::Publisher;
 use cio_gateway::sandbox::{self, Record, SandboxConfig};
 use common::{TestVhost, eventually, eventually_async};
-use faults::{depth, gateway_env, producer, start_gateway};
+use faults::{assert_ordered, delivered_seqs, depth, gateway_env, producer, start_gateway};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -534,5 +534,81 @@ async fn an_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
     }
     drop(stream);
     gateway.shutdown().await;
+    producer.close().await;
+}
+
+/// Objects, anonymous visitors and people, interleaved, through three replicas that take over
+/// from each other: each key's messages are delivered by all three in turn, in order, none lost.
+#[actix_rt::test]
+async fn objects_visitors_and_people_keep_their_order_across_three_replicas() {
+    let vhost = TestVhost::new("data-three-replicas");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let producer = producer(&vhost).await;
+    let env = gateway_env(&vhost, &sandbox.track_url(), &sandbox.app_url(), &[]);
+    // The first to register is every partition's active consumer; the others stand by.
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(start_gateway(&env).await);
+    }
+    let publisher = Publisher::new(producer.clone());
+    let (keys, per_key, per_replica) = (8u64, 12u64, 4u64);
+    let streams = |sandbox: &cio_gateway::sandbox::Sandbox| -> Vec<(String, Vec<u64>)> {
+        (0..keys)
+            .flat_map(|k| {
+                [
+                    (
+                        format!("object 1:o{k}"),
+                        sandbox.records_of_object(&format!("1:o{k}")),
+                    ),
+                    (
+                        format!("visitor a{k}"),
+                        sandbox.records_of_anonymous(&format!("a{k}")),
+                    ),
+                    (
+                        format!("person p{k}"),
+                        sandbox.records_for(&format!("p{k}")),
+                    ),
+                ]
+            })
+            .map(|(key, records)| (key, delivered_seqs(&records)))
+            .collect()
+    };
+    let has_up_to = |sandbox: &cio_gateway::sandbox::Sandbox, n: u64| {
+        streams(sandbox).iter().all(|(_, seqs)| {
+            seqs.iter().collect::<std::collections::BTreeSet<_>>().len() as u64 == n
+        })
+    };
+    // A third of every stream per replica; then the active one leaves and a standby takes over.
+    for (turn, from) in (0..per_key).step_by(per_replica as usize).enumerate() {
+        for seq in from..from + per_replica {
+            for k in 0..keys {
+                for envelope in [
+                    json!({"type": "object", "objectTypeId": "1", "objectId": format!("o{k}"),
+                        "payload": {"action": "identify", "attributes": {"seq": seq}}}),
+                    json!({"type": "track", "anonymousId": format!("a{k}"),
+                        "payload": {"name": "browse", "data": {"seq": seq}}}),
+                    json!({"type": "track", "userId": format!("p{k}"),
+                        "payload": {"name": "step", "data": {"seq": seq}}}),
+                ] {
+                    publisher.publish(envelope).await.unwrap();
+                }
+            }
+        }
+        let delivered = eventually(Duration::from_secs(60), || {
+            has_up_to(&sandbox.sandbox, from + per_replica)
+        })
+        .await;
+        assert!(delivered, "turn {turn}: {:?}", streams(&sandbox.sandbox));
+        if turn < 2 {
+            replicas.remove(0).shutdown().await;
+        }
+    }
+    for (key, seqs) in streams(&sandbox.sandbox) {
+        assert_ordered(&key, &seqs, per_key);
+    }
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0);
+    for gateway in replicas {
+        gateway.shutdown().await;
+    }
     producer.close().await;
 }
