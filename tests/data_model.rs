@@ -8,10 +8,12 @@ mod common;
 #[path = "common/faults.rs"]
 mod faults;
 
+use cio_gateway::app::Gateway;
 use cio_gateway::broker::Publish;
+use cio_gateway::broker::SharedBroker;
 use cio_gateway::broker::topology::{DLQ_QUEUE, IDENTIFY_EXCHANGE};
 use cio_gateway::publisher::Publisher;
-use cio_gateway::sandbox::{self, Record, SandboxConfig};
+use cio_gateway::sandbox::{self, Record, RunningSandbox, SandboxConfig};
 use common::{TestVhost, eventually, eventually_async};
 use faults::{assert_ordered, delivered_seqs, depth, gateway_env, producer, start_gateway};
 use futures::StreamExt;
@@ -19,6 +21,39 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// One test's vhost, sandbox, producer connection (which declared the topology), gateway and
+/// publisher.
+struct Setup {
+    vhost: TestVhost,
+    sandbox: RunningSandbox,
+    producer: SharedBroker,
+    gateway: Gateway,
+    publisher: Publisher,
+}
+
+impl Setup {
+    async fn start(name: &str, config: SandboxConfig, extra: &[(&'static str, String)]) -> Self {
+        let vhost = TestVhost::new(name);
+        let sandbox = sandbox::spawn(config).await.unwrap();
+        let producer = producer(&vhost).await;
+        let gateway = start_gateway(&gateway_env(
+            &vhost,
+            &sandbox.track_url(),
+            &sandbox.app_url(),
+            extra,
+        ))
+        .await;
+        let publisher = Publisher::new(producer.clone());
+        Self {
+            vhost,
+            sandbox,
+            producer,
+            gateway,
+            publisher,
+        }
+    }
+}
 
 /// What an anonymous record says it is: its type (v1 body `type`, v2 action) and name.
 fn view_of(version: &str, record: &Record) -> (String, String) {
@@ -33,18 +68,18 @@ fn view_of(version: &str, record: &Record) -> (String, String) {
 #[actix_rt::test]
 async fn an_anonymous_visitor_who_signs_up_has_their_activity_merged() {
     for version in ["v1", "v2"] {
-        let vhost = TestVhost::new(&format!("data-anonymous-{version}"));
-        let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-        let producer = producer(&vhost).await;
-        let extra = [("GATEWAY__DELIVERY__TRACK_API", version.to_string())];
-        let gateway = start_gateway(&gateway_env(
-            &vhost,
-            &sandbox.track_url(),
-            &sandbox.app_url(),
-            &extra,
-        ))
+        let Setup {
+            vhost,
+            sandbox,
+            producer,
+            gateway,
+            publisher,
+        } = Setup::start(
+            &format!("data-anonymous-{version}"),
+            SandboxConfig::default(),
+            &[("GATEWAY__DELIVERY__TRACK_API", version.to_string())],
+        )
         .await;
-        let publisher = Publisher::new(producer.clone());
         let anonymous = format!("anon-{version}");
         let user = format!("signed-up-{version}");
 
@@ -146,18 +181,18 @@ async fn an_anonymous_visitor_who_signs_up_has_their_activity_merged() {
 #[actix_rt::test]
 async fn objects_and_their_relationships_arrive_in_order_per_object() {
     for version in ["v1", "v2"] {
-        let vhost = TestVhost::new(&format!("data-objects-{version}"));
-        let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-        let producer = producer(&vhost).await;
-        let extra = [("GATEWAY__DELIVERY__TRACK_API", version.to_string())];
-        let gateway = start_gateway(&gateway_env(
-            &vhost,
-            &sandbox.track_url(),
-            &sandbox.app_url(),
-            &extra,
-        ))
+        let Setup {
+            vhost,
+            sandbox,
+            producer,
+            gateway,
+            publisher,
+        } = Setup::start(
+            &format!("data-objects-{version}"),
+            SandboxConfig::default(),
+            &[("GATEWAY__DELIVERY__TRACK_API", version.to_string())],
+        )
         .await;
-        let publisher = Publisher::new(producer.clone());
         let object = |id: &str, payload: Value| json!({"type": "object", "objectTypeId": "1", "objectId": id, "payload": payload});
         // Two objects' lives, interleaved; each in order.
         let steps = [
@@ -257,18 +292,18 @@ async fn objects_and_their_relationships_arrive_in_order_per_object() {
 #[actix_rt::test]
 async fn manual_segment_membership_follows_the_person_in_order() {
     for version in ["v1", "v2"] {
-        let vhost = TestVhost::new(&format!("data-segments-{version}"));
-        let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-        let producer = producer(&vhost).await;
-        let extra = [("GATEWAY__DELIVERY__TRACK_API", version.to_string())];
-        let gateway = start_gateway(&gateway_env(
-            &vhost,
-            &sandbox.track_url(),
-            &sandbox.app_url(),
-            &extra,
-        ))
+        let Setup {
+            vhost,
+            sandbox,
+            producer,
+            gateway,
+            publisher,
+        } = Setup::start(
+            &format!("data-segments-{version}"),
+            SandboxConfig::default(),
+            &[("GATEWAY__DELIVERY__TRACK_API", version.to_string())],
+        )
         .await;
-        let publisher = Publisher::new(producer.clone());
         let user = format!("member-{version}");
         let email = format!("{user}@example.com");
         for envelope in [
@@ -309,17 +344,13 @@ async fn manual_segment_membership_follows_the_person_in_order() {
 
 #[actix_rt::test]
 async fn in_app_and_inbox_messages_are_sent_on_their_channels() {
-    let vhost = TestVhost::new("data-channels");
-    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-    let producer = producer(&vhost).await;
-    let gateway = start_gateway(&gateway_env(
-        &vhost,
-        &sandbox.track_url(),
-        &sandbox.app_url(),
-        &[],
-    ))
-    .await;
-    let publisher = Publisher::new(producer.clone());
+    let Setup {
+        vhost,
+        sandbox,
+        producer,
+        gateway,
+        publisher,
+    } = Setup::start("data-channels", SandboxConfig::default(), &[]).await;
     for channel in ["in_app", "inbox_message"] {
         publisher
             .publish(json!({"type": "transactional", "userId": "reader",
@@ -345,26 +376,24 @@ async fn in_app_and_inbox_messages_are_sent_on_their_channels() {
 /// Publishes three triggers of broadcast 12 and one of 13 through a gateway allowed one
 /// broadcast per `gateway_ms`, to a sandbox that allows one per `sandbox_ms`.
 async fn trigger_broadcasts(tag: &str, gateway_ms: u64, sandbox_ms: u64) -> (Vec<Record>, u64) {
-    let vhost = TestVhost::new(&format!("data-broadcasts-{tag}"));
-    let sandbox = sandbox::spawn(SandboxConfig {
-        broadcast_interval: Duration::from_millis(sandbox_ms),
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let producer = producer(&vhost).await;
-    let extra = [(
-        "GATEWAY__CUSTOMERIO__BROADCAST_INTERVAL_MS",
-        gateway_ms.to_string(),
-    )];
-    let gateway = start_gateway(&gateway_env(
-        &vhost,
-        &sandbox.track_url(),
-        &sandbox.app_url(),
-        &extra,
-    ))
+    let Setup {
+        vhost,
+        sandbox,
+        producer,
+        gateway,
+        publisher,
+    } = Setup::start(
+        &format!("data-broadcasts-{tag}"),
+        SandboxConfig {
+            broadcast_interval: Duration::from_millis(sandbox_ms),
+            ..SandboxConfig::default()
+        },
+        &[(
+            "GATEWAY__CUSTOMERIO__BROADCAST_INTERVAL_MS",
+            gateway_ms.to_string(),
+        )],
+    )
     .await;
-    let publisher = Publisher::new(producer.clone());
     for (n, id) in [(1, 12), (2, 13), (3, 12), (4, 12)] {
         publisher
             .publish(json!({"type": "broadcast", "payload": {"broadcastId": id,
@@ -424,17 +453,18 @@ async fn broadcasts_keep_their_own_pace_and_their_order() {
 
 #[actix_rt::test]
 async fn an_event_too_big_for_v2_goes_by_v1_in_the_persons_order() {
-    let vhost = TestVhost::new("data-v1-fallback");
-    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-    let producer = producer(&vhost).await;
-    let gateway = start_gateway(&gateway_env(
-        &vhost,
-        &sandbox.track_url(),
-        &sandbox.app_url(),
+    let Setup {
+        vhost,
+        sandbox,
+        producer,
+        gateway,
+        publisher,
+    } = Setup::start(
+        "data-v1-fallback",
+        SandboxConfig::default(),
         &[("GATEWAY__DELIVERY__TRACK_API", "v2".to_string())],
-    ))
+    )
     .await;
-    let publisher = Publisher::new(producer.clone());
     let blob = "x".repeat(60 * 1024);
     for (n, data) in [(0, json!({})), (1, json!({"blob": blob})), (2, json!({}))] {
         publisher
@@ -462,16 +492,13 @@ async fn an_event_too_big_for_v2_goes_by_v1_in_the_persons_order() {
 
 #[actix_rt::test]
 async fn an_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
-    let vhost = TestVhost::new("data-anonymous-invalid");
-    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
-    let producer = producer(&vhost).await;
-    let gateway = start_gateway(&gateway_env(
-        &vhost,
-        &sandbox.track_url(),
-        &sandbox.app_url(),
-        &[],
-    ))
-    .await;
+    let Setup {
+        vhost,
+        sandbox,
+        producer,
+        gateway,
+        publisher,
+    } = Setup::start("data-anonymous-invalid", SandboxConfig::default(), &[]).await;
     let anonymous = "anon-invalid";
     // A producer that does not validate: Customer.io identifies and deletes people, never an
     // anonymous id.
@@ -500,7 +527,7 @@ async fn an_envelope_customerio_has_no_call_for_is_dead_lettered_alone() {
             .await
             .unwrap();
     }
-    Publisher::new(producer.clone())
+    publisher
         .publish(json!({"type": "track", "anonymousId": anonymous,
             "payload": {"name": "still_delivered"}}))
         .await
