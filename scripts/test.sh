@@ -18,7 +18,7 @@ CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="bash scripts/rabbitmq4.sh ctl" \
   cargo test --locked --no-fail-fast --test quorum_safety --test faults_delivery \
   --test replicas --test faults_broker_restart --test pipeline --test faults_lanes \
   --test faults_incidents --test webhook_actions_order --test faults_partition \
-  --test broker_version
+  --test broker_version --test data_model
 bash scripts/rabbitmq4.sh stop
 trap - EXIT
 

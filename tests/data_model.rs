@@ -639,3 +639,235 @@ async fn objects_visitors_and_people_keep_their_order_across_three_replicas() {
     }
     producer.close().await;
 }
+
+/// Many people's changes to one segment share requests (Customer.io takes 1000 ids per
+/// request), and each person's changes still arrive in their order.
+#[actix_rt::test]
+async fn segment_changes_of_many_people_share_requests_in_each_persons_order() {
+    for version in ["v1", "v2"] {
+        let Setup {
+            vhost,
+            sandbox,
+            producer,
+            gateway,
+            publisher,
+        } = Setup::start(
+            &format!("data-segment-batches-{version}"),
+            SandboxConfig::default(),
+            &[
+                ("GATEWAY__DELIVERY__TRACK_API", version.to_string()),
+                ("GATEWAY__DELIVERY__BATCH_LINGER_MS", "50".to_string()),
+            ],
+        )
+        .await;
+        let people: Vec<String> = (0..120).map(|n| format!("seg-{version}-{n}")).collect();
+        for action in ["add", "remove", "add"] {
+            for person in &people {
+                publisher
+                    .publish(json!({"type": "segment", "userId": person,
+                        "payload": {"segmentId": 9, "action": action}}))
+                    .await
+                    .unwrap();
+            }
+        }
+        let all = eventually(WAIT, || {
+            people
+                .iter()
+                .all(|p| sandbox.sandbox.records_for(p).len() == 3)
+        })
+        .await;
+        assert!(
+            all,
+            "{version}: {} records",
+            sandbox.sandbox.records().len()
+        );
+        for person in &people {
+            let actions: Vec<_> = sandbox
+                .sandbox
+                .records_for(person)
+                .iter()
+                .map(|r| r.action.clone())
+                .collect();
+            assert_eq!(
+                actions,
+                ["add_to_segment", "remove_from_segment", "add_to_segment"],
+                "{version}: {person}'s changes in their order"
+            );
+        }
+        let requests = sandbox.sandbox.stats().requests;
+        assert!(
+            requests <= 90,
+            "{version}: 360 changes took {requests} requests, not shared"
+        );
+        assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "{version}");
+        gateway.shutdown().await;
+        producer.close().await;
+    }
+}
+
+/// A Customer.io outage pauses every new kind: objects, anonymous events, segment changes,
+/// in-app sends and broadcasts wait, then arrive in their order, none dead-lettered.
+#[actix_rt::test]
+async fn every_new_kind_waits_out_an_outage_then_arrives_in_order() {
+    for version in ["v1", "v2"] {
+        let Setup {
+            vhost,
+            sandbox,
+            producer,
+            gateway,
+            publisher,
+        } = Setup::start(
+            &format!("data-outage-{version}"),
+            SandboxConfig {
+                broadcast_interval: Duration::from_millis(100),
+                ..SandboxConfig::default()
+            },
+            &[
+                ("GATEWAY__DELIVERY__TRACK_API", version.to_string()),
+                ("GATEWAY__CUSTOMERIO__BROADCAST_INTERVAL_MS", "150".into()),
+            ],
+        )
+        .await;
+        let outage = Duration::from_secs(2);
+        let outage_ends = chrono::Utc::now().timestamp_millis() + outage.as_millis() as i64;
+        sandbox.sandbox.set_faults(sandbox::Faults {
+            outage_ms: outage.as_millis() as u64,
+            ..sandbox::Faults::default()
+        });
+        let (company, visitor, member, reader) = ("1:outage-co", "anon-outage", "member", "reader");
+        for envelope in [
+            json!({"type": "object", "objectTypeId": "1", "objectId": "outage-co",
+                "payload": {"action": "identify", "attributes": {"n": 1}}}),
+            json!({"type": "track", "anonymousId": visitor, "payload": {"name": "n1"}}),
+            json!({"type": "segment", "userId": member, "payload": {"segmentId": 3, "action": "add"}}),
+            json!({"type": "transactional", "userId": reader, "payload": {"channel": "in_app",
+                "transactional_message_id": "t", "message_data": {"n": 1}}}),
+            json!({"type": "broadcast", "payload": {"broadcastId": 21, "data": {"n": 1}}}),
+            json!({"type": "object", "objectTypeId": "1", "objectId": "outage-co",
+                "payload": {"action": "add_relationships",
+                    "relationships": [{"identifiers": {"id": member}}]}}),
+            json!({"type": "page", "anonymousId": visitor, "payload": {"path": "/n2"}}),
+            json!({"type": "segment", "userId": member, "payload": {"segmentId": 3, "action": "remove"}}),
+            json!({"type": "transactional", "userId": reader, "payload": {"channel": "in_app",
+                "transactional_message_id": "t", "message_data": {"n": 2}}}),
+            json!({"type": "broadcast", "payload": {"broadcastId": 21, "data": {"n": 2}}}),
+        ] {
+            publisher.publish(envelope).await.unwrap();
+        }
+        let triggers = || -> Vec<Record> {
+            sandbox
+                .sandbox
+                .records()
+                .into_iter()
+                .filter(|r| r.action == "trigger_broadcast")
+                .collect()
+        };
+        let arrived = eventually(WAIT, || {
+            sandbox.sandbox.records_of_object(company).len() == 2
+                && sandbox.sandbox.records_of_anonymous(visitor).len() == 2
+                && sandbox.sandbox.records_for(member).len() == 2
+                && sandbox.sandbox.records_for(reader).len() == 2
+                && triggers().len() == 2
+        })
+        .await;
+        let records = sandbox.sandbox.records();
+        assert!(arrived, "{version}: {records:#?}");
+        assert!(
+            sandbox.sandbox.stats().injected_failures > 0,
+            "{version}: the gateway never met the outage"
+        );
+        assert!(
+            records.iter().all(|r| r.received_at_ms >= outage_ends - 50),
+            "{version}: accepted during the outage: {records:#?}"
+        );
+        let actions = |records: Vec<Record>| -> Vec<String> {
+            records.into_iter().map(|r| r.action).collect()
+        };
+        let object = actions(sandbox.sandbox.records_of_object(company));
+        assert_eq!(object, ["identify", "add_relationships"], "{version}");
+        let views: Vec<_> = sandbox
+            .sandbox
+            .records_of_anonymous(visitor)
+            .iter()
+            .map(|r| view_of(version, r))
+            .collect();
+        assert_eq!(
+            views,
+            [
+                ("event".to_string(), "n1".to_string()),
+                ("page".to_string(), "/n2".to_string())
+            ],
+            "{version}"
+        );
+        let segment = actions(sandbox.sandbox.records_for(member));
+        assert_eq!(
+            segment,
+            ["add_to_segment", "remove_from_segment"],
+            "{version}"
+        );
+        let sends: Vec<_> = sandbox
+            .sandbox
+            .records_for(reader)
+            .iter()
+            .map(|r| r.body["message_data"]["n"].as_i64())
+            .collect();
+        assert_eq!(sends, [Some(1), Some(2)], "{version}");
+        let broadcasts: Vec<_> = triggers()
+            .iter()
+            .map(|r| r.body["trigger"]["data"]["n"].as_i64())
+            .collect();
+        assert_eq!(broadcasts, [Some(1), Some(2)], "{version}");
+        assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0, "{version}");
+        gateway.shutdown().await;
+        producer.close().await;
+    }
+}
+
+/// A workspace without in-app answers its sends 403: the channel is off for everyone, so the
+/// sends wait (none dead-lettered) and go once it is enabled.
+#[actix_rt::test]
+async fn in_app_sends_wait_while_the_workspace_has_no_in_app() {
+    let Setup {
+        vhost,
+        sandbox,
+        producer,
+        gateway,
+        publisher,
+    } = Setup::start("data-in-app-disabled", SandboxConfig::default(), &[]).await;
+    sandbox.sandbox.set_faults(sandbox::Faults {
+        disabled_channels: ["in_app".to_string()].into(),
+        ..sandbox::Faults::default()
+    });
+    for n in 1..=3 {
+        publisher
+            .publish(
+                json!({"type": "transactional", "userId": format!("in-app-{n}"),
+                "payload": {"channel": "in_app", "transactional_message_id": "t",
+                    "message_data": {"n": n}}}),
+            )
+            .await
+            .unwrap();
+    }
+    let refused = eventually(WAIT, || sandbox.sandbox.stats().injected_failures >= 1).await;
+    assert!(refused, "no send met the 403");
+    assert!(
+        sandbox.sandbox.records().is_empty(),
+        "{:#?}",
+        sandbox.sandbox.records()
+    );
+    assert_eq!(
+        depth(&vhost, DLQ_QUEUE).await,
+        0,
+        "a disabled channel dead-letters nothing"
+    );
+
+    sandbox.sandbox.set_faults(sandbox::Faults::default());
+    let sent = eventually(WAIT, || {
+        (1..=3).all(|n| sandbox.sandbox.records_for(&format!("in-app-{n}")).len() == 1)
+    })
+    .await;
+    assert!(sent, "{:#?}", sandbox.sandbox.records());
+    assert_eq!(depth(&vhost, DLQ_QUEUE).await, 0);
+    gateway.shutdown().await;
+    producer.close().await;
+}

@@ -14,9 +14,11 @@
 //! the wire it is not recalled (the other users' operations share that request).
 
 use super::messages::Failure;
+use super::segments;
 use crate::customerio::{CioError, CustomerIo, Permit, TrackCall, unless_cancelled, wire};
 use crate::domain::limits::MAX_V2_BATCH_BYTES;
 use crate::telemetry::metric;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,36 +26,38 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
-pub struct Job {
-    call: TrackCall,
+pub(super) struct Job {
+    pub(super) call: TrackCall,
     cancel: CancellationToken,
     done: oneshot::Sender<Result<(), Failure>>,
 }
 
 impl Job {
-    fn answer(self, result: Result<(), Failure>) {
+    pub(super) fn answer(self, result: Result<(), Failure>) {
         let _ = self.done.send(result);
     }
 
-    fn is_cancelled(&self) -> bool {
+    pub(super) fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
 }
 
-/// Sends Track operations, one request each (v1) or batched (v2).
+/// Sends Track operations: one request each (v1) or batched (v2); manual segment changes
+/// many people per request, whichever API the rest takes.
 #[derive(Clone)]
-pub enum TrackSender {
-    V1(CustomerIo),
-    V2(Batcher),
+pub struct TrackSender {
+    client: CustomerIo,
+    /// Track v2's batches; `None` sends each call by v1 in a request of its own.
+    batches: Option<Queue>,
+    /// Manual segment changes (only v1 has them), grouped across people.
+    segments: Queue,
 }
 
-/// The batching loop's queue and its supervisor's view of it.
+/// A supervised loop's queue of operations, and its supervisor's view of it.
 #[derive(Clone)]
-pub struct Batcher {
+pub(super) struct Queue {
     tx: mpsc::UnboundedSender<Job>,
     watch: Arc<Watch>,
-    /// For the calls v2 cannot carry (manual segments, operations over 32 KB), sent by v1.
-    client: CustomerIo,
 }
 
 /// What the supervisor knows of the loop, for `/readyz` and `/healthz`.
@@ -85,71 +89,122 @@ pub struct BatchLimits {
     pub max_in_flight: usize,
 }
 
-impl TrackSender {
-    /// Starts the batching task on the current runtime, under a supervisor that restarts it
-    /// if it dies (a panic): the queue outlives the loop, and the operations the dead loop held
-    /// are answered "abandoned" (retryable), so their shards send them again.
-    pub fn batched(client: CustomerIo, limits: BatchLimits) -> Self {
+/// The receiving end a loop reads, shared so that it outlives a loop that panicked (the lock
+/// is released as it unwinds).
+pub(super) type Jobs = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>;
+
+impl Queue {
+    /// Starts `run` on the current runtime, under a supervisor that restarts it if it dies (a
+    /// panic): the queue outlives the loop, and the operations the dead loop held are answered
+    /// "abandoned" (retryable), so their shards send them again.
+    pub(super) fn start<F, Fut>(run: F) -> Self
+    where
+        F: Fn(Jobs) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         let watch = Arc::new(Watch::default());
         watch.supervised.store(true, Ordering::SeqCst);
         watch.running.store(true, Ordering::SeqCst);
-        let supervisor = tokio::spawn(supervise(client.clone(), limits, rx, watch.clone()));
+        let supervisor = tokio::spawn(supervise(Arc::new(rx.into()), watch.clone(), run));
         let _ = watch.supervisor.set(supervisor.abort_handle());
-        Self::V2(Batcher { tx, watch, client })
+        Self { tx, watch }
     }
 
-    /// Whether operations are being sent: `/readyz` keeps it.
-    pub fn is_running(&self) -> bool {
-        match self {
-            TrackSender::V1(_) => true,
-            TrackSender::V2(b) => b.watch.running.load(Ordering::SeqCst),
-        }
-    }
-
-    /// Whether a dead batching loop would be restarted: `/healthz` keeps it.
-    pub fn is_supervised(&self) -> bool {
-        match self {
-            TrackSender::V1(_) => true,
-            TrackSender::V2(b) => b.watch.supervised.load(Ordering::SeqCst),
-        }
-    }
-
-    /// Fault injection for tests: kills the batching loop (`supervisor: false`, it is
-    /// restarted) or its supervisor too (`true`, nothing restarts it).
-    #[doc(hidden)]
-    pub fn kill(&self, supervisor: bool) {
-        let TrackSender::V2(b) = self else { return };
-        if supervisor && let Some(supervising) = b.watch.supervisor.get() {
-            supervising.abort();
-        }
-        if let Some(current) = b.watch.current.lock().as_ref() {
-            current.abort();
-        }
-    }
-
-    /// Sends `call`, unless `cancel` fires before it is on the wire.
-    pub async fn send(&self, call: TrackCall, cancel: CancellationToken) -> Result<(), Failure> {
-        let tx = match self {
-            TrackSender::V1(client) => return one_request(client, call, cancel).await,
-            TrackSender::V2(b) if wire::by_v1_instead_of_v2(&call) => {
-                return one_request(&b.client, call, cancel).await;
-            }
-            TrackSender::V2(b) => &b.tx,
-        };
+    /// Queues `call` and waits for its answer, unless `cancel` fires first.
+    async fn submit(&self, call: TrackCall, cancel: CancellationToken) -> Result<(), Failure> {
         let (done, result) = oneshot::channel();
         let job = Job {
             call,
             cancel: cancel.clone(),
             done,
         };
-        tx.send(job)
+        self.tx
+            .send(job)
             .map_err(|_| Failure::retryable("batcher stopped"))?;
         tokio::select! {
             result = result => result
                 .unwrap_or_else(|_| Err(Failure::retryable("batch request abandoned"))),
-            // The batcher leaves the operation out when it cuts the next batch.
+            // The loop leaves the operation out when it cuts the next request.
             () = cancel.cancelled() => Err(cancelled()),
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.watch.running.load(Ordering::SeqCst)
+    }
+
+    fn is_supervised(&self) -> bool {
+        self.watch.supervised.load(Ordering::SeqCst)
+    }
+
+    fn kill(&self, supervisor: bool) {
+        if supervisor && let Some(supervising) = self.watch.supervisor.get() {
+            supervising.abort();
+        }
+        if let Some(current) = self.watch.current.lock().as_ref() {
+            current.abort();
+        }
+    }
+}
+
+impl TrackSender {
+    /// Each call in a Track v1 request of its own (segment changes grouped).
+    pub fn v1(client: CustomerIo, linger: Duration) -> Self {
+        Self {
+            segments: segments::queue(client.clone(), linger),
+            batches: None,
+            client,
+        }
+    }
+
+    /// Calls batched into Track v2 requests, by the loops this starts on the current runtime.
+    pub fn batched(client: CustomerIo, limits: BatchLimits) -> Self {
+        let batches = Queue::start({
+            let client = client.clone();
+            move |jobs: Jobs| {
+                let client = client.clone();
+                async move { run(client, limits, &mut *jobs.lock().await).await }
+            }
+        });
+        Self {
+            segments: segments::queue(client.clone(), limits.linger),
+            batches: Some(batches),
+            client,
+        }
+    }
+
+    fn queues(&self) -> impl Iterator<Item = &Queue> {
+        self.batches.iter().chain([&self.segments])
+    }
+
+    /// Whether operations are being sent: `/readyz` keeps it.
+    pub fn is_running(&self) -> bool {
+        self.queues().all(Queue::is_running)
+    }
+
+    /// Whether a dead batching loop would be restarted: `/healthz` keeps it.
+    pub fn is_supervised(&self) -> bool {
+        self.queues().all(Queue::is_supervised)
+    }
+
+    /// Fault injection for tests: kills the batching loops (`supervisor: false`, they are
+    /// restarted) or their supervisors too (`true`, nothing restarts them).
+    #[doc(hidden)]
+    pub fn kill(&self, supervisor: bool) {
+        self.queues().for_each(|queue| queue.kill(supervisor));
+    }
+
+    /// Sends `call`, unless `cancel` fires before it is on the wire.
+    pub async fn send(&self, call: TrackCall, cancel: CancellationToken) -> Result<(), Failure> {
+        if wire::SegmentChange::of(&call).is_some() {
+            return self.segments.submit(call, cancel).await;
+        }
+        match &self.batches {
+            Some(batches) if !wire::by_v1_instead_of_v2(&call) => {
+                batches.submit(call, cancel).await
+            }
+            _ => one_request(&self.client, call, cancel).await,
         }
     }
 }
@@ -168,21 +223,15 @@ async fn one_request(
 // Room for the `{"batch":[...]}` wrapper and separators.
 const ENVELOPE_BYTES: usize = 64;
 
-/// Runs the batching loop until every sender is gone, restarting it whenever it dies.
-async fn supervise(
-    client: CustomerIo,
-    limits: BatchLimits,
-    rx: mpsc::UnboundedReceiver<Job>,
-    watch: Arc<Watch>,
-) {
+/// Runs a loop until every sender is gone, restarting it whenever it dies.
+async fn supervise<F, Fut>(jobs: Jobs, watch: Arc<Watch>, run: F)
+where
+    F: Fn(Jobs) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let _unsupervised = Unsupervised(watch.clone());
-    // Shared so that it outlives a loop that panicked (the lock is released as it unwinds).
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
     loop {
-        let task = tokio::spawn({
-            let (client, rx) = (client.clone(), rx.clone());
-            async move { run(client, limits, &mut *rx.lock().await).await }
-        });
+        let task = tokio::spawn(run(jobs.clone()));
         *watch.current.lock() = Some(task.abort_handle());
         watch.running.store(true, Ordering::SeqCst);
         let ended = task.await;
@@ -191,7 +240,7 @@ async fn supervise(
             // Every sender is gone: the pipeline stopped.
             Ok(()) => return,
             Err(e) => {
-                tracing::error!(error = %e, "the track batcher died; restarting it");
+                tracing::error!(error = %e, "a track batching loop died; restarting it");
                 tokio::task::yield_now().await;
             }
         }
@@ -270,7 +319,7 @@ fn give_back(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>, reason: &str) {
     }
 }
 
-fn cancelled() -> Failure {
+pub(super) fn cancelled() -> Failure {
     Failure::from(CioError::cancelled())
 }
 

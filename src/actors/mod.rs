@@ -17,6 +17,7 @@ mod ledger;
 pub mod messages;
 pub mod panic_guard;
 mod reporting;
+mod segments;
 mod settle;
 mod shard;
 mod track;
@@ -61,7 +62,10 @@ impl Pipeline {
     pub fn start(settings: &Settings, broker: SharedBroker, client: CustomerIo) -> Self {
         let delivery = &settings.delivery;
         let sender = match delivery.track_api {
-            TrackApi::V1 => TrackSender::V1(client.clone()),
+            TrackApi::V1 => TrackSender::v1(
+                client.clone(),
+                Duration::from_millis(delivery.batch_linger_ms),
+            ),
             TrackApi::V2 => TrackSender::batched(
                 client.clone(),
                 BatchLimits {

@@ -234,6 +234,32 @@ impl CustomerIo {
         self.track_v1(request).await
     }
 
+    /// One Track v1 request adding many people to a manual segment, or removing them, with the
+    /// permit already held: at most [`MAX_SEGMENT_IDS`](crate::domain::limits::MAX_SEGMENT_IDS)
+    /// ids, all of `change.id_type`.
+    pub async fn change_segment(
+        &self,
+        permit: Permit,
+        change: &wire::SegmentChange,
+        ids: &[&str],
+    ) -> Result<(), CioError> {
+        let request = wire::segment_request(change, ids);
+        let body =
+            serde_json::to_vec(&request.body).map_err(|e| CioError::invalid(e.to_string()))?;
+        let url = format!("{}{}", self.inner.urls.track_v1, request.path);
+        self.execute_with(
+            permit,
+            Api::TrackV1,
+            request.method,
+            url,
+            Some(body),
+            ids.len(),
+        )
+        .await?
+        .success()
+        .map(drop)
+    }
+
     /// One Track v2 `/entity` request.
     pub async fn entity(&self, call: &TrackCall) -> Result<(), CioError> {
         wire::check_limits(call)?;

@@ -97,24 +97,59 @@ pub fn v1_request(call: &TrackCall) -> Result<V1Request, CioError> {
         ),
         Operation::Transactional(_) | Operation::Broadcast(_) => return Err(not_track()),
         Operation::Object(_) => return Err(v2_only()),
-        // One person per request, so a person's membership changes stay in their order; the
-        // identifier's kind is `id_type` ("we'll ignore values in the ids array that don't
-        // match the id_type parameter").
-        Operation::Segment { segment_id, add } => (
-            Method::POST,
-            format!(
-                "/segments/{segment_id}/{}?id_type={}",
-                if *add {
-                    "add_customers"
-                } else {
-                    "remove_customers"
+        Operation::Segment { segment_id, add } => {
+            return Ok(segment_request(
+                &SegmentChange {
+                    segment_id: *segment_id,
+                    add: *add,
+                    id_type: call.person.kind,
                 },
-                call.person.kind
-            ),
-            Some(json!({"ids": [call.person.value]})),
-        ),
+                &[call.person.value.as_str()],
+            ));
+        }
     };
     Ok(V1Request { method, path, body })
+}
+
+/// One manual segment's change for people of one identifier kind: the people of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SegmentChange {
+    pub segment_id: u32,
+    pub add: bool,
+    /// `id`, `email` or `cio_id`: Customer.io "will ignore values in the ids array that don't
+    /// match the id_type parameter".
+    pub id_type: &'static str,
+}
+
+impl SegmentChange {
+    /// The change a segment call makes, or `None` for any other call.
+    pub fn of(call: &TrackCall) -> Option<Self> {
+        match call.operation {
+            Operation::Segment { segment_id, add } => Some(Self {
+                segment_id,
+                add,
+                id_type: call.person.kind,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /segments/{id}/add_customers` (or `remove_customers`) `?id_type=` for `ids`.
+pub fn segment_request(change: &SegmentChange, ids: &[&str]) -> V1Request {
+    let verb = if change.add {
+        "add_customers"
+    } else {
+        "remove_customers"
+    };
+    V1Request {
+        method: Method::POST,
+        path: format!(
+            "/segments/{}/{verb}?id_type={}",
+            change.segment_id, change.id_type
+        ),
+        body: Some(json!({ "ids": ids })),
+    }
 }
 
 /// `POST /events`: an event, page or screen view of someone not identified yet, with the

@@ -43,6 +43,25 @@ impl Attributes {
         Ok(Self(map.clone()))
     }
 
+    /// Checks that the gateway can add `name` (an identify's `anonymous_id`) and stay within
+    /// Customer.io's attributes per call, so the envelope is refused here, naming the limit,
+    /// rather than by the client.
+    pub fn check_room_for(&self, name: &str) -> Result<(), ParseError> {
+        let allowed = limits::MAX_ATTRIBUTES_PER_CALL - limits::GATEWAY_ATTRIBUTES;
+        if self.0.contains_key(name) || self.0.len() < allowed {
+            return Ok(());
+        }
+        Err(ParseError::new(
+            "",
+            format!(
+                "has {} attributes and {name} makes one more: at most {allowed} allowed (Customer.io takes {} per call, the gateway adds {})",
+                self.0.len(),
+                limits::MAX_ATTRIBUTES_PER_CALL,
+                limits::GATEWAY_ATTRIBUTES
+            ),
+        ))
+    }
+
     /// Parses event data: an object of at most the documented body size.
     pub fn parse_event_data(value: &Value) -> Result<Self, ParseError> {
         let map = as_object(value)?;
@@ -138,5 +157,20 @@ mod tests {
         assert!(Attributes::parse_person(&json!({"x".repeat(151): 1})).is_err());
         assert!(Attributes::parse_person(&json!({"plan": "pro"})).is_ok());
         assert!(Attributes::parse_event_data(&json!({"big": "x".repeat(2000)})).is_ok());
+    }
+
+    #[test]
+    fn an_added_attribute_must_fit_the_limit_too() {
+        let full: Map<String, Value> = (0..298).map(|n| (format!("a{n}"), json!(n))).collect();
+        let attributes = Attributes::parse_person(&Value::Object(full)).unwrap();
+        let e = attributes.check_room_for("anonymous_id").unwrap_err();
+        assert!(e.reason.contains("at most 298"), "{e:?}");
+        let room: Map<String, Value> = (0..297).map(|n| (format!("a{n}"), json!(n))).collect();
+        assert!(
+            Attributes::parse_person(&Value::Object(room))
+                .unwrap()
+                .check_room_for("anonymous_id")
+                .is_ok()
+        );
     }
 }

@@ -230,6 +230,11 @@ impl Envelope {
         let empty = Value::Object(Map::new());
         let payload = obj.get("payload").unwrap_or(&empty);
         let operation = parse_operation(kind, payload, &person).map_err(|e| e.within("payload"))?;
+        if let (Operation::Identify(attributes), Some(_)) = (&operation, &anonymous_id) {
+            attributes
+                .check_room_for(PersonRef::ANONYMOUS)
+                .map_err(|e| e.within("payload"))?;
+        }
         Ok(Self {
             kind,
             user,
@@ -488,6 +493,17 @@ mod tests {
         assert_eq!(env.user.as_str(), "42");
         assert_eq!(env.person, PersonRef::id(&env.user));
         assert_eq!(env.anonymous_id.unwrap().as_str(), "anon-1");
+
+        // The gateway adds `anonymous_id` to the attributes: it must fit Customer.io's 300.
+        let full: serde_json::Map<String, Value> =
+            (0..298).map(|n| (format!("a{n}"), json!(n))).collect();
+        let e = parse(
+            json!({"type": "identify", "userId": "42", "anonymousId": "anon-1",
+            "payload": full}),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "payload", "{e:?}");
+        assert!(e.reason.contains("anonymous_id makes one more"), "{e:?}");
     }
 
     #[test]

@@ -30,3 +30,5 @@ pub const MAX_CORRELATION_ID_BYTES: usize = 128;
 pub const MAX_TRIGGER_DATA_BYTES: usize = 50_000;
 /// "Recipient List | 10000 recipients | Max number of ids or emails included in the Trigger call".
 pub const MAX_TRIGGER_RECIPIENTS: usize = 10_000;
+/// "You are limited to 1000 customer IDs per request" (add to / remove from a manual segment).
+pub const MAX_SEGMENT_IDS: usize = 1000;

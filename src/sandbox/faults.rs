@@ -43,6 +43,10 @@ pub struct Faults {
     /// Every request is answered with this 3xx and a `Location` on another region's host, as
     /// Customer.io redirects a workspace of the other region.
     pub redirect_status: Option<u16>,
+    /// Transactional channels (`sms`, `push`, `in_app`, `inbox_message`) the workspace has not
+    /// enabled: their sends are answered 403, as Customer.io answers "requests sent to a
+    /// workspace without the in-app capability".
+    pub disabled_channels: BTreeSet<String>,
 }
 
 impl Default for Faults {
@@ -58,6 +62,7 @@ impl Default for Faults {
             outage_status: 503,
             reject_requests_of: BTreeSet::new(),
             redirect_status: None,
+            disabled_channels: BTreeSet::new(),
         }
     }
 }
@@ -143,6 +148,11 @@ impl FaultState {
     /// Whether requests containing this person are refused as a whole.
     pub(crate) fn rejects_requests_of(&self, user: &str) -> bool {
         self.faults.lock().reject_requests_of.contains(user)
+    }
+
+    /// Whether the workspace has this transactional channel turned off.
+    pub(crate) fn channel_disabled(&self, channel: &str) -> bool {
+        self.faults.lock().disabled_channels.contains(channel)
     }
 
     pub(crate) fn latency(&self) -> Duration {

@@ -220,7 +220,8 @@ pub struct Stats {
     pub too_large: u64,
     /// 429: over the request budget.
     pub rate_limited: u64,
-    /// Failures injected by `Faults` (`fail_first`, `error_rate`, `fail_users`).
+    /// Failures injected by `Faults` (`fail_first`, `error_rate`, `fail_users`, an outage, a
+    /// disabled channel's 403).
     pub injected_failures: u64,
 }
 

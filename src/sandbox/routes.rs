@@ -515,6 +515,15 @@ fn batch_error(index: usize, rejection: &Rejection) -> Value {
 
 /// `/v1/send/{email,push,sms}`.
 fn send(ctx: &Ctx<'_>, channel: &'static str, body: &[u8]) -> Result<Outcome, Stop> {
+    if ctx.state.faults.channel_disabled(channel) {
+        return Err(Rejection {
+            status: 403,
+            reason: "forbidden",
+            field: String::new(),
+            message: format!("the {channel} channel is not enabled for this workspace"),
+        }
+        .into());
+    }
     let map: Map<String, Value> = validate::object_body(body, false)?;
     let user = validate::send(channel, &map)?;
     ctx.fail_user(&user)?;
@@ -557,10 +566,11 @@ fn finish(state: &State, api: Api, outcome: Outcome) -> HttpResponse {
 }
 
 fn reject(state: &State, api: Api, rejection: Rejection) -> HttpResponse {
-    let counter = if rejection.status == 413 {
-        &state.counters.too_large
-    } else {
-        &state.counters.invalid
+    let counter = match rejection.status {
+        413 => &state.counters.too_large,
+        // Only `Faults::disabled_channels` answers 403.
+        403 => &state.counters.injected_failures,
+        _ => &state.counters.invalid,
     };
     Counters::add(counter, 1);
     let status = StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST);

@@ -10,7 +10,7 @@
 
 use crate::domain::limits::{
     MAX_ATTRIBUTE_NAME_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES_PER_CALL,
-    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES, STRUCTURED_ATTRIBUTES,
+    MAX_EVENT_NAME_BYTES, MAX_IDENTIFIER_BYTES, MAX_SEGMENT_IDS, STRUCTURED_ATTRIBUTES,
 };
 use serde_json::{Map, Value};
 
@@ -378,9 +378,6 @@ pub(crate) fn merge(map: &Map<String, Value>) -> Checked<(String, String)> {
         person("secondary", map.get("secondary"), KINDS)?,
     ))
 }
-
-/// "You are limited to 1000 customer IDs per request" (add to / remove from a manual segment).
-pub const MAX_SEGMENT_IDS: usize = 1000;
 
 /// A manual segment change's `{"ids": [...]}` for `id_type` (`id`, `email` or `cio_id`):
 /// returns the people it names. "We'll ignore values in the ids array that don't match the
