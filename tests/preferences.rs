@@ -5,6 +5,7 @@
 mod common;
 
 use cio_gateway::app::Gateway;
+use cio_gateway::domain::UserId;
 use cio_gateway::preferences::{
     PostgresStore, PreferenceStore, Preferences, PreferencesChange, SqliteStore,
 };
@@ -19,6 +20,10 @@ const TOKEN: &str = "ingest-secret";
 
 // ---------------------------------------------------------------------------------------------
 // The store, the same suite on SQLite and PostgreSQL.
+
+fn id(user: &str) -> UserId {
+    UserId::parse(user).unwrap()
+}
 
 fn change(
     email: Option<bool>,
@@ -35,12 +40,12 @@ fn change(
 }
 
 async fn store_suite(store: Arc<dyn PreferenceStore>) {
-    assert_eq!(store.get("nobody").await.unwrap(), None);
+    assert_eq!(store.get(&id("nobody")).await.unwrap(), None);
     assert_eq!(store.pending_count().await.unwrap(), 0);
 
     // A first PATCH applies to the defaults.
     let first = store
-        .apply("u1", &change(None, None, Some(true), None))
+        .apply(&id("u1"), &change(None, None, Some(true), None))
         .await
         .unwrap();
     assert_eq!(
@@ -52,7 +57,7 @@ async fn store_suite(store: Arc<dyn PreferenceStore>) {
     );
     assert!(first.sync_pending);
     assert_eq!(first.version, 1);
-    assert_eq!(store.get("u1").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.get(&id("u1")).await.unwrap(), Some(first.clone()));
 
     // A PUT replaces everything and bumps the version.
     let all = Preferences {
@@ -62,7 +67,7 @@ async fn store_suite(store: Arc<dyn PreferenceStore>) {
         in_app: true,
     };
     let second = store
-        .apply("u1", &PreferencesChange::all(all))
+        .apply(&id("u1"), &PreferencesChange::all(all))
         .await
         .unwrap();
     assert_eq!(second.preferences, all);
@@ -70,17 +75,20 @@ async fn store_suite(store: Arc<dyn PreferenceStore>) {
     assert!(second.updated_at >= first.updated_at);
 
     // A sync of an older version does not clear the mark; of the current one, it does.
-    assert!(!store.mark_synced("u1", 1).await.unwrap());
-    assert!(store.get("u1").await.unwrap().unwrap().sync_pending);
-    assert!(store.mark_synced("u1", 2).await.unwrap());
-    assert!(!store.get("u1").await.unwrap().unwrap().sync_pending);
-    assert!(!store.mark_synced("u1", 2).await.unwrap(), "already synced");
+    assert!(!store.mark_synced(&id("u1"), 1).await.unwrap());
+    assert!(store.get(&id("u1")).await.unwrap().unwrap().sync_pending);
+    assert!(store.mark_synced(&id("u1"), 2).await.unwrap());
+    assert!(!store.get(&id("u1")).await.unwrap().unwrap().sync_pending);
+    assert!(
+        !store.mark_synced(&id("u1"), 2).await.unwrap(),
+        "already synced"
+    );
     assert_eq!(store.pending_count().await.unwrap(), 0);
 
     // The outbox: pending rows, oldest change first.
     for user in ["u2", "u3", "u4"] {
         store
-            .apply(user, &change(Some(false), None, None, None))
+            .apply(&id(user), &change(Some(false), None, None, None))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
@@ -90,7 +98,7 @@ async fn store_suite(store: Arc<dyn PreferenceStore>) {
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.user_id)
+        .map(|r| r.user_id.to_string())
         .collect();
     assert_eq!(pending, ["u2", "u3"]);
     assert_eq!(store.pending_count().await.unwrap(), 3);
@@ -104,42 +112,42 @@ async fn store_suite(store: Arc<dyn PreferenceStore>) {
             } else {
                 change(None, None, Some(true), None)
             };
-            store.apply("busy", &c).await.unwrap()
+            store.apply(&id("busy"), &c).await.unwrap()
         }
     });
     futures::future::join_all(changes).await;
-    let busy = store.get("busy").await.unwrap().unwrap();
+    let busy = store.get(&id("busy")).await.unwrap().unwrap();
     assert_eq!(busy.version, 20);
     assert!(!busy.preferences.email && busy.preferences.sms && busy.preferences.push);
 
     // Odd ids survive the round trip.
     let odd = "ü/ser \"quoted\" ';--";
     store
-        .apply(odd, &change(None, Some(false), None, None))
+        .apply(&id(odd), &change(None, Some(false), None, None))
         .await
         .unwrap();
-    assert!(!store.get(odd).await.unwrap().unwrap().preferences.push);
+    assert!(!store.get(&id(odd)).await.unwrap().unwrap().preferences.push);
 
     // Changes Customer.io reports: applied only when newer than the row, never pending.
     let remote = store
-        .apply_remote("r1", &change(Some(false), None, None, None), 1_000)
+        .apply_remote(&id("r1"), &change(Some(false), None, None, None), 1_000)
         .await
         .unwrap()
         .expect("a new user's remote change applies");
     assert!(!remote.preferences.email && !remote.sync_pending);
     assert_eq!(remote.updated_at, 1_000);
     let older = store
-        .apply_remote("r1", &change(Some(true), None, None, None), 999)
+        .apply_remote(&id("r1"), &change(Some(true), None, None, None), 999)
         .await
         .unwrap();
     assert_eq!(older, None, "older than the row: superseded");
     let local = store
-        .apply("r1", &change(None, None, Some(true), None))
+        .apply(&id("r1"), &change(None, None, Some(true), None))
         .await
         .unwrap();
     assert!(local.sync_pending);
     let late = store
-        .apply_remote("r1", &change(Some(true), None, None, None), 2_000)
+        .apply_remote(&id("r1"), &change(Some(true), None, None, None), 2_000)
         .await
         .unwrap();
     assert_eq!(
@@ -148,7 +156,7 @@ async fn store_suite(store: Arc<dyn PreferenceStore>) {
     );
     let newer = store
         .apply_remote(
-            "r1",
+            &id("r1"),
             &change(Some(true), None, None, None),
             local.updated_at + 1,
         )
@@ -170,7 +178,7 @@ async fn sqlite_store() {
     store.close().await;
     // Reopening runs the migrations again (a no-op) and keeps the data.
     let again = SqliteStore::open(&path).await.unwrap();
-    assert_eq!(again.get("busy").await.unwrap().unwrap().version, 20);
+    assert_eq!(again.get(&id("busy")).await.unwrap().unwrap().version, 20);
     again.close().await;
 }
 
@@ -181,10 +189,17 @@ async fn sqlite_file_opened_by_two_gateways_at_once() {
     let path = dir.path().join("preferences.db");
     let (a, b) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
     let (a, b) = (a.unwrap(), b.unwrap());
-    a.apply("shared", &change(Some(false), None, None, None))
+    a.apply(&id("shared"), &change(Some(false), None, None, None))
         .await
         .unwrap();
-    assert!(!b.get("shared").await.unwrap().unwrap().preferences.email);
+    assert!(
+        !b.get(&id("shared"))
+            .await
+            .unwrap()
+            .unwrap()
+            .preferences
+            .email
+    );
 }
 
 #[tokio::test]
@@ -194,7 +209,7 @@ async fn postgres_store() {
     store_suite(store.clone()).await;
     store.close().await;
     let again = PostgresStore::connect(&db.url).await.unwrap();
-    assert_eq!(again.get("busy").await.unwrap().unwrap().version, 20);
+    assert_eq!(again.get(&id("busy")).await.unwrap().unwrap().version, 20);
     again.close().await;
 }
 

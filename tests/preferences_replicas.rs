@@ -129,7 +129,7 @@ async fn an_older_version_published_late_by_one_replica_does_not_win() {
         Some(&&Value::Bool(false)),
         "Customer.io must end with the newest choice (opted out); identifies in order: {opt_ins:?}"
     );
-    let row = replica_a.store().get(user.as_str()).await.unwrap().unwrap();
+    let row = replica_a.store().get(&user).await.unwrap().unwrap();
     assert_eq!(row.version, 2);
     assert!(!row.preferences.email);
     assert!(!row.sync_pending, "synced at the newest version");

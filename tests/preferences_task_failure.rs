@@ -6,6 +6,7 @@ mod common;
 use actix_web::test as web_test;
 use actix_web::{App, web};
 use async_trait::async_trait;
+use cio_gateway::domain::UserId;
 use cio_gateway::http;
 use cio_gateway::preferences::{
     PreferenceService, PreferenceStore, PreferencesChange, StoreError, StoredPreferences, UserLock,
@@ -19,21 +20,25 @@ struct PanickingStore;
 
 #[async_trait]
 impl PreferenceStore for PanickingStore {
-    async fn get(&self, _: &str) -> Result<Option<StoredPreferences>, StoreError> {
+    async fn get(&self, _: &UserId) -> Result<Option<StoredPreferences>, StoreError> {
         panic!("store bug")
     }
-    async fn apply(&self, _: &str, _: &PreferencesChange) -> Result<StoredPreferences, StoreError> {
+    async fn apply(
+        &self,
+        _: &UserId,
+        _: &PreferencesChange,
+    ) -> Result<StoredPreferences, StoreError> {
         panic!("store bug")
     }
     async fn apply_remote(
         &self,
-        _: &str,
+        _: &UserId,
         _: &PreferencesChange,
         _: i64,
     ) -> Result<Option<StoredPreferences>, StoreError> {
         panic!("store bug")
     }
-    async fn mark_synced(&self, _: &str, _: i64) -> Result<bool, StoreError> {
+    async fn mark_synced(&self, _: &UserId, _: i64) -> Result<bool, StoreError> {
         panic!("store bug")
     }
     async fn pending(&self, _: u32) -> Result<Vec<StoredPreferences>, StoreError> {
@@ -42,7 +47,7 @@ impl PreferenceStore for PanickingStore {
     async fn pending_count(&self) -> Result<u64, StoreError> {
         panic!("store bug")
     }
-    async fn lock_user<'a>(&'a self, _: &'a str) -> Result<Box<dyn UserLock + 'a>, StoreError> {
+    async fn lock_user<'a>(&'a self, _: &'a UserId) -> Result<Box<dyn UserLock + 'a>, StoreError> {
         panic!("store bug")
     }
     async fn close(&self) {}

@@ -32,6 +32,7 @@ pub use sync::{PreferenceService, ResyncTask, SyncError, Synced};
 pub use user_source::{UserSource, UserSourceError};
 
 use crate::config::Settings;
+use crate::domain::UserId;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -162,7 +163,7 @@ impl PreferencesChange {
 /// version (bumped by every change) a sync confirms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPreferences {
-    pub user_id: String,
+    pub user_id: UserId,
     pub preferences: Preferences,
     pub sync_pending: bool,
     pub version: i64,
@@ -187,23 +188,23 @@ pub enum StoreError {
 #[async_trait]
 pub trait PreferenceStore: Send + Sync + 'static {
     /// The stored row, if the user ever chose.
-    async fn get(&self, user: &str) -> Result<Option<StoredPreferences>, StoreError>;
+    async fn get(&self, user: &UserId) -> Result<Option<StoredPreferences>, StoreError>;
     /// Applies a change (to the defaults, for a new user), marks it pending and bumps the version.
     async fn apply(
         &self,
-        user: &str,
+        user: &UserId,
         change: &PreferencesChange,
     ) -> Result<StoredPreferences, StoreError>;
     /// Applies a change Customer.io reported (see `remote.rs`) if it happened at `at_ms`, after
     /// the row's last change; not marked pending. `None` when the row is newer.
     async fn apply_remote(
         &self,
-        user: &str,
+        user: &UserId,
         change: &PreferencesChange,
         at_ms: i64,
     ) -> Result<Option<StoredPreferences>, StoreError>;
     /// Clears the pending mark if the row is still at `version`; false when it changed since.
-    async fn mark_synced(&self, user: &str, version: i64) -> Result<bool, StoreError>;
+    async fn mark_synced(&self, user: &UserId, version: i64) -> Result<bool, StoreError>;
     /// Rows still to publish, oldest change first.
     async fn pending(&self, limit: u32) -> Result<Vec<StoredPreferences>, StoreError>;
     /// How many rows are still to publish.
@@ -211,7 +212,10 @@ pub trait PreferenceStore: Send + Sync + 'static {
     /// Takes the user's sync lock: while the returned [`UserLock`] lives, no other sync of this
     /// user reads, publishes or marks, in this process or (PostgreSQL) in any other sharing
     /// the database. Changes ([`PreferenceStore::apply`]) are not blocked by it.
-    async fn lock_user<'a>(&'a self, user: &'a str) -> Result<Box<dyn UserLock + 'a>, StoreError>;
+    async fn lock_user<'a>(
+        &'a self,
+        user: &'a UserId,
+    ) -> Result<Box<dyn UserLock + 'a>, StoreError>;
     /// Closes the connections.
     async fn close(&self);
 }

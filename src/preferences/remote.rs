@@ -14,8 +14,8 @@
 //! is keyed by the producers' user id.
 
 use super::PreferencesChange;
-use crate::domain::ReportingEvent;
 use crate::domain::webhook::Metric;
+use crate::domain::{ReportingEvent, UserId};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -109,15 +109,15 @@ impl TopicMap {
 /// A change Customer.io reported, to apply if it is newer than the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteChange {
-    pub user: String,
+    pub user: UserId,
     pub change: PreferencesChange,
     /// When it happened in Customer.io (the event's `timestamp`), ms since the epoch.
     pub at_ms: i64,
 }
 
 impl RemoteChange {
-    /// The change `event` reports; `None` for events about anything else, people without an
-    /// `id`, or topics no channel maps to.
+    /// The change `event` reports; `None` for events about anything else, people without a
+    /// valid `id`, or topics no channel maps to.
     pub fn of(event: &ReportingEvent, topics: &TopicMap) -> Option<Self> {
         let mut change = PreferencesChange::default();
         match &event.metric {
@@ -146,7 +146,7 @@ impl RemoteChange {
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             })
-            .filter(|s| !s.is_empty())?;
+            .and_then(|s| UserId::parse(&s).ok())?;
         Some(Self {
             user,
             change,
@@ -188,7 +188,7 @@ mod tests {
             &none,
         )
         .unwrap();
-        assert_eq!(off.user, "42");
+        assert_eq!(off.user.as_str(), "42");
         assert_eq!(off.change.email, Some(false));
         assert_eq!((off.change.push, off.change.sms), (None, None));
         assert_eq!(off.at_ms, 1_700_000_000_000);

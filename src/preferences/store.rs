@@ -14,6 +14,7 @@ use super::actions::{ActionLedger, ActionRecord, Verdict};
 use super::{
     PreferenceStore, Preferences, PreferencesChange, StoreError, StoredPreferences, UserLock,
 };
+use crate::domain::UserId;
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
@@ -148,7 +149,10 @@ where
     for<'r> &'r str: ColumnIndex<R>,
 {
     Ok(StoredPreferences {
-        user_id: row.try_get("user_id")?,
+        user_id: {
+            let id: String = row.try_get("user_id")?;
+            UserId::parse(&id).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?
+        },
         preferences: Preferences {
             email: row.try_get("email")?,
             push: row.try_get("push")?,
@@ -343,34 +347,34 @@ impl<DB: Backend> SqlStore<DB> {
 
 #[async_trait]
 impl<DB: Sql> PreferenceStore for SqlStore<DB> {
-    async fn get(&self, user: &str) -> Result<Option<StoredPreferences>, StoreError> {
-        Ok(DB::select(&mut *self.pool.acquire().await?, user).await?)
+    async fn get(&self, user: &UserId) -> Result<Option<StoredPreferences>, StoreError> {
+        Ok(DB::select(&mut *self.pool.acquire().await?, user.as_str()).await?)
     }
 
     async fn apply(
         &self,
-        user: &str,
+        user: &UserId,
         change: &PreferencesChange,
     ) -> Result<StoredPreferences, StoreError> {
         let now = chrono::Utc::now().timestamp_millis();
         let conn = &mut *self.pool.acquire().await?;
-        DB::apply(conn, sql::APPLY, user, change, now)
+        DB::apply(conn, sql::APPLY, user.as_str(), change, now)
             .await?
             .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
     }
 
     async fn apply_remote(
         &self,
-        user: &str,
+        user: &UserId,
         change: &PreferencesChange,
         at_ms: i64,
     ) -> Result<Option<StoredPreferences>, StoreError> {
         let conn = &mut *self.pool.acquire().await?;
-        Ok(DB::apply(conn, sql::APPLY_REMOTE, user, change, at_ms).await?)
+        Ok(DB::apply(conn, sql::APPLY_REMOTE, user.as_str(), change, at_ms).await?)
     }
 
-    async fn mark_synced(&self, user: &str, version: i64) -> Result<bool, StoreError> {
-        Ok(DB::mark_synced(&mut *self.pool.acquire().await?, user, version).await?)
+    async fn mark_synced(&self, user: &UserId, version: i64) -> Result<bool, StoreError> {
+        Ok(DB::mark_synced(&mut *self.pool.acquire().await?, user.as_str(), version).await?)
     }
 
     async fn pending(&self, limit: u32) -> Result<Vec<StoredPreferences>, StoreError> {
@@ -382,7 +386,10 @@ impl<DB: Sql> PreferenceStore for SqlStore<DB> {
         Ok(count.max(0) as u64)
     }
 
-    async fn lock_user<'a>(&'a self, user: &'a str) -> Result<Box<dyn UserLock + 'a>, StoreError> {
+    async fn lock_user<'a>(
+        &'a self,
+        user: &'a UserId,
+    ) -> Result<Box<dyn UserLock + 'a>, StoreError> {
         let permit = self
             .locks
             .clone()
@@ -394,7 +401,7 @@ impl<DB: Sql> PreferenceStore for SqlStore<DB> {
             // connection included, so a dead replica never leaves a user locked.
             Some(statement) => {
                 let mut tx = self.pool.begin().await?;
-                DB::execute_for_user(&mut tx, statement, user).await?;
+                DB::execute_for_user(&mut tx, statement, user.as_str()).await?;
                 Held::Transaction(tx)
             }
             // No transaction: a database lock would block every writer while publishing.
@@ -442,18 +449,18 @@ impl<DB: Database> DerefMut for Held<DB> {
 /// The sync lock of one user. `apply` of other sessions is not blocked (it takes no lock).
 struct SqlUserLock<'a, DB: Database> {
     held: Held<DB>,
-    user: &'a str,
+    user: &'a UserId,
     _permit: OwnedSemaphorePermit,
 }
 
 #[async_trait]
 impl<DB: Sql> UserLock for SqlUserLock<'_, DB> {
     async fn get(&mut self) -> Result<Option<StoredPreferences>, StoreError> {
-        Ok(DB::select(&mut self.held, self.user).await?)
+        Ok(DB::select(&mut self.held, self.user.as_str()).await?)
     }
 
     async fn mark_synced(&mut self, version: i64) -> Result<bool, StoreError> {
-        Ok(DB::mark_synced(&mut self.held, self.user, version).await?)
+        Ok(DB::mark_synced(&mut self.held, self.user.as_str(), version).await?)
     }
 
     async fn release(self: Box<Self>) -> Result<(), StoreError> {

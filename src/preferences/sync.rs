@@ -139,7 +139,7 @@ impl PreferenceService {
 
     /// The user's preferences and whether they are stored and still pending.
     pub async fn get(self: &Arc<Self>, user: &UserId) -> Result<StoredPreferences, StoreError> {
-        let user = user.as_str().to_string();
+        let user = user.clone();
         let this = self.clone();
         self.runtime
             .spawn(async move {
@@ -166,7 +166,7 @@ impl PreferenceService {
         user: &UserId,
         change: PreferencesChange,
     ) -> Result<StoredPreferences, StoreError> {
-        let user = user.as_str().to_string();
+        let user = user.clone();
         let this = self.clone();
         self.runtime
             .spawn(async move {
@@ -189,7 +189,7 @@ impl PreferenceService {
     /// Reads the user from the user source, merges the preferences and publishes one identify.
     /// Without a configured user source, publishes the preferences alone.
     pub async fn sync_user(self: &Arc<Self>, user: &UserId) -> Result<Synced, SyncError> {
-        let user = user.as_str().to_string();
+        let user = user.clone();
         let this = self.clone();
         self.runtime
             .spawn(async move { this.sync_user_here(&user).await })
@@ -197,10 +197,10 @@ impl PreferenceService {
             .unwrap_or_else(|e| Err(task_failed(e).into()))
     }
 
-    async fn sync_user_here(&self, user: &str) -> Result<Synced, SyncError> {
+    async fn sync_user_here(&self, user: &UserId) -> Result<Synced, SyncError> {
         let attributes = match &self.users {
             Some(source) => source
-                .fetch(user)
+                .fetch(user.as_str())
                 .await?
                 .ok_or_else(|| SyncError::UnknownUser(user.to_string()))?,
             None => Map::new(),
@@ -228,7 +228,7 @@ impl PreferenceService {
     async fn publish_locked(
         &self,
         lock: &mut dyn UserLock,
-        user: &str,
+        user: &UserId,
         mut attributes: Map<String, Value>,
     ) -> Result<(String, Vec<String>, Option<bool>), SyncError> {
         let stored = lock.get().await?;
@@ -245,7 +245,10 @@ impl PreferenceService {
 
     /// Publishes the user's stored preferences as they are now; on confirm clears the pending
     /// mark for that version. Returns the row as it was published (`None` if there is none).
-    async fn sync_preferences(&self, user: &str) -> Result<Option<StoredPreferences>, SyncError> {
+    async fn sync_preferences(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<StoredPreferences>, SyncError> {
         let synced = {
             let _guard = self.lock(user).await;
             let mut lock = self.store.lock_user(user).await?;
@@ -264,7 +267,7 @@ impl PreferenceService {
     async fn sync_locked(
         &self,
         lock: &mut dyn UserLock,
-        user: &str,
+        user: &UserId,
     ) -> Result<Option<(StoredPreferences, bool)>, SyncError> {
         let Some(mut stored) = lock.get().await? else {
             return Ok(None);
@@ -284,7 +287,7 @@ impl PreferenceService {
 
     async fn publish_identify(
         &self,
-        user: &str,
+        user: &UserId,
         attributes: Map<String, Value>,
     ) -> Result<String, SyncError> {
         let envelope = json!({"type": "identify", "userId": user, "payload": attributes});
@@ -294,7 +297,7 @@ impl PreferenceService {
         Ok(id.as_str().to_string())
     }
 
-    async fn lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    async fn lock(&self, user: &UserId) -> tokio::sync::MutexGuard<'_, ()> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         user.hash(&mut hasher);
         self.locks[(hasher.finish() % LOCK_STRIPES as u64) as usize]
