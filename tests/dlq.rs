@@ -13,7 +13,7 @@ use cio_gateway::broker::{self, SharedBroker, Topology};
 use cio_gateway::http;
 use cio_gateway::publisher::Publisher;
 use cio_gateway::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
-use common::{TestVhost, eventually};
+use common::{TestVhost, eventually, eventually_async};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
@@ -115,15 +115,15 @@ async fn list_show_replay_and_purge_without_losing_a_message() {
             .unwrap();
         ids.push(id);
     }
-    let mut in_dlq = 0;
-    for _ in 0..300 {
-        in_dlq = dlq_len(&producer).await;
-        if in_dlq == 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(in_dlq, 5, "the five rejected messages are dead letters");
+    let all_in = eventually_async(Duration::from_secs(30), || async {
+        dlq_len(&producer).await == 5
+    })
+    .await;
+    assert!(
+        all_in,
+        "the five rejected messages are dead letters: {} in the queue",
+        dlq_len(&producer).await
+    );
     // From now on Customer.io accepts them.
     sandbox.sandbox.set_faults(Faults::default());
 
@@ -176,7 +176,21 @@ async fn list_show_replay_and_purge_without_losing_a_message() {
     })
     .await;
     assert!(delivered, "the replayed message reached Customer.io");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A later message of the same user: a second copy of the replay would be delivered
+    // before it (one partition, in order), so once it is there every copy is.
+    publisher
+        .publish(json!({"type": "track", "userId": user_x, "payload": {"name": "after_replay"}}))
+        .await
+        .unwrap();
+    let after = eventually(Duration::from_secs(30), || {
+        sandbox
+            .sandbox
+            .records_for(user_x)
+            .iter()
+            .any(|r| r.body["name"] == "after_replay")
+    })
+    .await;
+    assert!(after, "the message after the replay arrived");
     let deliveries = sandbox
         .sandbox
         .records_for(user_x)

@@ -10,7 +10,7 @@ use cio_gateway::preferences::{
     PostgresStore, PreferenceStore, Preferences, PreferencesChange, SqliteStore,
 };
 use cio_gateway::sandbox::{self, Record, RunningSandbox, SandboxConfig};
-use common::{TestDb, TestVhost, eventually};
+use common::{TestDb, TestVhost, eventually, eventually_async};
 use serde_json::{Value, json};
 use std::process::Command;
 use std::sync::Arc;
@@ -281,6 +281,23 @@ impl Setup {
             .collect()
     }
 
+    /// The value of a counter or gauge (without labels) on the gateway's `/metrics`; 0 when
+    /// absent.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     async fn stop(self) {
         self.gateway.shutdown().await;
         self.sandbox.stop().await;
@@ -484,8 +501,15 @@ async fn a_change_while_rabbitmq_is_down_is_stored_and_synced_when_it_returns() 
         .await;
     assert_eq!(body["syncPending"], true);
     assert_eq!(body["sms"], true);
-    // While the outage lasts the re-sync task keeps failing, and nothing arrives.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // While the outage lasts the re-sync task keeps failing (it says so), and nothing arrives.
+    let failing = eventually_async(Duration::from_secs(30), || async {
+        setup
+            .metric("cio_gateway_preferences_resync_failures_total")
+            .await
+            >= 2.0
+    })
+    .await;
+    assert!(failing, "the re-sync task met the outage");
     assert!(setup.identifies("kim").is_empty());
 
     drop(outage);
@@ -504,17 +528,13 @@ async fn a_change_while_rabbitmq_is_down_is_stored_and_synced_when_it_returns() 
         opt_ins(&identifies[0]),
         json!({"email_opt_in": false, "push_opt_in": false, "sms_opt_in": true, "in_app_opt_in": true})
     );
-    let mut synced = false;
-    for _ in 0..100 {
+    let synced = eventually_async(Duration::from_secs(10), || async {
         let (_, body) = setup
             .send(Method::GET, "/v1/users/kim/preferences", None)
             .await;
-        if body["syncPending"] == false {
-            synced = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        body["syncPending"] == false
+    })
+    .await;
     assert!(synced, "the pending mark is cleared once confirmed");
     setup.stop().await;
 }
@@ -591,8 +611,23 @@ async fn sync_reads_the_user_source_and_merges_preferences() {
         .send(Method::POST, "/v1/users/not-a-number/sync", None)
         .await;
     assert_eq!(status, 404, "an id that cannot match the integer key");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(setup.sandbox.sandbox.records_for("999").is_empty());
+    // A later change of 999 is published after anything the refused sync could have sent,
+    // and arrives after it (one partition, in order): once it is there, it is the only one.
+    let (status, _) = setup
+        .send(
+            Method::PUT,
+            "/v1/users/999/preferences",
+            Some(json!({"email": true, "push": true, "sms": true, "inApp": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let identifies = wait_for_identifies(&setup, "999", 1).await;
+    assert_eq!(
+        identifies.len(),
+        1,
+        "the unknown user's sync published nothing"
+    );
+    assert!(identifies[0].get("email").is_none(), "{:?}", identifies[0]);
 
     // The preferences are in PostgreSQL, not in the data directory.
     let out = Command::new("psql")

@@ -360,6 +360,7 @@ impl PreferenceService {
                     }
                     Err(e) => {
                         delay = failures.failed();
+                        metrics::counter!(metric::PREFERENCES_RESYNC_FAILURES).increment(1);
                         tracing::warn!(error = %e, retry_in = ?delay, "preference re-sync failed");
                     }
                 }

@@ -63,6 +63,8 @@ catalogue! {
         "Warehouse rows the sink refused for good, dead-lettered.";
     Gauge PREFERENCES_SYNC_PENDING = "cio_gateway_preferences_sync_pending":
         "Preference changes not yet synced to Customer.io (the whole store: take the max across pods).";
+    Counter PREFERENCES_RESYNC_FAILURES = "cio_gateway_preferences_resync_failures_total":
+        "Preference re-sync rounds that failed (retried with backoff).";
     Histogram BATCH_SIZE = "cio_gateway_batch_size":
         "Operations per Track v2 batch request.";
     Counter BATCH_SPLITS = "cio_gateway_batch_splits_total":
