@@ -14,7 +14,7 @@ use crate::broker::topology::{
 };
 use crate::broker::{BrokerError, Delivery, DeliveryStream, Publish, SharedBroker};
 use crate::domain::MessageType;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -317,10 +317,10 @@ pub async fn replay_with_progress(
             continue;
         }
         let Some(message) = letter.original_message() else {
-            tracing::warn!(correlation_id = ?letter.correlation_id,
-                original_exchange = ?letter.original_exchange,
-                "dead letter not replayed: its original exchange is not a replay target");
-            metrics::counter!(metric::DEAD_LETTERS_REPLAY_REFUSED).increment(1);
+            events::dead_letter_replay_refused(
+                letter.correlation_id.as_deref(),
+                letter.original_exchange.as_deref(),
+            );
             report.skipped.push(letter.correlation_id);
             held.deliveries.push(delivery);
             continue;
@@ -331,7 +331,7 @@ pub async fn replay_with_progress(
         };
         match outcome {
             Ok(()) => {
-                metrics::counter!(metric::DEAD_LETTERS_REPLAYED).increment(1);
+                events::dead_letter_replayed();
                 if is_timestamped_identify(&letter) {
                     report
                         .timestamped_identifies

@@ -17,7 +17,7 @@ use super::messages::Failure;
 use super::segments;
 use crate::customerio::{CioError, CustomerIo, Permit, TrackCall, unless_cancelled, wire};
 use crate::domain::limits::MAX_V2_BATCH_BYTES;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -326,7 +326,7 @@ pub(super) fn cancelled() -> Failure {
 async fn send_batch(client: &CustomerIo, permit: Permit, batch: Vec<Job>) {
     let (calls, waiters): (Vec<TrackCall>, Vec<_>) =
         batch.into_iter().map(|job| (job.call, job.done)).unzip();
-    metrics::histogram!(metric::BATCH_SIZE).record(calls.len() as f64);
+    events::batch_sent(calls.len());
     match client.batch_with(permit, &calls).await {
         Ok(results) => {
             for (waiter, result) in waiters.into_iter().zip(results) {

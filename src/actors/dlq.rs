@@ -7,7 +7,7 @@ use crate::broker::topology::{
     DLQ_EXCHANGE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY,
 };
 use crate::broker::{BrokerError, Publish, SharedBroker};
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use actix::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -101,14 +101,11 @@ impl Handler<DeadLetter> for DlqActor {
                 letter.original_routing_key.clone(),
             );
             publish_confirmed(&broker, message).await?;
-            metrics::counter!(metric::DEAD_LETTERS, "error_kind" => letter.kind.as_str())
-                .increment(1);
-            tracing::warn!(
-                correlation_id = letter.correlation_id.as_deref().unwrap_or(""),
-                kind = letter.kind.as_str(),
-                routing_key = %letter.original_routing_key,
-                error = %letter.error,
-                "dead-lettered"
+            events::dead_lettered(
+                letter.kind.as_str(),
+                letter.correlation_id.as_deref(),
+                &letter.original_routing_key,
+                &letter.error,
             );
             letter.acker.ack().await
         })

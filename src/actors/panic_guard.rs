@@ -4,7 +4,7 @@
 //! restarts only actors that stop) and every later message of its kind would fail.
 
 use super::messages::Failure;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 use parking_lot::Mutex;
@@ -34,8 +34,7 @@ fn panicked<T>(panic: Box<dyn Any + Send>) -> Result<T, Failure> {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into());
-    metrics::counter!(metric::ACTOR_PANICS).increment(1);
-    tracing::error!(panic = %what, "delivery attempt panicked; the message is retried");
+    events::attempt_panicked(&what);
     Err(Failure::retryable(format!("the attempt panicked: {what}")))
 }
 

@@ -26,7 +26,7 @@ use crate::broker::topology::PROCESSED_EXCHANGE;
 use crate::broker::{Acker, Delivery, Publish, SharedBroker};
 use crate::domain::{Envelope, Route, UserId};
 use crate::retry::Backoff;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -149,14 +149,14 @@ struct ActiveUser;
 
 impl ActiveUser {
     fn counted() -> Self {
-        metrics::gauge!(metric::ACTIVE_USERS).increment(1.0);
+        events::lane(true);
         Self
     }
 }
 
 impl Drop for ActiveUser {
     fn drop(&mut self) {
-        metrics::gauge!(metric::ACTIVE_USERS).decrement(1.0);
+        events::lane(false);
     }
 }
 
@@ -206,13 +206,13 @@ impl ShardActor {
         let envelope = match Envelope::parse(&delivery.body) {
             Ok(envelope) => envelope,
             Err(e) => {
-                metrics::counter!(metric::ENVELOPES_RECEIVED, "type" => "invalid").increment(1);
+                events::envelope_received("invalid");
                 let letter = refuse(delivery, e.to_string(), ErrorKind::Invalid, 0);
                 return self.settle(None, Outcome::refused(letter, "unparsed"), ctx);
             }
         };
         let kind = envelope.kind.as_str();
-        metrics::counter!(metric::ENVELOPES_RECEIVED, "type" => kind).increment(1);
+        events::envelope_received(kind);
         if delivery.delivery_count > self.deps.max_redeliveries {
             // Returned to its queue this often with no outcome: something about it keeps its
             // consumer from finishing (a crash, a hang). Bounded here, never by the broker.
@@ -397,12 +397,18 @@ impl ShardActor {
                                 .pending
                                 .front()
                                 .map_or("unknown", |p| p.envelope.kind.as_str());
-                            metrics::counter!(metric::DELIVERY_RETRIES, "type" => kind)
-                                .increment(1);
-                            let correlation_id = lane.pending.front().and_then(|p| {
-                                p.envelope.correlation_id.as_ref().map(|id| id.to_string())
-                            });
-                            tracing::debug!(%user, ?correlation_id, attempts, ?delay, error = %failure.message, "retrying");
+                            let correlation_id = lane
+                                .pending
+                                .front()
+                                .and_then(|p| p.envelope.correlation_id.as_ref());
+                            events::delivery_retried(
+                                kind,
+                                &user,
+                                correlation_id.map(|id| id.as_str()),
+                                attempts,
+                                delay,
+                                &failure.message,
+                            );
                             let user = user.clone();
                             ctx.run_later(delay, move |act, ctx| act.retry(user, ctx));
                             return;
@@ -469,8 +475,7 @@ impl ShardActor {
                 if let Some(key) = key {
                     self.deps.ledger.forget(&key);
                 }
-                metrics::counter!(metric::DELIVERIES, "type" => message_type, "outcome" => "dead_letter")
-                    .increment(1);
+                events::delivery_dead_lettered(message_type);
                 let dlq = self.deps.dlq.clone();
                 Box::pin(async move {
                     match dlq.send(letter).await {
@@ -506,12 +511,7 @@ impl ShardActor {
     /// Publishes the processed event, then acks; true once both are done.
     fn delivered(&self, pending: Pending) -> futures::future::BoxFuture<'static, bool> {
         let kind = pending.envelope.kind.as_str();
-        metrics::counter!(metric::DELIVERIES, "type" => kind, "outcome" => "success").increment(1);
-        if let Some(published) = pending.envelope.timestamp {
-            let now = chrono::Utc::now().timestamp_millis();
-            metrics::histogram!(metric::DELIVERY_DURATION, "type" => kind)
-                .record((now - published).max(0) as f64 / 1000.0);
-        }
+        events::delivered(kind, pending.envelope.timestamp);
         let body = processed_body(
             &pending.body,
             pending.attempts,

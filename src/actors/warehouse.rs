@@ -23,7 +23,7 @@ use crate::broker::{Acker, Delivery, SharedBroker};
 use crate::domain::{ReportingEvent, Row};
 use crate::http::webhooks::HEADER_RECEIVED_AT;
 use crate::retry::{Backoff, FailureStreak};
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use crate::warehouse::{SharedSink, SinkError};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -179,16 +179,17 @@ impl WarehouseActor {
                 Err((e, batch)) => {
                     let delay = act.write_failures.failed();
                     let error = e.to_string();
-                    if act.last_error.as_deref() == Some(error.as_str()) {
-                        tracing::debug!(sink = act.sink.name(), rows = batch.len(), %error, ?delay,
-                            "warehouse write failed again; will retry the batch");
-                    } else {
-                        tracing::warn!(sink = act.sink.name(), rows = batch.len(), %error, ?delay,
-                            "warehouse write failed; will retry the batch (logged again when the error changes)");
+                    let repeated = act.last_error.as_deref() == Some(error.as_str());
+                    events::warehouse_write_failed(
+                        act.sink.name(),
+                        batch.len(),
+                        &error,
+                        delay,
+                        repeated,
+                    );
+                    if !repeated {
                         act.last_error = Some(error);
                     }
-                    metrics::counter!(metric::WAREHOUSE_WRITE_ERRORS, "sink" => act.sink.name())
-                        .increment(1);
                     act.buffer.splice(0..0, batch);
                     if act.draining {
                         return;
@@ -219,14 +220,7 @@ async fn write(
         match sink.write(&rows).await {
             Ok(new) => {
                 written += new;
-                metrics::counter!(metric::WAREHOUSE_ROWS, "sink" => sink.name())
-                    .increment(new as u64);
-                tracing::debug!(
-                    sink = sink.name(),
-                    rows = rows.len(),
-                    new,
-                    "warehouse batch committed"
-                );
+                events::warehouse_written(sink.name(), rows.len(), new);
                 for pending in &part {
                     if let Err(e) = pending.acker.ack().await {
                         // The channel is gone: the rest return to the queue with it, and are
@@ -281,7 +275,7 @@ async fn write(
 /// Dead-letters one row's event (the DLQ actor acks it once the dead letter is confirmed);
 /// hands it back when that could not be done, so it is retried with the batch.
 async fn dead_letter(dlq: &Addr<DlqActor>, pending: Pending, error: String) -> Result<(), Pending> {
-    metrics::counter!(metric::WAREHOUSE_ROWS_DEAD_LETTERED).increment(1);
+    events::warehouse_row_dead_lettered();
     let letter = DeadLetter {
         correlation_id: None,
         body: pending.body.clone(),

@@ -41,7 +41,7 @@ use crate::preferences::{
 };
 use crate::publisher::{PublishError, Publisher};
 use crate::retry::{Backoff, FailureStreak};
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,10 +136,7 @@ impl WebhookActor {
             Ok(event) => event,
             Err(e) => {
                 // The warehouse actor dead-letters its copy; one dead letter per bad message.
-                tracing::error!(error = %e, "unparseable webhook event; no action taken");
-                metrics::counter!(metric::WEBHOOK_ACTIONS,
-                    "action" => "none", "outcome" => "invalid")
-                .increment(1);
+                events::webhook_action_unparsable(&e);
                 ctx.wait(settle(acker, None).into_actor(self));
                 return;
             }
@@ -211,11 +208,12 @@ async fn handle_event(
         Outcome::Skipped(why) => (action.as_str(), *why),
         Outcome::Retry(_) => (action.as_str(), "retry"),
     };
-    metrics::counter!(metric::WEBHOOK_ACTIONS,
-        "action" => action_label, "outcome" => outcome_label)
-    .increment(1);
-    tracing::debug!(event_id = %event.event_id, action = action_label,
-        outcome = outcome_label, took = ?received.elapsed(), "webhook event handled");
+    events::webhook_action(
+        &event.event_id,
+        action_label,
+        outcome_label,
+        received.elapsed(),
+    );
     outcome
 }
 
@@ -236,9 +234,7 @@ async fn follow(
     } else {
         "superseded"
     };
-    metrics::counter!(metric::PREFERENCES_REMOTE_CHANGES, "outcome" => outcome).increment(1);
-    tracing::info!(event_id = %event.event_id, user = %remote.user, outcome,
-        "subscription change from Customer.io");
+    events::preferences_remote_change(&event.event_id, &remote.user, outcome);
     Ok(())
 }
 

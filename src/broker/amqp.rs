@@ -14,7 +14,7 @@ use super::{
     reply_code,
 };
 use crate::retry::Backoff;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
@@ -98,8 +98,7 @@ impl Live {
         if self.dead.is_cancelled() {
             return;
         }
-        tracing::warn!(why, "RabbitMQ connection considered dead; reconnecting");
-        metrics::counter!(metric::BROKER_CONNECTIONS_ABANDONED).increment(1);
+        events::broker_connection_abandoned(why);
         self.dead.cancel();
         let connection = self.connection.clone();
         tokio::spawn(async move {
@@ -210,11 +209,7 @@ impl AmqpBroker {
                 let old = std::mem::replace(&mut live.publisher, fresh);
                 self.nacks_in_a_row.store(0, Ordering::Relaxed);
                 self.publisher_reopens.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metric::BROKER_PUBLISHER_REOPENED).increment(1);
-                tracing::warn!(
-                    nacks,
-                    "publishes nacked in a row; reopened the publishing channel"
-                );
+                events::publisher_reopened(nacks);
                 tokio::spawn(async move {
                     let close = old.close(200, "reopened after nacks".into());
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
@@ -245,7 +240,7 @@ impl AmqpBroker {
 
     fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
-        metrics::gauge!(metric::BROKER_CONNECTED).set(if up { 1.0 } else { 0.0 });
+        events::broker_connected(up);
     }
 }
 

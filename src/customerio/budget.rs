@@ -11,7 +11,7 @@
 //! keep the workspace answering 429.
 
 use super::CioError;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -60,7 +60,7 @@ impl Budget {
 
     fn new(api: &'static str, ceiling: f64, floor: f64) -> Self {
         let now = Instant::now();
-        metrics::gauge!(metric::RATE_LIMIT_RPS, "api" => api).set(ceiling);
+        events::request_rate(api, ceiling);
         Self {
             api,
             ceiling,
@@ -122,7 +122,7 @@ impl Budget {
         }
         let step = self.ceiling / 50.0 * since.as_secs_f64().min(1.0);
         state.rps = (state.rps + step).min(self.ceiling);
-        metrics::gauge!(metric::RATE_LIMIT_RPS, "api" => self.api).set(state.rps);
+        events::request_rate(self.api, state.rps);
     }
 
     /// Customer.io answered 429: halve the rate and wait for `retry_after` (1 s if not said).
@@ -141,13 +141,7 @@ impl Budget {
         if !recent {
             state.last_decrease = Some(now);
             state.rps = (state.rps / 2.0).max(self.floor);
-            metrics::gauge!(metric::RATE_LIMIT_RPS, "api" => self.api).set(state.rps);
-            tracing::info!(
-                api = self.api,
-                rps = state.rps,
-                pause_ms = pause.as_millis() as u64,
-                "Customer.io answered 429: request rate lowered"
-            );
+            events::request_rate_lowered(self.api, state.rps, pause);
         }
     }
 }

@@ -9,7 +9,7 @@
 //! row failed: a lone 5xx among successes stays the message's own, retryable failure.
 
 use crate::retry::{Backoff, FailureStreak};
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,7 +87,7 @@ impl Pass {
 
 impl Circuit {
     pub(crate) fn new(api: &'static str, threshold: u32, max_backoff: Duration) -> Arc<Self> {
-        metrics::gauge!(metric::CIRCUIT_OPEN, "api" => api).set(0.0);
+        events::circuit_created(api);
         Arc::new(Self {
             api,
             threshold: threshold.max(1),
@@ -151,12 +151,7 @@ impl Circuit {
             Verdict::Healthy => {
                 state.consecutive_failures = 0;
                 if let Some(open) = state.open.take() {
-                    metrics::gauge!(metric::CIRCUIT_OPEN, "api" => self.api).set(0.0);
-                    tracing::info!(
-                        api = self.api,
-                        open_for_ms = open.since.elapsed().as_millis() as u64,
-                        "Customer.io circuit closed: delivery resumes"
-                    );
+                    events::circuit_closed(self.api, open.since.elapsed());
                 }
                 Blame::Message
             }
@@ -204,8 +199,7 @@ impl Circuit {
                 open.reason = reason;
             }
             None => {
-                metrics::gauge!(metric::CIRCUIT_OPEN, "api" => self.api).set(1.0);
-                tracing::warn!(api = self.api, %reason, "Customer.io circuit opened: delivery paused");
+                events::circuit_opened(self.api, &reason);
                 let mut probes = self.probe_backoff().streak();
                 // The failure that opened it counts: the first probe waits the base.
                 let first = probes.failed();

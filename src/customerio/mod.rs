@@ -22,7 +22,7 @@ use crate::domain::{
     UserId, View,
 };
 use crate::sandbox::{SANDBOX_API_KEY, SANDBOX_APP_API_KEY, SANDBOX_SITE_ID};
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use budget::Budget;
 use circuit::{Blame, Circuit, Pass, Verdict};
 use reqwest::Method;
@@ -414,12 +414,7 @@ impl CustomerIo {
         // Nothing of this request was accepted: send the innocent part again, split in two when
         // the answer named nobody, so the offending operation ends up alone.
         let parts: Vec<&[usize]> = if resend.len() == positions.len() {
-            metrics::counter!(metric::BATCH_SPLITS).increment(1);
-            tracing::debug!(
-                status,
-                ops = resend.len(),
-                "batch refused as a whole: bisecting"
-            );
+            events::batch_split(status, resend.len());
             let (left, right) = resend.split_at(resend.len() / 2);
             vec![left, right]
         } else {
@@ -767,26 +762,8 @@ impl CustomerIo {
             Ok(answer) => answer.status.to_string(),
             Err(_) => "error".to_string(),
         };
-        metrics::counter!(
-            metric::CUSTOMERIO_REQUESTS,
-            "api" => api.as_str(),
-            "status" => status_label.clone()
-        )
-        .increment(1);
-        metrics::histogram!(
-            metric::CUSTOMERIO_REQUEST_DURATION,
-            "api" => api.as_str()
-        )
-        .record(elapsed.as_secs_f64());
         let path = url::Url::parse(&url).map_or_else(|_| url.clone(), |u| u.path().to_string());
-        tracing::debug!(
-            api = api.as_str(),
-            method = %method,
-            path = %path,
-            status = %status_label,
-            elapsed_ms = elapsed.as_millis() as u64,
-            "customer.io request"
-        );
+        events::customerio_request(api.as_str(), &method, &path, &status_label, elapsed);
         result.map_err(|e| CioError::from_transport(&e))
     }
 }

@@ -10,7 +10,7 @@
 use super::{AppState, auth};
 use crate::domain::{Envelope, limits};
 use crate::publisher::Publisher;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use actix_web::middleware::from_fn;
 use actix_web::{HttpResponse, web};
 use futures::StreamExt;
@@ -53,7 +53,7 @@ async fn ingest(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     let prepared = match prepare_all(&state, items) {
         Ok(prepared) => prepared,
         Err(errors) => {
-            metrics::counter!(metric::INGEST_REJECTED).increment(errors.len() as u64);
+            events::ingest_rejected(errors.len());
             return bad_request(errors);
         }
     };
@@ -69,7 +69,7 @@ async fn ingest(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     tracing::Span::current().record("correlation_ids", correlation_ids.join(",").as_str());
     let (failed, error) = publish_by_user(&state.publisher, prepared).await;
     let accepted = correlation_ids.len() - failed.len();
-    metrics::counter!(metric::INGEST_ACCEPTED).increment(accepted as u64);
+    events::ingest_accepted(accepted);
     if let Some(error) = error {
         tracing::warn!(error = %error, failed = failed.len(), "ingestion could not publish");
         return HttpResponse::ServiceUnavailable().json(json!({

@@ -19,7 +19,7 @@ use crate::broker::topology::WEBHOOKS_EXCHANGE;
 use crate::broker::{BrokerError, Publish, SharedBroker};
 use crate::domain::ReceivedEvent;
 use crate::domain::webhook::{Freshness, SignatureVerifier, UnparsableEvent, split_webhook_body};
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use actix_web::http::header::{CONTENT_LENGTH, RETRY_AFTER};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::BytesMut;
@@ -51,10 +51,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource(PATH).route(web::post().to(receive)));
 }
 
-fn reject(reason: &'static str) {
-    metrics::counter!(metric::WEBHOOKS_REJECTED, "reason" => reason).increment(1);
-}
-
 async fn receive(
     req: HttpRequest,
     payload: web::Payload,
@@ -78,10 +74,10 @@ async fn receive(
     let unparsable: Vec<UnparsableEvent> = unparsable.into_iter().filter_map(Result::err).collect();
     for received in &events {
         let e = &received.event;
-        metrics::counter!(metric::WEBHOOKS_RECEIVED,
-            "object_type" => label(e.object_type.is_known(), e.object_type.as_str()),
-            "metric" => label(e.metric.is_known(), e.metric.as_str()))
-        .increment(1);
+        events::webhook_received(
+            e.object_type.is_known().then(|| e.object_type.as_str()),
+            e.metric.is_known().then(|| e.metric.as_str()),
+        );
     }
     let stored = futures::future::join(
         store(&state, &events, now),
@@ -99,8 +95,7 @@ async fn receive(
             HttpResponse::Ok().json(json!({"received": events.len() + unparsable.len()}))
         }
         (Err(e), _) | (_, Err(e)) => {
-            metrics::counter!(metric::WEBHOOKS_UNAVAILABLE).increment(1);
-            tracing::error!(error = %e, "webhook events not confirmed by the broker; answering 503");
+            events::webhook_unavailable(&e);
             HttpResponse::ServiceUnavailable()
                 .insert_header((RETRY_AFTER, "5"))
                 .json(json!({"error": format!("not stored: {e}")}))
@@ -110,10 +105,6 @@ async fn receive(
 
 /// A metric label from event data: known values as they are, anything else `other`, so a
 /// sender cannot grow the number of series without bound.
-fn label(known: bool, value: &str) -> String {
-    if known { value } else { "other" }.to_string()
-}
-
 /// Dead-letters each unparsable part (confirmed), so nothing authentic is lost.
 async fn keep_unparsable(
     broker: &SharedBroker,
@@ -133,7 +124,7 @@ async fn keep_unparsable(
     });
     for result in futures::future::join_all(publishes).await {
         result?;
-        metrics::counter!(metric::WEBHOOKS_UNPARSABLE).increment(1);
+        events::webhook_unparsable_kept();
     }
     Ok(())
 }
@@ -169,13 +160,11 @@ fn verify(
         Ok(Freshness::Late { age_secs }) => {
             // Authentic but signed long ago: a retry of Customer.io's. Accepted (refusing it
             // would hold back the endpoint's stream for days); a replay is caught by event_id.
-            metrics::counter!(metric::WEBHOOKS_LATE).increment(1);
-            tracing::info!(age_secs, "authentic webhook with an old timestamp accepted");
+            events::webhook_late(age_secs);
             Ok(())
         }
         Err(e) => {
-            reject(e.reason());
-            tracing::warn!(error = %e, "webhook refused");
+            events::webhook_rejected(e.reason(), &e);
             Err(Box::new(
                 HttpResponse::Unauthorized().json(json!({"error": e.to_string()})),
             ))
@@ -224,12 +213,15 @@ impl BodyError {
     fn refusal(self) -> HttpResponse {
         match self {
             BodyError::TooLarge => {
-                reject("too_large");
+                events::webhook_rejected(
+                    "too_large",
+                    &format_args!("body over {MAX_BODY_BYTES} bytes"),
+                );
                 HttpResponse::PayloadTooLarge()
                     .json(json!({"error": format!("body is over {MAX_BODY_BYTES} bytes")}))
             }
             BodyError::Broken(e) => {
-                reject("malformed");
+                events::webhook_rejected("malformed", &format_args!("reading body: {e}"));
                 HttpResponse::BadRequest().json(json!({"error": format!("reading body: {e}")}))
             }
         }

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::domain::{ParseError, UserId};
 use crate::publisher::{PublishError, Publisher};
 use crate::retry::Backoff;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use serde_json::{Map, Value, json};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -307,7 +307,7 @@ impl PreferenceService {
 
     async fn update_gauge(&self) {
         if let Ok(count) = self.store.pending_count().await {
-            metrics::gauge!(metric::PREFERENCES_SYNC_PENDING).set(count as f64);
+            events::preferences_pending(count);
         }
     }
 
@@ -323,7 +323,7 @@ impl PreferenceService {
             }
         }
         let left = self.store.pending_count().await?;
-        metrics::gauge!(metric::PREFERENCES_SYNC_PENDING).set(left as f64);
+        events::preferences_pending(left);
         result.map(|_| left)
     }
 
@@ -360,8 +360,7 @@ impl PreferenceService {
                     }
                     Err(e) => {
                         delay = failures.failed();
-                        metrics::counter!(metric::PREFERENCES_RESYNC_FAILURES).increment(1);
-                        tracing::warn!(error = %e, retry_in = ?delay, "preference re-sync failed");
+                        events::preferences_resync_failed(&e, delay);
                     }
                 }
             }

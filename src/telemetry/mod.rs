@@ -2,6 +2,7 @@
 //! from `RUST_LOG`; spans exported over OTLP when configured ([`otlp`]); one process-wide Prometheus recorder rendered at `GET /metrics`, with the help
 //! text of every metric in [`metric`].
 
+pub mod events;
 pub mod metric;
 pub mod otlp;
 

@@ -15,7 +15,7 @@
 //! it is a transient [`SinkError::Credentials`], the batch stays unacked and is retried.
 
 use super::SinkError;
-use crate::telemetry::metric;
+use crate::telemetry::events;
 use gcloud_auth::credentials::CredentialsFile;
 use gcloud_auth::project::{
     Config, Project, ProjectInfo, create_token_source_from_credentials,
@@ -62,7 +62,7 @@ impl BigQueryAuth {
 
     /// BigQuery refused the token (401): the next [`BigQueryAuth::token`] is a fresh one.
     pub fn refused(&self) {
-        metrics::counter!(metric::BIGQUERY_UNAUTHORIZED).increment(1);
+        events::bigquery_unauthorized();
         // A static token cannot be renewed here: the sink's error says so, once per change.
         if let Self::Adc(adc) = self {
             adc.refused();
@@ -84,7 +84,7 @@ impl Adc {
         let result = self.fetch().await;
         self.note(&result);
         result.map_err(|e| {
-            metrics::counter!(metric::BIGQUERY_TOKEN_ERRORS).increment(1);
+            events::bigquery_token_failed();
             SinkError::Credentials(e)
         })
     }
