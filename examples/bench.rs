@@ -51,6 +51,9 @@ struct Args {
     /// delivery is measured in the same run, beside this build's.
     #[arg(long)]
     previous_gateway: Option<std::path::PathBuf>,
+    /// Only the backlog drain with each partitioner (`modulus-hash`, `builtin`), side by side.
+    #[arg(long)]
+    partitioners_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +80,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (rps, p99) = webhook_load(&url, &args).await?;
         println!("webhook ingestion: {rps:.0} req/s, p99 {p99:.1} ms");
         println!("CPU per request: {}", cpu.per_request(args.webhooks));
+        return Ok(());
+    }
+    if args.partitioners_only {
+        let modulus = delivery_run(&args, None, false).await?;
+        let (rate, cpu) = builtin_drain(&args).await?;
+        println!(
+            "backlog of {} envelopes over {} users: modulus-hash {:.0} env/s ({:.1} µs CPU each), builtin {rate:.0} env/s ({cpu:.1} µs), {:.0}%",
+            args.envelopes,
+            args.users,
+            modulus.rate,
+            modulus.cpu_per_event,
+            100.0 * rate / modulus.rate
+        );
         return Ok(());
     }
     let mut rows = Vec::new();
@@ -118,8 +134,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // The gateway with an unlimited sandbox, then with Customer.io's 100 req/s Track budget.
+    let mut modulus_rate = 0.0;
     for (label, budget) in [("unlimited", None), ("100 req/s budget", Some(100))] {
         let run = delivery_run(&args, budget, true).await?;
+        if budget.is_none() {
+            modulus_rate = run.rate;
+        }
         println!(
             "gateway {label}: {:.0} env/s, p50 {} ms, p99 {} ms, {:.1} ops/request",
             run.rate, run.p50, run.p99, run.ops_per_request
@@ -175,6 +195,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             });
         }
     }
+
+    let (builtin_rate, builtin_cpu) = builtin_drain(&args).await?;
+    println!(
+        "gateway unlimited, builtin partitioner: {builtin_rate:.0} env/s, {builtin_cpu:.1} µs CPU/envelope"
+    );
+    rows.push(Row {
+        what: "delivery, unlimited, `broker.partitioner = builtin` (envelopes/s; CPU µs each)"
+            .into(),
+        figure: format!("{builtin_rate:.0}; {builtin_cpu:.1}"),
+        baseline: format!("{modulus_rate:.0} (modulus-hash, unlimited)"),
+        ratio: format!("{:.0}%", 100.0 * builtin_rate / modulus_rate.max(1.0)),
+    });
 
     let adaptive = adaptive_budget_run(&args).await?;
     println!(
@@ -638,6 +670,32 @@ async fn delivery_run(
     producer.close().await;
     drop(gateway);
     Ok(run)
+}
+
+/// The backlog drained with `broker.partitioner = builtin`: every envelope waits in the intake
+/// queue, the gateway forwards it to its partition, then delivers it. (rate, µs CPU each).
+async fn builtin_drain(args: &Args) -> anyhow::Result<(f64, f64)> {
+    let vhost = TestVhost::new("bench-builtin");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await?;
+    let topology = Topology::new(PARTITIONS).routed_by_gateway();
+    let producer = broker::connect(&vhost.url, topology).await?;
+    publish(&producer, args.envelopes, args.users, 0).await;
+    let gateway = GatewayProcess::start_with(
+        &vhost,
+        &sandbox,
+        1_000_000,
+        &[("GATEWAY__BROKER__PARTITIONER", "builtin".into())],
+    )?;
+    let cpu_before = cpu_seconds(Some(gateway.0.id()));
+    wait_accepted(&sandbox, args.envelopes as u64, Duration::from_secs(600)).await?;
+    let cpu = (cpu_seconds(Some(gateway.0.id())) - cpu_before) * 1e6 / args.envelopes as f64;
+    let records = sandbox.sandbox.records();
+    let first = records.iter().map(|r| r.received_at_ms).min().unwrap_or(0);
+    let last = records.iter().map(|r| r.received_at_ms).max().unwrap_or(0);
+    let rate = records.len() as f64 / ((last - first).max(1) as f64 / 1000.0);
+    producer.close().await;
+    drop(gateway);
+    Ok((rate, cpu))
 }
 
 /// The request budget Customer.io enforces in the adaptive run: half of what the gateway is

@@ -8,6 +8,8 @@
 #   scripts/rabbitmq4.sh stop        stop the node and unmount (idempotent)
 #   scripts/rabbitmq4.sh ctl ARGS    rabbitmqctl against the node
 #   scripts/rabbitmq4.sh queues ARGS rabbitmq-queues against the node
+#   scripts/rabbitmq4.sh plugins ARGS rabbitmq-plugins against the node (e.g. disable
+#                                    rabbitmq_sharding, as managed brokers without it run)
 #
 # Tests use it through CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="scripts/rabbitmq4.sh ctl".
 # Root dir: RMQ4_ROOT (default /var/lib/cio-gateway/rmq4), outside the repository.
@@ -104,6 +106,8 @@ start() {
     return 0
   fi
   mount_all
+  # Every start has the plugins the topology uses, whatever a run disabled before.
+  echo '[rabbitmq_sharding,rabbitmq_consistent_hash_exchange].' >"$ROOT/etc/rabbitmq/enabled_plugins"
   local log="$ROOT/var/log/rabbitmq/cio-start.log"
   mkdir -p "$ROOT/var/log/rabbitmq"
   # setsid: the node outlives this script and does not get the caller's signals.
@@ -137,5 +141,6 @@ case "${1:-}" in
   stop) stop ;;
   ctl) shift; in_root rabbitmqctl -n "$NODE" "$@" ;;
   queues) shift; in_root rabbitmq-queues -n "$NODE" "$@" ;;
-  *) echo "usage: $0 setup|start|stop|ctl ARGS...|queues ARGS..." >&2; exit 2 ;;
+  plugins) shift; in_root rabbitmq-plugins -n "$NODE" "$@" ;;
+  *) echo "usage: $0 setup|start|stop|ctl ARGS...|queues ARGS...|plugins ARGS..." >&2; exit 2 ;;
 esac

@@ -19,6 +19,14 @@ CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="bash scripts/rabbitmq4.sh ctl" \
   --test replicas --test faults_broker_restart --test pipeline --test faults_lanes \
   --test faults_incidents --test webhook_actions_order --test faults_partition \
   --test broker_version --test data_model
+# The same node without rabbitmq_sharding, as managed brokers without it run: `auto` finds no
+# x-modulus-hash and partitions in the gateway (builtin), through the replica SIGKILL,
+# disconnect, broker restart and partition tests; the builtin test kills the forwarding replica.
+bash scripts/rabbitmq4.sh plugins disable rabbitmq_sharding
+CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="bash scripts/rabbitmq4.sh ctl" \
+  cargo test --locked --no-fail-fast --test partitioner_builtin --test replicas \
+  --test faults_delivery --test faults_broker_restart --test faults_partition
+bash scripts/rabbitmq4.sh plugins enable rabbitmq_sharding
 bash scripts/rabbitmq4.sh stop
 trap - EXIT
 

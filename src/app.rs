@@ -1,6 +1,7 @@
 //! Starting and stopping the whole gateway: broker, sandbox (local mode), HTTP server, actors.
 
 use crate::actors::{Pipeline, Reporting, start_reporting};
+use crate::broker::router::Router;
 use crate::broker::topology::DLQ_QUEUE;
 use crate::broker::{self, BrokerError, QueueBacklog, SharedBroker, Topology};
 use crate::config::Settings;
@@ -44,6 +45,8 @@ pub struct Gateway {
     reporting: Reporting,
     preferences: Arc<PreferenceService>,
     resync: ResyncTask,
+    /// `broker.partitioner = builtin`: forwards the intake queue to the partitions.
+    router: Option<Router>,
     server: ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     admin: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
@@ -159,6 +162,9 @@ impl Gateway {
         let server = server.run();
         let handle = server.handle();
         let server_task = tokio::spawn(server);
+        let router = broker
+            .forwards_intake()
+            .then(|| Router::spawn(broker.clone(), settings.broker.partitions));
         let pipeline = Pipeline::start(&settings, broker, client);
         let resync = preferences.spawn_resync();
         let (pipeline_alive, reporting_alive) = (pipeline.liveness(), reporting.liveness());
@@ -175,6 +181,7 @@ impl Gateway {
             reporting,
             preferences,
             resync,
+            router,
             server: handle,
             server_task,
             admin,
@@ -207,6 +214,9 @@ impl Gateway {
         self.state.actors.clear();
         self.state.intake.close();
         self.resync.stop().await;
+        if let Some(router) = self.router {
+            router.stop().await;
+        }
         let broker = self.state.broker.clone();
         if broker.volatile_backlog().is_some() {
             drain_volatile_queues(&broker, deadline).await;

@@ -411,13 +411,6 @@ impl Settings {
         if self.broker.prefetch == 0 {
             return Err(invalid("broker.prefetch", "must be at least 1"));
         }
-        if self.broker.partitioner == crate::broker::partitioner::Partitioner::Builtin {
-            return Err(invalid(
-                "broker.partitioner",
-                "builtin is not available in this version yet; use auto or modulus-hash \
-                 (x-modulus-hash: plugin rabbitmq_sharding, or RabbitMQ 4.3 and later)",
-            ));
-        }
         if self.broker.connect_timeout_ms == 0 {
             return Err(invalid("broker.connect_timeout_ms", "must be at least 1"));
         }
@@ -826,8 +819,12 @@ mod tests {
             s.broker.partitioner,
             crate::broker::partitioner::Partitioner::ModulusHash
         );
-        let err = load(&[("GATEWAY__BROKER__PARTITIONER", "builtin")]).unwrap_err();
-        assert!(err.to_string().contains("broker.partitioner"), "{err}");
+        let builtin = load(&[
+            ("GATEWAY__BROKER__PARTITIONER", "builtin"),
+            ("GATEWAY__BROKER__URL", "amqp://127.0.0.1:5672/%2f"),
+        ])
+        .unwrap();
+        assert!(crate::broker::Topology::for_settings(&builtin).has_intake());
         let topology = crate::broker::Topology::for_settings(&s);
         assert!(
             topology

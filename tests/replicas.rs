@@ -28,9 +28,15 @@ impl Drop for Replica {
     }
 }
 
+/// `CIO_TEST_PARTITIONER=builtin`: the gateway's own partitioner (no plugin).
+fn partitioner() -> String {
+    std::env::var("CIO_TEST_PARTITIONER").unwrap_or_else(|_| "auto".into())
+}
+
 fn spawn_replica(vhost: &TestVhost, track_url: &str, app_url: &str) -> Replica {
     let child = Command::new(env!("CARGO_BIN_EXE_cio-gateway"))
         .arg("serve")
+        .env("GATEWAY__BROKER__PARTITIONER", partitioner())
         .env("GATEWAY__BROKER__URL", &vhost.url)
         .env("GATEWAY__BROKER__PARTITIONS", "4")
         .env("GATEWAY__HTTP__ADDR", "127.0.0.1:0")
@@ -57,6 +63,9 @@ async fn sigkill_of_one_replica_loses_nothing_and_keeps_order() {
         ..Faults::default()
     });
     let mut topology = Topology::new(4);
+    if partitioner() == "builtin" {
+        topology = topology.routed_by_gateway();
+    }
     topology.queues.push(QueueSpec {
         name: TAP.into(),
         kind: QueueKind::Classic,

@@ -8,7 +8,11 @@
 //! consumer streams end at once, so nothing more is delivered from it, and the next call
 //! reconnects through the endpoint list, each endpoint bounded by `connect_timeout`.
 
-use super::topology::{ExchangeKind, QueueKind, Topology};
+mod forward;
+
+use super::topology::{
+    ExchangeKind, HEADER_FORWARDED_EXCHANGE, HEADER_FORWARDED_ROUTING_KEY, QueueKind, Topology,
+};
 use super::{
     Acker, Broker, BrokerError, ConnectOptions, Delivery, DeliveryStream, Headers, Publish,
     reply_code,
@@ -167,11 +171,26 @@ impl AmqpBroker {
             declare_on(&connection, &self.topology).await?;
             publisher_channel(&connection).await
         };
-        let publisher = tokio::time::timeout(SETUP_TIMEOUT, setup)
+        let setup = tokio::time::timeout(SETUP_TIMEOUT, setup)
             .await
-            .map_err(|_| {
-                BrokerError::Unavailable(format!("topology not declared within {SETUP_TIMEOUT:?}"))
-            })??;
+            .unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable(format!(
+                    "topology not declared within {SETUP_TIMEOUT:?}"
+                )))
+            });
+        let publisher = match setup {
+            Ok(publisher) => publisher,
+            Err(e) => {
+                // A refused declare may leave the connection open (RabbitMQ 4 closes only the
+                // channel): close it, not leak it.
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    connection.close(200, "setup failed".into()),
+                )
+                .await;
+                return Err(e);
+            }
+        };
         self.publisher_id
             .store(u32::from(publisher.id()), Ordering::Relaxed);
         self.nacks_in_a_row.store(0, Ordering::Relaxed);
@@ -406,6 +425,41 @@ async fn declare_on(connection: &Connection, topology: &Topology) -> Result<(), 
     result
 }
 
+/// Whether declaring the `x-modulus-hash` exchange `name` failed because the broker has no such
+/// exchange type. RabbitMQ 3.x closes the connection with COMMAND_INVALID; 4.x closes the
+/// channel with PRECONDITION_FAILED, which also means "declared before with another type", so
+/// then the exchange must not exist either (a passive declare answers NOT_FOUND).
+async fn modulus_hash_unknown(connection: &Connection, name: &str, error: &lapin::Error) -> bool {
+    match reply_code_of(error) {
+        Some(reply_code::COMMAND_INVALID) => true,
+        Some(reply_code::PRECONDITION_FAILED) => {
+            let Ok(channel) = new_channel(connection).await else {
+                return false;
+            };
+            let passive = ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let exists = channel
+                .exchange_declare(
+                    name.into(),
+                    lapin::ExchangeKind::Fanout,
+                    passive,
+                    FieldTable::default(),
+                )
+                .await;
+            match exists {
+                Ok(()) => {
+                    let _ = channel.close(200, "probed".into()).await;
+                    false
+                }
+                Err(e) => reply_code_of(&e) == Some(reply_code::NOT_FOUND),
+            }
+        }
+        _ => false,
+    }
+}
+
 async fn declare_all(
     connection: &Connection,
     channel: &mut Channel,
@@ -421,25 +475,25 @@ async fn declare_all(
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
             ExchangeKind::ModulusHash => lapin::ExchangeKind::Custom("x-modulus-hash".into()),
         };
-        channel
+        let declared = channel
             .exchange_declare(
                 exchange.name.as_str().into(),
                 kind,
                 durable,
                 FieldTable::default(),
             )
-            .await
-            .map_err(|e| {
-                // RabbitMQ closes the connection with COMMAND_INVALID for an exchange type it
-                // does not know ("invalid exchange type 'x-modulus-hash'").
-                if exchange.kind == ExchangeKind::ModulusHash
-                    && reply_code_of(&e) == Some(reply_code::COMMAND_INVALID)
-                {
-                    BrokerError::PluginMissing
-                } else {
-                    BrokerError::amqp(format!("declaring exchange {}", exchange.name), e)
-                }
-            })?;
+            .await;
+        if let Err(e) = declared {
+            if exchange.kind == ExchangeKind::ModulusHash
+                && modulus_hash_unknown(connection, &exchange.name, &e).await
+            {
+                return Err(BrokerError::PluginMissing);
+            }
+            return Err(BrokerError::amqp(
+                format!("declaring exchange {}", exchange.name),
+                e,
+            ));
+        }
     }
     // Queues whose node is down: declared (and bound) again on the next connect.
     let mut unreachable = Vec::new();
@@ -604,13 +658,23 @@ fn delivery_count(table: Option<&FieldTable>) -> u32 {
 }
 
 fn into_delivery(d: lapin::message::Delivery) -> Delivery {
+    let headers = from_field_table(d.properties.headers().as_ref());
+    // Forwarded from the intake queue (`builtin`): it reads as the producer published it.
+    let exchange = headers
+        .get(HEADER_FORWARDED_EXCHANGE)
+        .cloned()
+        .unwrap_or_else(|| d.exchange.as_str().to_string());
+    let routing_key = headers
+        .get(HEADER_FORWARDED_ROUTING_KEY)
+        .cloned()
+        .unwrap_or_else(|| d.routing_key.as_str().to_string());
     Delivery {
-        headers: from_field_table(d.properties.headers().as_ref()),
         body: d.data,
-        exchange: d.exchange.as_str().to_string(),
-        routing_key: d.routing_key.as_str().to_string(),
+        exchange,
+        routing_key,
         redelivered: d.redelivered,
         delivery_count: delivery_count(d.properties.headers().as_ref()),
+        headers,
         acker: Acker::Amqp(d.acker),
     }
 }
@@ -753,6 +817,19 @@ impl Broker for AmqpBroker {
             Ok(declared.message_count())
         };
         self.answered_in_time(&live, count).await
+    }
+
+    async fn forward(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        partitions: u16,
+    ) -> Result<(), BrokerError> {
+        self.forward_intake(queue, prefetch, partitions).await
+    }
+
+    fn forwards_intake(&self) -> bool {
+        self.topology.has_intake()
     }
 
     fn is_connected(&self) -> bool {

@@ -7,6 +7,7 @@
 mod amqp;
 mod memory;
 pub mod partitioner;
+pub mod router;
 pub mod server_version;
 pub mod topology;
 
@@ -271,6 +272,23 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, message: Publish) -> Result<(), BrokerError>;
     /// Consumes with manual acks and at most `prefetch` unacked deliveries.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError>;
+    /// `broker.partitioner = builtin`: consumes `queue` and forwards each delivery to its
+    /// partition queue (of `partitions`, by its routing key), so that a delivery is in one of the two,
+    /// never both or neither. Runs until the connection or channel is lost.
+    async fn forward(
+        &self,
+        queue: &str,
+        _prefetch: u16,
+        _partitions: u16,
+    ) -> Result<(), BrokerError> {
+        Err(BrokerError::Protocol(format!(
+            "{queue}: this broker routes to its partitions itself"
+        )))
+    }
+    /// Whether the gateway must forward the intake queue to the partitions ([`Broker::forward`]).
+    fn forwards_intake(&self) -> bool {
+        false
+    }
     /// Messages ready in a queue (not counting unacked ones).
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError>;
     /// Whether the broker is reachable right now (readiness).
@@ -317,6 +335,20 @@ pub async fn connect_with(
         broker.declare(&topology).await?;
         Ok(Arc::new(broker))
     } else {
-        Ok(AmqpBroker::connect_with(url, topology, options.clone()).await?)
+        match AmqpBroker::connect_with(url, topology.clone(), options.clone()).await {
+            // `auto`: a broker without `x-modulus-hash` gets the partitioner that needs nothing
+            // but core RabbitMQ.
+            Err(BrokerError::PluginMissing)
+                if options.partitioner == partitioner::Partitioner::Auto
+                    && topology.uses_modulus_hash() =>
+            {
+                tracing::warn!(
+                    "RabbitMQ has no x-modulus-hash exchange type: the gateway partitions (broker.partitioner = builtin)"
+                );
+                let builtin = topology.routed_by_gateway();
+                Ok(AmqpBroker::connect_with(url, builtin, options.clone()).await?)
+            }
+            connected => Ok(connected?),
+        }
     }
 }

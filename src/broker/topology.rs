@@ -28,7 +28,14 @@ pub const WEBHOOKS_EXCHANGE: &str = "customerio.webhooks";
 pub const WEBHOOKS_WAREHOUSE_QUEUE: &str = "customerio.webhooks.warehouse";
 pub const WEBHOOKS_ACTIONS_QUEUE: &str = "customerio.webhooks.actions";
 pub const PARTITION_QUEUE_PREFIX: &str = "customerio.partition.";
+/// `broker.partitioner = builtin`: where the producer exchanges deliver, for the gateway to
+/// forward to the partitions.
+pub const INTAKE_QUEUE: &str = "customerio.intake";
 
+/// Headers a message forwarded from the intake queue carries (`builtin`): the exchange and
+/// routing key its producer published with, which its delivery reports as its own.
+pub const HEADER_FORWARDED_EXCHANGE: &str = "x-cio-exchange";
+pub const HEADER_FORWARDED_ROUTING_KEY: &str = "x-cio-routing-key";
 /// Header naming the exchange a dead letter was first published to.
 pub const HEADER_ORIGINAL_EXCHANGE: &str = "x-original-exchange";
 /// Header naming the routing key a dead letter was first published with.
@@ -122,6 +129,12 @@ impl Topology {
             .chain(SUBSCRIPTION_PATTERNS)
             .collect();
         let mut topology = Self::with_action_patterns(settings.broker.partitions, &patterns);
+        // The in-process broker partitions by itself, whatever the setting.
+        if settings.broker.partitioner == super::partitioner::Partitioner::Builtin
+            && settings.broker.url.expose() != "memory://"
+        {
+            topology = topology.routed_by_gateway();
+        }
         if let Some(queue) = &settings.broker.processed_queue {
             topology.add_processed_queue(queue);
         }
@@ -210,6 +223,45 @@ impl Topology {
             exchange_bindings,
             queue_bindings,
         }
+    }
+
+    /// The same topology for `broker.partitioner = builtin`: no `x-modulus-hash` exchange; the
+    /// producer exchanges feed [`INTAKE_QUEUE`] (quorum, single active consumer), which the
+    /// gateway forwards to the partitions.
+    pub fn routed_by_gateway(mut self) -> Self {
+        self.exchanges
+            .retain(|e| e.kind != ExchangeKind::ModulusHash);
+        self.exchange_bindings
+            .retain(|b| b.destination != PARTITIONER_EXCHANGE);
+        self.queue_bindings
+            .retain(|b| b.source != PARTITIONER_EXCHANGE);
+        if !self.has_intake() {
+            self.queues.insert(
+                0,
+                QueueSpec {
+                    name: INTAKE_QUEUE.to_string(),
+                    kind: QueueKind::Quorum {
+                        single_active: true,
+                    },
+                },
+            );
+            for source in [IDENTIFY_EXCHANGE, TRACK_EXCHANGE, TRANSACTIONAL_EXCHANGE] {
+                self.queue_bindings.insert(
+                    0,
+                    BindingSpec {
+                        source: source.to_string(),
+                        destination: INTAKE_QUEUE.to_string(),
+                        routing_key: String::new(),
+                    },
+                );
+            }
+        }
+        self
+    }
+
+    /// Whether the gateway forwards an intake queue to the partitions (`builtin`).
+    pub fn has_intake(&self) -> bool {
+        self.queues.iter().any(|q| q.name == INTAKE_QUEUE)
     }
 
     /// Whether a partitioner exchange of type `x-modulus-hash` is declared.
@@ -308,5 +360,30 @@ mod tests {
                 1
             );
         }
+    }
+
+    #[test]
+    fn builtin_needs_no_plugin_and_feeds_one_intake_queue() {
+        let t = Topology::new(4).routed_by_gateway();
+        assert!(!t.uses_modulus_hash() && t.has_intake());
+        assert!(t.exchange_bindings.is_empty(), "{:?}", t.exchange_bindings);
+        let intake: Vec<_> = t
+            .queue_bindings
+            .iter()
+            .filter(|b| b.destination == INTAKE_QUEUE)
+            .map(|b| b.source.as_str())
+            .collect();
+        assert_eq!(
+            intake,
+            [TRANSACTIONAL_EXCHANGE, TRACK_EXCHANGE, IDENTIFY_EXCHANGE]
+        );
+        assert_eq!(t.partition_queues().count(), 4);
+        for q in t.partition_queues() {
+            assert!(
+                t.queue_bindings.iter().all(|b| b.destination != q),
+                "partitions are fed by the gateway only"
+            );
+        }
+        assert_eq!(t.clone().routed_by_gateway(), t, "idempotent");
     }
 }

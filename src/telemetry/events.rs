@@ -354,7 +354,10 @@ mod tests {
             }
         }
         let mut found = Vec::new();
-        visit(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut found);
+        visit(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
         assert!(found.is_empty(), "{found:#?}");
     }
 }

@@ -25,9 +25,18 @@ use std::time::Duration;
 pub const TAP: &str = "test.processed";
 pub const PARTITIONS: u16 = 4;
 
+/// `CIO_TEST_PARTITIONER=builtin` runs the fault tests with the gateway's own partitioner
+/// (`broker.partitioner = builtin`: no plugin, the intake queue forwarded by the gateway).
+pub fn builtin_partitioner() -> bool {
+    std::env::var("CIO_TEST_PARTITIONER").as_deref() == Ok("builtin")
+}
+
 /// The gateway's topology plus [`TAP`].
 pub fn topology_with_tap() -> Topology {
     let mut t = Topology::new(PARTITIONS);
+    if builtin_partitioner() {
+        t = t.routed_by_gateway();
+    }
     t.queues.push(QueueSpec {
         name: TAP.into(),
         kind: QueueKind::Classic,
@@ -70,6 +79,9 @@ pub fn gateway_env(
         ("GATEWAY__SHUTDOWN__DRAIN_SECS", "5".into()),
         ("GATEWAY__TEMPLATES__WELCOME", "7".into()),
     ];
+    if builtin_partitioner() {
+        vars.push(("GATEWAY__BROKER__PARTITIONER", "builtin".into()));
+    }
     for (key, value) in extra {
         vars.retain(|(k, _)| k != key);
         vars.push((key, value.clone()));
