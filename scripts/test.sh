@@ -25,7 +25,7 @@ CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="bash scripts/rabbitmq4.sh ctl" \
 bash scripts/rabbitmq4.sh plugins disable rabbitmq_sharding
 CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="bash scripts/rabbitmq4.sh ctl" \
   cargo test --locked --no-fail-fast --test partitioner_builtin --test replicas \
-  --test faults_delivery --test faults_broker_restart --test faults_partition
+  --test faults_delivery --test faults_broker_restart --test faults_partition --test pipeline
 bash scripts/rabbitmq4.sh plugins enable rabbitmq_sharding
 bash scripts/rabbitmq4.sh stop
 trap - EXIT
