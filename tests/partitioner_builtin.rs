@@ -8,34 +8,17 @@ mod common;
 #[path = "common/faults.rs"]
 mod faults;
 
-use cio_gateway::broker::topology::{
-    BindingSpec, DLQ_QUEUE, INTAKE_QUEUE, PROCESSED_EXCHANGE, QueueKind, QueueSpec,
-};
+use cio_gateway::broker::topology::{DLQ_QUEUE, INTAKE_QUEUE};
 use cio_gateway::broker::{self, Topology};
 use cio_gateway::publisher::Publisher;
 use cio_gateway::sandbox::{self, Faults, SandboxConfig};
 use common::{TestVhost, eventually};
 use faults::{
     ChildGateway, PARTITIONS, TAP, check_all_users, delivered_seqs, gateway_env,
-    publish_range_with, user_name,
+    publish_range_with, user_name, with_tap,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-/// The builtin topology (no `x-modulus-hash` exchange) with the tests' tap.
-fn builtin_topology() -> Topology {
-    let mut t = Topology::new(PARTITIONS).routed_by_gateway();
-    t.queues.push(QueueSpec {
-        name: TAP.into(),
-        kind: QueueKind::Classic,
-    });
-    t.queue_bindings.push(BindingSpec {
-        source: PROCESSED_EXCHANGE.into(),
-        destination: TAP.into(),
-        routing_key: String::new(),
-    });
-    t
-}
 
 #[actix_rt::test]
 async fn killing_the_forwarding_replica_mid_stream_loses_nothing_and_keeps_order() {
@@ -46,9 +29,9 @@ async fn killing_the_forwarding_replica_mid_stream_loses_nothing_and_keeps_order
         latency_ms: 20,
         ..Faults::default()
     });
-    let producer = broker::connect(&vhost.url, builtin_topology())
-        .await
-        .unwrap();
+    // The builtin topology (no `x-modulus-hash` exchange) with the tests' tap.
+    let topology = with_tap(Topology::new(PARTITIONS).routed_by_gateway());
+    let producer = broker::connect(&vhost.url, topology).await.unwrap();
     let publisher = Publisher::new(producer.clone());
     let env = gateway_env(
         &vhost,

@@ -281,19 +281,24 @@ impl Setup {
             .collect()
     }
 
-    /// The value of a counter or gauge (without labels) on the gateway's `/metrics`; 0 when
-    /// absent.
-    async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
+    /// The gateway's `/metrics` page.
+    async fn metrics(&self) -> String {
+        self.http
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// The value of a counter or gauge (without labels) on the gateway's `/metrics`; 0 when
+    /// absent.
+    async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
     }
@@ -452,15 +457,7 @@ async fn put_and_patch_reach_customer_io_as_identifies() {
     let identifies = wait_for_identifies(&setup, "pat", 3).await;
     assert_eq!(opt_ins(&identifies[2]), opt_ins(&identifies[1]));
 
-    let metrics = setup
-        .http
-        .get(setup.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = setup.metrics().await;
     assert!(
         metrics.contains("cio_gateway_preferences_sync_pending"),
         "the gauge is exported"

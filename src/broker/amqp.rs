@@ -366,6 +366,37 @@ fn redacted(endpoint: &str) -> String {
     }
 }
 
+/// A new channel consuming `queue` with manual acks and at most `prefetch` unacked
+/// deliveries; in transaction mode when `transactional` (the builtin partitioner's forwarding).
+async fn subscribe(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+    transactional: bool,
+) -> Result<(Channel, lapin::Consumer), BrokerError> {
+    let channel = new_channel(connection).await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| BrokerError::amqp("setting the prefetch", e))?;
+    if transactional {
+        channel
+            .tx_select()
+            .await
+            .map_err(|e| BrokerError::amqp("selecting transactions", e))?;
+    }
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BrokerError::amqp(format!("consuming {queue}"), e))?;
+    Ok((channel, consumer))
+}
+
 /// A confirm-mode channel for publishing.
 async fn publisher_channel(connection: &Connection) -> Result<Channel, BrokerError> {
     let channel = new_channel(connection).await?;
@@ -770,24 +801,8 @@ impl Broker for AmqpBroker {
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
         let live = self.live().await?;
-        let subscribe = async {
-            let channel = new_channel(&live.connection).await?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await
-                .map_err(|e| BrokerError::amqp("setting the prefetch", e))?;
-            let consumer = channel
-                .basic_consume(
-                    queue.into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| BrokerError::amqp(format!("consuming {queue}"), e))?;
-            Ok::<_, BrokerError>((channel, consumer))
-        };
-        let (channel, consumer) = self.answered_in_time(&live, subscribe).await?;
+        let subscribing = subscribe(&live.connection, queue, prefetch, false);
+        let (channel, consumer) = self.answered_in_time(&live, subscribing).await?;
         // An error item means the channel or connection is gone, and a connection judged dead
         // delivers nothing more: end the stream there.
         let stream = consumer

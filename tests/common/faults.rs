@@ -33,10 +33,16 @@ pub fn builtin_partitioner() -> bool {
 
 /// The gateway's topology plus [`TAP`].
 pub fn topology_with_tap() -> Topology {
-    let mut t = Topology::new(PARTITIONS);
-    if builtin_partitioner() {
-        t = t.routed_by_gateway();
-    }
+    let t = Topology::new(PARTITIONS);
+    with_tap(if builtin_partitioner() {
+        t.routed_by_gateway()
+    } else {
+        t
+    })
+}
+
+/// `t` plus [`TAP`], bound to `customerio.processed`.
+pub fn with_tap(mut t: Topology) -> Topology {
     t.queues.push(QueueSpec {
         name: TAP.into(),
         kind: QueueKind::Classic,

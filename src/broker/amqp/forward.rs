@@ -5,7 +5,7 @@
 //! forward once, in order. Transactions and publisher confirms exclude each other on a channel;
 //! the commit is the confirm here.
 
-use super::{AmqpBroker, CloseOnDrop, confirm_deadline, new_channel};
+use super::{AmqpBroker, CloseOnDrop, confirm_deadline, subscribe};
 use crate::broker::BrokerError;
 use crate::broker::partitioner::partition_of;
 use crate::broker::topology::{
@@ -13,7 +13,7 @@ use crate::broker::topology::{
 };
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 
@@ -31,27 +31,7 @@ impl AmqpBroker {
         partitions: u16,
     ) -> Result<(), BrokerError> {
         let live = self.live().await?;
-        let open = async {
-            let channel = new_channel(&live.connection).await?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await
-                .map_err(|e| BrokerError::amqp("setting the prefetch", e))?;
-            channel
-                .tx_select()
-                .await
-                .map_err(|e| BrokerError::amqp("selecting transactions", e))?;
-            let consumer = channel
-                .basic_consume(
-                    queue.into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| BrokerError::amqp(format!("consuming {queue}"), e))?;
-            Ok::<_, BrokerError>((channel, consumer))
-        };
+        let open = subscribe(&live.connection, queue, prefetch, true);
         let (channel, mut consumer) = self.answered_in_time(&live, open).await?;
         // Closing the channel rolls back a transaction not committed.
         let _close = CloseOnDrop(Some(channel.clone()));
