@@ -38,6 +38,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # 2. The real source. .dockerignore is an allow-list (manifests, src/, config/, migrations/,
 #    docs/*.json which the binary embeds), so this copies only what the build reads.
 COPY . .
+#    The source revision for cio_gateway_build_info (.git is not in the context):
+#    docker build --build-arg CIO_GATEWAY_REVISION="$(git rev-parse --short=12 HEAD)" .
+ARG CIO_GATEWAY_REVISION=""
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin cio-gateway \
     && mkdir -p /out/data \

@@ -54,6 +54,10 @@ struct Args {
     /// Only the backlog drain with each partitioner (`modulus-hash`, `builtin`), side by side.
     #[arg(long)]
     partitioners_only: bool,
+    /// Only the backlog drains beside their floor (bare consume + confirmed publish + ack), at
+    /// `--envelopes`/`--users` and at ten times both, with the gateway's RSS after each.
+    #[arg(long)]
+    backlog_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,9 +86,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("CPU per request: {}", cpu.per_request(args.webhooks));
         return Ok(());
     }
+    if args.backlog_only {
+        return backlog_scales(&args).await;
+    }
     if args.partitioners_only {
         let modulus = delivery_run(&args, None, false).await?;
-        let (rate, cpu) = builtin_drain(&args).await?;
+        let builtin = drain(args.envelopes, args.users, "builtin").await?;
+        let (rate, cpu) = (builtin.rate, builtin.cpu);
         println!(
             "backlog of {} envelopes over {} users: modulus-hash {:.0} env/s ({:.1} µs CPU each), builtin {rate:.0} env/s ({cpu:.1} µs), {:.0}%",
             args.envelopes,
@@ -104,13 +112,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     // Baseline: a bare lapin consumer that only acks the same messages.
-    let (ceiling, bare_cpu_per_message) = bare_consumer_rate(&args, false).await?;
+    let bare = bare_consumer_rate(args.envelopes, args.users, false).await?;
+    let (ceiling, bare_cpu_per_message) = (bare.rate, bare.cpu);
     println!(
         "bare lapin consume+ack: {ceiling:.0} msg/s, {bare_cpu_per_message:.1} µs CPU per message"
     );
     // The floor of what the contract asks of each delivery, Customer.io aside: consume,
     // publish its processed event with a publisher confirm, then ack.
-    let (relay_rate, relay_cpu) = bare_consumer_rate(&args, true).await?;
+    let relay = bare_consumer_rate(args.envelopes, args.users, true).await?;
+    let (relay_rate, relay_cpu) = (relay.rate, relay.cpu);
     println!(
         "bare lapin consume+confirmed publish+ack: {relay_rate:.0} msg/s, {relay_cpu:.1} µs CPU per message"
     );
@@ -196,7 +206,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let (builtin_rate, builtin_cpu) = builtin_drain(&args).await?;
+    let builtin = drain(args.envelopes, args.users, "builtin").await?;
+    let (builtin_rate, builtin_cpu) = (builtin.rate, builtin.cpu);
     println!(
         "gateway unlimited, builtin partitioner: {builtin_rate:.0} env/s, {builtin_cpu:.1} µs CPU/envelope"
     );
@@ -246,6 +257,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The backlog drain at two scales, each beside the floor of the same work measured in the same
+/// run; the larger one's RSS against the smaller one's.
+async fn backlog_scales(args: &Args) -> anyhow::Result<()> {
+    let mut small_rss = None;
+    for scale in [1, 10] {
+        let (envelopes, users) = (args.envelopes * scale, args.users * scale);
+        let floor = bare_consumer_rate(envelopes, users, true).await?;
+        let gateway = drain(envelopes, users, "modulus-hash").await?;
+        let rss_ratio = gateway.rss / *small_rss.get_or_insert(gateway.rss);
+        println!(
+            "backlog {envelopes} envelopes / {users} users: gateway {:.0} env/s ({:.1} µs CPU each), floor (consume+confirmed publish+ack) {:.0} msg/s ({:.1} µs, RabbitMQ {:.0} µs): {:.2} of the floor; gateway RSS {:.1} MiB ({rss_ratio:.2}x the {}-envelope drain's); CPU µs per envelope: {}",
+            gateway.rate,
+            gateway.cpu,
+            floor.rate,
+            floor.cpu,
+            floor.rabbitmq,
+            gateway.rate / floor.rate,
+            gateway.rss,
+            args.envelopes,
+            gateway.cpu_shares
+        );
+    }
+    Ok(())
+}
+
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -278,20 +314,29 @@ async fn publish(broker: &SharedBroker, count: usize, users: usize, offset: usiz
     }
 }
 
-/// Messages/s of a bare consumer, and its CPU time (user + system) per message in µs. With
+/// A bare consumer's messages/s, and the CPU time (user + system) per message in µs that it
+/// and RabbitMQ spent.
+struct Floor {
+    rate: f64,
+    cpu: f64,
+    rabbitmq: f64,
+}
+
+/// What a bare consumer achieves. With
 /// `relay`, each message is first published on to `customerio.processed` and confirmed, and
 /// acked only then, as the gateway settles a delivery.
-async fn bare_consumer_rate(args: &Args, relay: bool) -> anyhow::Result<(f64, f64)> {
+async fn bare_consumer_rate(envelopes: usize, users: usize, relay: bool) -> anyhow::Result<Floor> {
     let vhost = TestVhost::new(if relay {
         "bench-relay"
     } else {
         "bench-baseline"
     });
     let producer = broker::connect(&vhost.url, Topology::new(PARTITIONS)).await?;
-    publish(&producer, args.envelopes, args.users, 0).await;
+    publish(&producer, envelopes, users, 0).await;
     producer.close().await;
 
     let cpu_before = cpu_seconds(Some(std::process::id()));
+    let rabbitmq_before = cpu_seconds(pid_of("beam.smp"));
     let connection = lapin::Connection::connect(&vhost.url, Default::default()).await?;
     let mut tasks = Vec::new();
     for queue in Topology::new(PARTITIONS).partition_queues() {
@@ -362,8 +407,13 @@ async fn bare_consumer_rate(args: &Args, relay: bool) -> anyhow::Result<(f64, f6
     let finished = last.unwrap_or_else(Instant::now);
     let rate = total as f64 / (finished - started).as_secs_f64().max(1e-3);
     let cpu = (cpu_seconds(Some(std::process::id())) - cpu_before) * 1e6 / total.max(1) as f64;
+    let rabbitmq = (cpu_seconds(pid_of("beam.smp")) - rabbitmq_before) * 1e6 / total.max(1) as f64;
     let _ = connection.close(200, "done".into()).await;
-    Ok((rate, cpu))
+    Ok(Floor {
+        rate,
+        cpu,
+        rabbitmq,
+    })
 }
 
 struct DeliveryRun {
@@ -672,30 +722,52 @@ async fn delivery_run(
     Ok(run)
 }
 
-/// The backlog drained with `broker.partitioner = builtin`: every envelope waits in the intake
-/// queue, the gateway forwards it to its partition, then delivers it. (rate, µs CPU each).
-async fn builtin_drain(args: &Args) -> anyhow::Result<(f64, f64)> {
-    let vhost = TestVhost::new("bench-builtin");
+/// What draining a backlog cost: envelopes/s (first to last operation accepted), the gateway's
+/// CPU per envelope (µs) and its RSS after the drain (MiB).
+struct Drain {
+    rate: f64,
+    cpu: f64,
+    rss: f64,
+    /// CPU per envelope of every process on the machine's cores (gateway, RabbitMQ, bench).
+    cpu_shares: String,
+}
+
+/// A backlog of `envelopes` over `users`, published before the gateway starts, drained with the
+/// given `broker.partitioner` (`builtin`: every envelope waits in the intake queue and the
+/// gateway forwards it to its partition before delivering it). Sandbox unlimited.
+async fn drain(envelopes: usize, users: usize, partitioner: &str) -> anyhow::Result<Drain> {
+    let vhost = TestVhost::new("bench-drain");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await?;
-    let topology = Topology::new(PARTITIONS).routed_by_gateway();
+    let topology = match partitioner {
+        "builtin" => Topology::new(PARTITIONS).routed_by_gateway(),
+        _ => Topology::new(PARTITIONS),
+    };
     let producer = broker::connect(&vhost.url, topology).await?;
-    publish(&producer, args.envelopes, args.users, 0).await;
+    publish(&producer, envelopes, users, 0).await;
+    producer.close().await;
     let gateway = GatewayProcess::start_with(
         &vhost,
         &sandbox,
         1_000_000,
-        &[("GATEWAY__BROKER__PARTITIONER", "builtin".into())],
+        &[("GATEWAY__BROKER__PARTITIONER", partitioner.into())],
     )?;
     let cpu_before = cpu_seconds(Some(gateway.0.id()));
-    wait_accepted(&sandbox, args.envelopes as u64, Duration::from_secs(600)).await?;
-    let cpu = (cpu_seconds(Some(gateway.0.id())) - cpu_before) * 1e6 / args.envelopes as f64;
+    let meter = CpuMeter::start(gateway.0.id());
+    wait_accepted(&sandbox, envelopes as u64, Duration::from_secs(1200)).await?;
+    let cpu = (cpu_seconds(Some(gateway.0.id())) - cpu_before) * 1e6 / envelopes as f64;
+    let cpu_shares = meter.per_request(envelopes);
+    let (rss, _) = gateway.memory();
     let records = sandbox.sandbox.records();
     let first = records.iter().map(|r| r.received_at_ms).min().unwrap_or(0);
     let last = records.iter().map(|r| r.received_at_ms).max().unwrap_or(0);
     let rate = records.len() as f64 / ((last - first).max(1) as f64 / 1000.0);
-    producer.close().await;
     drop(gateway);
-    Ok((rate, cpu))
+    Ok(Drain {
+        rate,
+        cpu,
+        rss,
+        cpu_shares,
+    })
 }
 
 /// The request budget Customer.io enforces in the adaptive run: half of what the gateway is

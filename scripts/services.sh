@@ -28,5 +28,13 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
 fi
 pg_isready -h 127.0.0.1 -p 5432
 # The tests connect as postgres over TCP without a password (trust), as on the dev machines.
-psql -h 127.0.0.1 -U postgres -qAtc 'select 1' >/dev/null
+# A fresh Debian cluster asks for one on 127.0.0.1 (scram-sha-256): allow loopback first.
+if ! PGCONNECT_TIMEOUT=5 psql -w -h 127.0.0.1 -U postgres -qAtc 'select 1' >/dev/null 2>&1; then
+  cluster="$(ls /etc/postgresql | head -n1)"
+  hba="/etc/postgresql/$cluster/main/pg_hba.conf"
+  echo "allowing postgres over 127.0.0.1 without a password ($hba)"
+  sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+  pg_ctlcluster --skip-systemctl-redirect "$cluster" main reload
+fi
+psql -w -h 127.0.0.1 -U postgres -qAtc 'select 1' >/dev/null
 echo "services: RabbitMQ and PostgreSQL ready"

@@ -56,9 +56,19 @@ pub enum Command {
     /// Declare the RabbitMQ topology and print it.
     Topology(ConfigArg),
     /// Load and validate the configuration, print the effective values (secrets masked).
-    CheckConfig(ConfigArg),
+    /// Every problem is reported at once.
+    CheckConfig(CheckConfigArgs),
     /// Local mode end to end with sample traffic, then a summary table.
     Demo,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// How to print the effective values: a TOML file the gateway would load, or JSON.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::config::OutputFormat,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -299,14 +299,117 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
     #[error("configuration key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
+    /// More than one problem, each on a line of its own.
+    #[error("configuration has {} problems:\n{}", .0.len(), lines(.0))]
+    Several(Vec<ConfigError>),
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+impl ConfigError {
+    /// None for no problem, the problem itself for one, [`ConfigError::Several`] for more.
+    fn of(mut problems: Vec<ConfigError>) -> Option<Self> {
+        match problems.len() {
+            0 => None,
+            1 => problems.pop(),
+            _ => Some(Self::Several(problems)),
+        }
+    }
+}
+
+fn lines(problems: &[ConfigError]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+    lines.join("\n")
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.to_string(),
         reason: reason.into(),
     }
+}
+
+/// Problems reported in one run at most: past that, the rest are likely the same mistake.
+const MAX_PROBLEMS: usize = 50;
+
+/// Deserializes the merged layers, naming every key that does not fit (unknown, or of the
+/// wrong type) instead of the first only: each is set aside (an unknown key dropped, a known
+/// one given its default) and the rest tried again; then what validation finds in the rest.
+fn deserialize_every_key(
+    merged: config::Config,
+    environment: &str,
+) -> Result<Settings, Vec<ConfigError>> {
+    let mut tree: config::Map<String, config::Value> =
+        merged.try_deserialize().map_err(|e| vec![e.into()])?;
+    let defaults: config::Map<String, config::Value> = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|e| vec![e.into()])?;
+    let mut found = Vec::new();
+    while found.len() < MAX_PROBLEMS {
+        let value = config::Value::new(None, tree.clone());
+        let error = match serde_path_to_error::deserialize::<_, Settings>(value) {
+            Ok(settings) => {
+                found.extend(settings.problems(environment));
+                if found.is_empty() {
+                    return Ok(settings);
+                }
+                break;
+            }
+            Err(error) => error,
+        };
+        let key = error.path().to_string();
+        let reason = error.into_inner().to_string();
+        // The path is named once, by the key.
+        let reason = match reason.rsplit_once(" for key `") {
+            Some((reason, _)) => reason.to_string(),
+            None => reason,
+        };
+        let set_aside = match lookup(&defaults, &key) {
+            Some(default) => replace_key(&mut tree, &key, default.clone()),
+            None => remove_key(&mut tree, &key),
+        };
+        found.push(invalid(&key, reason));
+        if !set_aside {
+            break;
+        }
+    }
+    Err(found)
+}
+
+type Tree = config::Map<String, config::Value>;
+
+/// The value at `a.b.c`, if there is one.
+fn lookup<'t>(tree: &'t Tree, key: &str) -> Option<&'t config::Value> {
+    match key.split_once('.') {
+        None => tree.get(key),
+        Some((section, rest)) => match &tree.get(section)?.kind {
+            config::ValueKind::Table(inner) => lookup(inner, rest),
+            _ => None,
+        },
+    }
+}
+
+/// The table holding `a.b.c`, and the last segment `c`.
+fn parent_of<'t>(tree: &'t mut Tree, key: &'t str) -> Option<(&'t mut Tree, &'t str)> {
+    match key.split_once('.') {
+        None => Some((tree, key)),
+        Some((section, rest)) => match &mut tree.get_mut(section)?.kind {
+            config::ValueKind::Table(inner) => parent_of(inner, rest),
+            _ => None,
+        },
+    }
+}
+
+/// Removes `a.b.c` from the tree; false if there is no such key.
+fn remove_key(tree: &mut Tree, key: &str) -> bool {
+    parent_of(tree, key).is_some_and(|(table, last)| table.remove(last).is_some())
+}
+
+/// Sets `a.b.c`, which exists, to `value`; false if there is no such key.
+fn replace_key(tree: &mut Tree, key: &str, value: config::Value) -> bool {
+    parent_of(tree, key)
+        .is_some_and(|(table, last)| table.insert(last.to_string(), value).is_some())
 }
 
 impl Settings {
@@ -390,75 +493,78 @@ impl Settings {
                 .with_list_parse_key("webhooks.signing_secrets")
                 .source(Some(gateway_env)),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
-        settings.validate(&environment)?;
-        Ok(settings)
+        deserialize_every_key(builder.build()?, &environment)
+            .map_err(|found| ConfigError::of(found).expect("a failure names its problems"))
     }
 
-    /// Checks what types cannot: ranges, URLs, and what production refuses.
-    fn validate(&self, environment: &str) -> Result<(), ConfigError> {
+    /// What types cannot check: ranges, URLs, and what production refuses. Every problem, not
+    /// only the first, so that one `check-config` run lists all there is to fix.
+    fn problems(&self, environment: &str) -> Vec<ConfigError> {
+        let mut found = Vec::new();
         let url = self.broker.url.expose();
         let amqp = |u: &str| u.starts_with("amqp://") || u.starts_with("amqps://");
         if !(url == "memory://" || url.split(',').map(str::trim).all(amqp)) {
-            return Err(invalid(
+            found.push(invalid(
                 "broker.url",
                 "must be memory://, or amqp:// / amqps:// endpoints, comma-separated",
             ));
         }
         if self.broker.partitions == 0 {
-            return Err(invalid("broker.partitions", "must be at least 1"));
+            found.push(invalid("broker.partitions", "must be at least 1"));
         }
         if self.broker.prefetch == 0 {
-            return Err(invalid("broker.prefetch", "must be at least 1"));
+            found.push(invalid("broker.prefetch", "must be at least 1"));
         }
         if self.broker.connect_timeout_ms == 0 {
-            return Err(invalid("broker.connect_timeout_ms", "must be at least 1"));
+            found.push(invalid("broker.connect_timeout_ms", "must be at least 1"));
         }
         if let Some(queue) = &self.broker.processed_queue
             && (queue.is_empty() || queue.starts_with("amq."))
         {
-            return Err(invalid(
+            found.push(invalid(
                 "broker.processed_queue",
                 "must be a queue name (not empty, not starting with amq.)",
             ));
         }
         if self.customerio.track_rps == 0 {
-            return Err(invalid("customerio.track_rps", "must be at least 1"));
+            found.push(invalid("customerio.track_rps", "must be at least 1"));
         }
         if self.customerio.broadcast_interval_ms == 0 {
-            return Err(invalid(
+            found.push(invalid(
                 "customerio.broadcast_interval_ms",
                 "must be at least 1",
             ));
         }
         if self.customerio.app_rps == 0 {
-            return Err(invalid("customerio.app_rps", "must be at least 1"));
+            found.push(invalid("customerio.app_rps", "must be at least 1"));
         }
         if self.customerio.timeout_ms == 0 {
-            return Err(invalid("customerio.timeout_ms", "must be at least 1"));
+            found.push(invalid("customerio.timeout_ms", "must be at least 1"));
         }
         for (key, value) in [
             ("customerio.track_url", &self.customerio.track_url),
             ("customerio.app_url", &self.customerio.app_url),
         ] {
-            if let Some(v) = value {
-                url::Url::parse(v).map_err(|e| invalid(key_name(key), format!("{v:?}: {e}")))?;
+            if let Some(v) = value
+                && let Err(e) = url::Url::parse(v)
+            {
+                found.push(invalid(key, format!("{v:?}: {e}")));
             }
         }
         if self.delivery.max_attempts == 0 {
-            return Err(invalid("delivery.max_attempts", "must be at least 1"));
+            found.push(invalid("delivery.max_attempts", "must be at least 1"));
         }
         if self.delivery.batch_max_ops == 0 {
-            return Err(invalid("delivery.batch_max_ops", "must be at least 1"));
+            found.push(invalid("delivery.batch_max_ops", "must be at least 1"));
         }
         if self.delivery.max_in_flight_requests == 0 {
-            return Err(invalid(
+            found.push(invalid(
                 "delivery.max_in_flight_requests",
                 "must be at least 1",
             ));
         }
         if self.delivery.backoff_base_ms > self.delivery.backoff_max_ms {
-            return Err(invalid(
+            found.push(invalid(
                 "delivery.backoff_base_ms",
                 "must not exceed delivery.backoff_max_ms",
             ));
@@ -472,18 +578,18 @@ impl Settings {
             ("http.max_connections", self.http.max_connections as u64),
         ] {
             if value == 0 {
-                return Err(invalid(key, "must be at least 1"));
+                found.push(invalid(key, "must be at least 1"));
             }
         }
         if self.http.admin_addr == Some(self.http.addr) && self.http.addr.port() != 0 {
-            return Err(invalid("http.admin_addr", "must differ from http.addr"));
+            found.push(invalid("http.admin_addr", "must differ from http.addr"));
         }
         if self.warehouse.batch_size == 0 {
-            return Err(invalid("warehouse.batch_size", "must be at least 1"));
+            found.push(invalid("warehouse.batch_size", "must be at least 1"));
         }
         for (pattern, action) in &self.webhooks.rules {
             if crate::domain::webhook::Action::parse(action).is_none() {
-                return Err(invalid(
+                found.push(invalid(
                     "webhooks.rules",
                     format!(
                         "{pattern:?} -> {action:?}: action must be one of {}",
@@ -493,40 +599,41 @@ impl Settings {
             }
         }
         if let Err(e) = crate::preferences::TopicMap::parse(&self.preferences.subscription_topics) {
-            return Err(invalid("preferences.subscription_topics", e));
+            found.push(invalid("preferences.subscription_topics", e));
         }
         if self.customerio.region != Region::Sandbox
             && (self.customerio.site_id.is_none() || self.customerio.api_key.is_none())
         {
-            return Err(invalid(
+            found.push(invalid(
                 "customerio.site_id",
                 "site_id and api_key are required outside the sandbox region",
             ));
         }
-        self.validate_open_routes()?;
+        found.extend(self.open_route_problems());
         if environment == "production" {
             if self.is_memory_broker() {
-                return Err(invalid(
+                found.push(invalid(
                     "broker.url",
                     "production refuses the in-process broker; set AMQP_URL",
                 ));
             }
             if self.customerio.region == Region::Sandbox {
-                return Err(invalid(
+                found.push(invalid(
                     "customerio.region",
                     "production refuses the sandbox; set us or eu",
                 ));
             }
         }
-        Ok(())
+        found
     }
 
     /// Routes that local mode leaves unauthenticated are allowed in development only: a
     /// sidecar proxy (Envoy, Istio) connects from loopback, and the embedded sandbox's
     /// `/sandbox/requests` (recorded payloads) and `/sandbox/faults` have no auth at all.
-    fn validate_open_routes(&self) -> Result<(), ConfigError> {
+    fn open_route_problems(&self) -> Vec<ConfigError> {
+        let mut found = Vec::new();
         if self.is_development() {
-            return Ok(());
+            return found;
         }
         let no_token = self
             .ingest
@@ -534,21 +641,21 @@ impl Settings {
             .as_ref()
             .is_none_or(|t| t.expose().is_empty());
         if self.is_memory_broker() && no_token {
-            return Err(invalid(
+            found.push(invalid(
                 "ingest.token",
                 "required with broker.url = memory:// outside app.environment = development \
                  (without it /v1/events and the preference routes are open to loopback peers)",
             ));
         }
         if self.runs_embedded_sandbox() {
-            return Err(invalid(
+            found.push(invalid(
                 "customerio.region",
                 "the embedded sandbox (unauthenticated /sandbox/requests and /sandbox/faults) \
                  runs only in app.environment = development; set us or eu, or point \
                  customerio.track_url at a sandbox of its own",
             ));
         }
-        Ok(())
+        found
     }
 
     /// `app.environment = development`: where local mode's open routes are allowed.
@@ -571,38 +678,22 @@ impl Settings {
         self.is_memory_broker()
     }
 
-    /// Effective values as TOML, secrets masked: what `check-config` prints.
-    pub fn masked_toml(&self) -> String {
-        toml_string(self)
-    }
-}
-
-fn key_name(key: &'static str) -> &'static str {
-    key
-}
-
-fn toml_string(settings: &Settings) -> String {
-    // serde_json keeps this dependency-free; the printed form is TOML-like `key = value` lines.
-    let value = serde_json::to_value(settings).unwrap_or_default();
-    let mut out = String::new();
-    flatten("", &value, &mut out);
-    out
-}
-
-fn flatten(prefix: &str, value: &serde_json::Value, out: &mut String) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
+    /// Effective values, secrets masked: what `check-config` prints, as a TOML file the
+    /// gateway would load, or as JSON.
+    pub fn masked(&self, format: OutputFormat) -> String {
+        match format {
+            OutputFormat::Toml => toml::to_string(self).unwrap_or_else(|e| format!("# {e}\n")),
+            OutputFormat::Json => serde_json::to_string_pretty(self).unwrap_or_default() + "\n",
         }
-        other => out.push_str(&format!("{prefix} = {other}\n")),
     }
+}
+
+/// How `check-config` prints the effective values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Toml,
+    Json,
 }
 
 #[cfg(test)]
@@ -699,7 +790,8 @@ mod tests {
         let s = load(&[("DATABASE_URL", "postgres://h/db")]).unwrap();
         let url = s.warehouse.database_url.as_ref().map(Secret::expose);
         assert_eq!(url, Some("postgres://h/db"));
-        assert!(s.masked_toml().contains("warehouse.database_url = \"***\""));
+        let printed: toml::Table = s.masked(OutputFormat::Toml).parse().unwrap();
+        assert_eq!(printed["warehouse"]["database_url"].as_str(), Some("***"));
         let s = load(&[
             ("DATABASE_URL", "postgres://h/db"),
             ("GATEWAY__WAREHOUSE__DATABASE_URL", "postgres://other/db"),
@@ -846,8 +938,69 @@ mod tests {
             ("CUSTOMERIO_SITE_ID", "site"),
         ])
         .unwrap();
-        let printed = s.masked_toml();
-        assert!(!printed.contains("topsecret"));
-        assert!(printed.contains("customerio.api_key = \"***\""));
+        for format in [OutputFormat::Toml, OutputFormat::Json] {
+            let printed = s.masked(format);
+            assert!(!printed.contains("topsecret"), "{printed}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&s.masked(OutputFormat::Json)).unwrap();
+        assert_eq!(json["customerio"]["api_key"], "***");
+    }
+
+    #[test]
+    fn the_printed_toml_is_a_config_file_that_loads_the_same_values() {
+        let s = load(&[
+            ("GATEWAY__BROKER__PARTITIONS", "12"),
+            ("GATEWAY__WEBHOOKS__SIGNING_SECRETS", "a,b"),
+        ])
+        .unwrap();
+        let mut printed: toml::Table = s.masked(OutputFormat::Toml).parse().unwrap();
+        // Secrets are printed masked: put the one that has a value back.
+        printed["broker"]["url"] = "memory://".into();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("printed.toml");
+        std::fs::write(&file, toml::to_string(&printed).unwrap()).unwrap();
+        let again = Settings::load_from(Path::new("/nonexistent"), Some(&file), &env(&[])).unwrap();
+        assert_eq!(
+            again.masked(OutputFormat::Json),
+            s.masked(OutputFormat::Json)
+        );
+        assert_eq!(again.broker.partitions, 12);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load(&[
+            ("GATEWAY__BROKER__PARTITONS", "8"),
+            ("GATEWAY__BROKER__PREFETCH", "lots"),
+            ("GATEWAY__DELIVERY__RETRIES", "3"),
+            ("GATEWAY__CUSTOMERIO__TRACK_RPS", "0"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        for key in ["broker.partitons", "broker.prefetch", "delivery.retries"] {
+            assert!(text.contains(&format!("`{key}`")), "{key} in {text}");
+        }
+        // The rest is validated too, with defaults in place of the keys set aside.
+        assert!(text.contains("`customerio.track_rps`"), "{text}");
+        assert!(
+            matches!(&err, ConfigError::Several(p) if p.len() == 4),
+            "{text}"
+        );
+
+        // Keys that deserialize but fail validation are all listed too.
+        let err = load(&[
+            ("GATEWAY__CUSTOMERIO__TRACK_RPS", "0"),
+            ("GATEWAY__DELIVERY__MAX_ATTEMPTS", "0"),
+            ("GATEWAY__BROKER__URL", "http://nope"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "customerio.track_rps",
+            "delivery.max_attempts",
+            "broker.url",
+        ] {
+            assert!(text.contains(&format!("`{key}`")), "{key} in {text}");
+        }
     }
 }

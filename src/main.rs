@@ -60,12 +60,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action, config } => commands::dlq(load(&config)?, action).await,
         Command::Topology(config) => commands::topology(load(&config)?).await,
-        Command::CheckConfig(config) => {
-            let settings = load(&config)?;
+        Command::CheckConfig(args) => {
+            let settings = load(&args.config)?;
             for warning in settings.warnings() {
                 eprintln!("warning: {warning}");
             }
-            print!("{}", settings.masked_toml());
+            print!("{}", settings.masked(args.format));
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => commands::demo().await,

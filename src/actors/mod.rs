@@ -8,6 +8,7 @@
 //!                          └── failure ──DeadLetter──> DLQActor ──> customerio.dlq, then ack
 //! ```
 
+mod backlog;
 mod batcher;
 mod consumer;
 mod dedup;
@@ -16,6 +17,7 @@ mod identify;
 mod ledger;
 pub mod messages;
 pub mod panic_guard;
+mod processed;
 mod reporting;
 mod segments;
 mod settle;
@@ -55,6 +57,8 @@ pub struct Pipeline {
     track_sender: TrackSender,
     /// Threads the shards run on, one per core: parsing and lane bookkeeping spread out.
     arbiters: Vec<Arbiter>,
+    /// Counts the partition queues' backlog for the metrics.
+    backlog: tokio::task::JoinHandle<()>,
 }
 
 impl Pipeline {
@@ -106,10 +110,14 @@ impl Pipeline {
             max_redeliveries: delivery.max_redeliveries,
             prefetch: settings.broker.prefetch,
         });
+        let queues: Vec<String> = Topology::new(settings.broker.partitions)
+            .partition_queues()
+            .collect();
+        let backlog = backlog::watch(deps.broker.clone(), queues.clone());
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
-        let shards = Topology::new(settings.broker.partitions)
-            .partition_queues()
+        let shards = queues
+            .into_iter()
             .zip(arbiters.iter().cycle())
             .map(|(queue, arbiter)| {
                 let deps = deps.clone();
@@ -123,6 +131,7 @@ impl Pipeline {
             deps,
             track_sender,
             arbiters,
+            backlog,
         }
     }
 
@@ -169,6 +178,7 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
+        self.backlog.abort();
         for arbiter in &self.arbiters {
             arbiter.stop();
         }

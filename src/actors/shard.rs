@@ -20,6 +20,7 @@ use super::ledger::AttemptLedger;
 use super::messages::{
     AttemptDone, DeadLetter, Deliver, Delivered, Drain, ErrorKind, Failure, FailureKind, Settled,
 };
+use super::processed::processed_body;
 use super::settle::publish_confirmed;
 use super::{Dedup, DlqActor, IdentifyActor, TrackActor, TransactionalActor};
 use crate::broker::topology::PROCESSED_EXCHANGE;
@@ -159,6 +160,9 @@ impl Drop for ActiveUser {
         events::lane(false);
     }
 }
+
+/// How often the unacked gauge is set: cheap enough, and finer than Prometheus scrapes.
+const UNACKED_EVERY: Duration = Duration::from_secs(5);
 
 pub struct ShardActor {
     queue: String,
@@ -556,6 +560,16 @@ impl ShardActor {
         self.check_drained();
     }
 
+    /// Messages received and not yet acked: those in lanes, and each lane's one settling.
+    fn unacked(&self) -> usize {
+        self.lanes
+            .values()
+            .map(|lane| {
+                lane.pending.len() + usize::from(matches!(lane.state, LaneState::Settling(_)))
+            })
+            .sum()
+    }
+
     fn in_flight(&self) -> bool {
         self.lanes.values().any(|lane| {
             matches!(
@@ -581,20 +595,6 @@ impl ShardActor {
     }
 }
 
-/// The processed event of docs/reference.md §5: the envelope plus the outcome (and, for a
-/// transactional send, the App API's `deliveryId`).
-fn processed_body(body: &[u8], attempts: u32, took: Duration, delivered: &Delivered) -> Vec<u8> {
-    let mut value: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(body).unwrap_or_default();
-    value.insert("status".into(), "success".into());
-    value.insert("attempts".into(), attempts.into());
-    value.insert("processingTime".into(), (took.as_millis() as u64).into());
-    if let Some(id) = &delivered.delivery_id {
-        value.insert("deliveryId".into(), id.as_str().into());
-    }
-    serde_json::to_vec(&value).unwrap_or_default()
-}
-
 impl Actor for ShardActor {
     type Context = Context<Self>;
 
@@ -608,6 +608,9 @@ impl Actor for ShardActor {
                 lane.state = LaneState::Idle;
             }
             lane.state != LaneState::Idle
+        });
+        ctx.run_interval(UNACKED_EVERY, |act, _| {
+            events::partition_unacked(&act.queue, act.unacked());
         });
         if !self.draining {
             let (broker, queue) = (self.deps.broker.clone(), self.queue.clone());

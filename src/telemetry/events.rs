@@ -7,6 +7,13 @@ use super::metric;
 use std::fmt::Display;
 use std::time::Duration;
 
+// ---- the process ----
+
+/// Once at start: which build this replica runs.
+pub fn build_info(version: &'static str, revision: &'static str) {
+    metrics::gauge!(metric::BUILD_INFO, "version" => version, "revision" => revision).set(1.0);
+}
+
 // ---- delivery (shards) ----
 
 /// An envelope taken from a partition queue; `kind` is its type, or `invalid` when it did not
@@ -150,6 +157,18 @@ pub fn circuit_closed(api: &'static str, open_for: Duration) {
 }
 
 // ---- RabbitMQ ----
+
+/// Messages ready in `partition`'s queue, read by a passive declare.
+pub fn partition_ready(partition: &str, messages: u32) {
+    metrics::gauge!(metric::PARTITION_MESSAGES_READY, "partition" => partition.to_string())
+        .set(f64::from(messages));
+}
+
+/// Messages of `partition` this replica holds unacked (0 where it is not the active consumer).
+pub fn partition_unacked(partition: &str, messages: usize) {
+    metrics::gauge!(metric::PARTITION_MESSAGES_UNACKED, "partition" => partition.to_string())
+        .set(messages as f64);
+}
 
 /// The connection to RabbitMQ is up (`true`) or down.
 pub fn broker_connected(up: bool) {

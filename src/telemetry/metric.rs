@@ -71,6 +71,12 @@ catalogue! {
         "Whole-batch 4xx answers resolved by splitting the batch.";
     Gauge RATE_LIMIT_RPS = "cio_gateway_customerio_rate_limit_rps":
         "Request rate the adaptive budget allows now, by api.";
+    Gauge BUILD_INFO = "cio_gateway_build_info":
+        "1, labelled with the gateway's version and the source revision it was built from.";
+    Gauge PARTITION_MESSAGES_READY = "cio_gateway_partition_messages_ready":
+        "Messages ready in a partition queue, as RabbitMQ reports it (every replica reports the same queue).";
+    Gauge PARTITION_MESSAGES_UNACKED = "cio_gateway_partition_messages_unacked":
+        "Messages this replica holds unacked from a partition (in flight, retrying, or behind a user's earlier one).";
     Gauge CIRCUIT_OPEN = "cio_gateway_circuit_open":
         "1 while the api's circuit is open: the workspace fails, delivery is paused.";
     Counter DEAD_LETTERS_REPLAYED = "cio_gateway_dead_letters_replayed_total":

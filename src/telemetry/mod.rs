@@ -90,6 +90,7 @@ pub fn metrics() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             metric::describe();
+            events::build_info(env!("CARGO_PKG_VERSION"), env!("CIO_GATEWAY_REVISION"));
             handle
         })
         .clone()

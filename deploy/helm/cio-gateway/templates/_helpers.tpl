@@ -27,13 +27,42 @@ name already contains it.
 {{- end }}
 
 {{/*
-Common labels.
+Labels of every object: the chart's own, then commonLabels (values.schema.json keeps those
+off the chart's keys). Built as a map and printed with toYaml, so a value such as a numeric
+release name stays a string.
 */}}
 {{- define "cio-gateway.labels" -}}
-helm.sh/chart: {{ include "cio-gateway.chart" . }}
-{{ include "cio-gateway.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- include "cio-gateway.labelsWith" (dict "ctx" . "extra" dict) }}
+{{- end }}
+
+{{/*
+The labels above plus `extra` (podLabels, serviceMonitor.labels, ...), which win over
+commonLabels but never over the chart's own. Call with (dict "ctx" . "extra" MAP).
+*/}}
+{{- define "cio-gateway.labelsWith" -}}
+{{- $ctx := .ctx }}
+{{- $own := dict
+  "helm.sh/chart" (include "cio-gateway.chart" $ctx)
+  "app.kubernetes.io/name" (include "cio-gateway.name" $ctx)
+  "app.kubernetes.io/instance" $ctx.Release.Name
+  "app.kubernetes.io/version" ($ctx.Values.image.tag | default $ctx.Chart.AppVersion | toString)
+  "app.kubernetes.io/managed-by" $ctx.Release.Service
+}}
+{{- toYaml (merge $own (deepCopy (.extra | default dict)) (deepCopy ($ctx.Values.commonLabels | default dict))) }}
+{{- end }}
+
+{{/*
+Labels of the `helm test` pod: not the selector labels, so that it joins no Service, PDB or
+NetworkPolicy selection of the gateway's pods; commonLabels as everywhere.
+*/}}
+{{- define "cio-gateway.testLabels" -}}
+{{- $own := dict
+  "helm.sh/chart" (include "cio-gateway.chart" .)
+  "app.kubernetes.io/instance" .Release.Name
+  "app.kubernetes.io/managed-by" .Release.Service
+  "app.kubernetes.io/component" "helm-test"
+}}
+{{- toYaml (merge $own (deepCopy (.Values.commonLabels | default dict))) }}
 {{- end }}
 
 {{/*
@@ -49,6 +78,51 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "cio-gateway.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
 {{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The keys of the chart's own Secret (secrets.existingSecret empty), as YAML: the conventional
+names the service reads, then secrets.extra. Empty values are left out: an empty token
+variable would otherwise turn an admin or ingest route on with an empty token.
+*/}}
+{{- define "cio-gateway.secretData" -}}
+{{- $s := .Values.secrets }}
+{{- $all := dict
+  "CUSTOMERIO_SITE_ID" $s.customerio.siteId
+  "CUSTOMERIO_API_KEY" $s.customerio.apiKey
+  "CUSTOMERIO_APP_API_KEY" $s.customerio.appApiKey
+  "CUSTOMERIO_WEBHOOK_SECRET" $s.customerio.webhookSecret
+  "AMQP_URL" $s.amqpUrl
+  "DATABASE_URL" $s.databaseUrl
+  "GATEWAY__ADMIN__TOKEN" $s.adminToken
+  "GATEWAY__INGEST__TOKEN" $s.ingestToken
+}}
+{{- $all = merge $all ($s.extra | default dict) }}
+{{- $set := dict }}
+{{- range $key, $value := $all }}
+{{- if $value }}
+{{- $_ := set $set $key ($value | toString) }}
+{{- end }}
+{{- end }}
+{{- toYaml $set }}
+{{- end }}
+
+{{/*
+Without secrets.existingSecret the chart creates the Secret, and refuses to render one the
+gateway cannot start with (GATEWAY_ENV=production needs Track credentials and a broker): a
+clear error now rather than pods in CrashLoopBackOff later.
+*/}}
+{{- define "cio-gateway.validateSecrets" -}}
+{{- $s := .Values.secrets }}
+{{- if not $s.existingSecret }}
+{{- $missing := list }}
+{{- if not $s.customerio.siteId }}{{ $missing = append $missing "secrets.customerio.siteId" }}{{ end }}
+{{- if not $s.customerio.apiKey }}{{ $missing = append $missing "secrets.customerio.apiKey" }}{{ end }}
+{{- if not (or $s.amqpUrl .Values.config.broker.url) }}{{ $missing = append $missing "secrets.amqpUrl (or config.broker.url)" }}{{ end }}
+{{- if $missing }}
+{{- fail (printf "secrets: the gateway cannot start without %s. Set them for the chart to create the Secret, or set secrets.existingSecret to the name of a Secret you created (docs/operations.md, \"2. Credentials\")" (join ", " $missing)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
