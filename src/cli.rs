@@ -80,29 +80,69 @@ pub struct ConfigArg {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
-    /// Show dead letters (they stay in the queue).
+    /// Show dead letters (they stay in the queue), with a count by errorKind and type.
     List {
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
     },
     /// Show one dead letter in full.
     Show {
         #[arg(long)]
         correlation_id: String,
     },
-    /// Republish dead letters to their original exchange, then remove them.
+    /// Republish the selected dead letters to their original exchange, then remove them.
     Replay {
-        #[arg(long)]
-        correlation_id: Option<String>,
+        /// At most this many (the oldest that match).
         #[arg(long)]
         count: Option<usize>,
+        #[command(flatten)]
+        filter: DlqFilter,
     },
-    /// Delete dead letters.
+    /// Delete the selected dead letters (all of them without a filter).
     Purge {
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
     },
+}
+
+/// Which dead letters: every option given must match.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DlqFilter {
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// invalid, rejected, exhausted, webhook_unparsable, ...
+    #[arg(long)]
+    pub error_kind: Option<String>,
+    /// The envelope's type: identify, track, transactional, ...
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    /// The user (or anonymous id) the envelope was about.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Dead-lettered at or after: RFC 3339 or ms since the epoch.
+    #[arg(long, value_parser = crate::dlq_admin::parse_time)]
+    pub since: Option<i64>,
+    /// Dead-lettered before: RFC 3339 or ms since the epoch.
+    #[arg(long, value_parser = crate::dlq_admin::parse_time)]
+    pub until: Option<i64>,
+}
+
+impl DlqFilter {
+    pub fn into_filter(self) -> crate::dlq_admin::Filter {
+        crate::dlq_admin::Filter {
+            error_kind: self.error_kind,
+            kind: self.kind,
+            user: self.user,
+            correlation_id: self.correlation_id,
+            since: self.since,
+            until: self.until,
+        }
+    }
 }

@@ -90,23 +90,27 @@ pub async fn topology(settings: Settings) -> anyhow::Result<ExitCode> {
 /// routes). `list` prints a table (or JSON with `--json`); the others print JSON. Exit 1 when a
 /// dead letter was not found or a replay stopped early, 2 for a refused or malformed request.
 pub async fn dlq(settings: Settings, action: DlqAction) -> anyhow::Result<ExitCode> {
-    use crate::dlq_admin::{self as dlq, Selection};
+    use crate::dlq_admin::Selection;
     require_shared_broker(&settings, "dlq")?;
     let selection = match &action {
-        DlqAction::Replay {
-            correlation_id: Some(id),
-            count: None,
-        } => Some(Selection::CorrelationId(id.clone())),
-        DlqAction::Replay {
-            correlation_id: None,
-            count: Some(n),
-        } if *n >= 1 => Some(Selection::Count(
-            u32::try_from(*n).unwrap_or(u32::MAX).min(dlq::MAX_SCAN),
-        )),
-        DlqAction::Replay { .. } => {
-            eprintln!("replay needs exactly one of --count N (N >= 1) or --correlation-id ID");
-            return Ok(ExitCode::from(2));
+        DlqAction::Replay { count, filter } => {
+            let selection = Selection {
+                filter: filter.clone().into_filter(),
+                limit: count.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            };
+            // Replaying everything at once is a purge's cousin: ask for it by name.
+            if selection.filter.is_empty() && selection.limit.is_none_or(|n| n == 0) {
+                eprintln!(
+                    "replay needs --count N (N >= 1) or a filter (--correlation-id, --error-kind, --type, --user, --since, --until)"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            Some(selection)
         }
+        DlqAction::Purge { filter, .. } => Some(Selection {
+            filter: filter.clone().into_filter(),
+            limit: None,
+        }),
         _ => None,
     };
     let broker = broker::connect(
@@ -126,9 +130,13 @@ async fn dlq_action(
 ) -> anyhow::Result<ExitCode> {
     use crate::dlq_admin::{self as dlq, DlqError};
     match action {
-        DlqAction::List { limit, json } => {
+        DlqAction::List {
+            limit,
+            json,
+            filter,
+        } => {
             let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-            let listing = dlq::list(broker, limit).await?;
+            let listing = dlq::list(broker, &filter.into_filter(), limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&listing)?);
             } else {
@@ -180,14 +188,21 @@ async fn dlq_action(
                 Err(e) => Err(e.into()),
             }
         }
-        DlqAction::Purge { yes } => {
+        DlqAction::Purge { yes, .. } => {
+            let selection = selection.expect("checked above");
             if !yes {
                 let n = broker.queue_len(crate::broker::topology::DLQ_QUEUE).await?;
-                eprintln!("refusing to delete {n} dead letter(s) without --yes");
+                let which = if selection.filter.is_empty() {
+                    "all"
+                } else {
+                    "the selected ones of"
+                };
+                eprintln!("refusing to delete {which} {n} dead letter(s) without --yes");
                 return Ok(ExitCode::from(2));
             }
             let mut progress = ProgressLine::new("purge");
-            let purged = dlq::purge_with_progress(broker, &mut |p| progress.show(p)).await?;
+            let purged =
+                dlq::purge_with_progress(broker, &selection, &mut |p| progress.show(p)).await?;
             eprintln!("purge: {purged} dead letter(s) deleted");
             println!("{}", json!({"purged": purged}));
             Ok(ExitCode::SUCCESS)
@@ -245,9 +260,20 @@ fn dlq_table(listing: &crate::dlq_admin::Listing) -> String {
         );
     }
     out += &format!(
-        "{} of {} dead letter(s) in customerio.dlq shown; none was removed\n",
+        "{} shown of {} matching, among {} looked at of {} dead letter(s) in customerio.dlq; none was removed\n",
         listing.dead_letters.len(),
+        listing.matched,
+        listing.scanned,
         listing.total
+    );
+    let counts = |by: &std::collections::BTreeMap<String, u64>| {
+        let parts: Vec<String> = by.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        parts.join(", ")
+    };
+    out += &format!(
+        "by errorKind: {}\nby type: {}\n",
+        counts(&listing.summary.by_error_kind),
+        counts(&listing.summary.by_type)
     );
     out
 }

@@ -149,7 +149,8 @@ async fn list_show_replay_and_purge_without_losing_a_message() {
     assert!(table.status.success());
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("CORRELATION ID"), "{table}");
-    assert!(table.contains("2 of 5 dead letter(s)"), "{table}");
+    assert!(table.contains("2 shown of 5 matching"), "{table}");
+    assert!(table.contains("by errorKind: rejected 5"), "{table}");
     assert_eq!(dlq_len(&producer).await, 5);
 
     // `show` one in full.
@@ -394,7 +395,7 @@ async fn replay_publishes_only_to_allowed_exchanges() {
         broker.publish(message).await.unwrap();
     }
 
-    let report = replay(&broker, &Selection::Count(10)).await.unwrap();
+    let report = replay(&broker, &Selection::count(10)).await.unwrap();
     assert_eq!(report.error, None, "{report:?}");
     assert_eq!(
         report.replayed,
@@ -422,7 +423,7 @@ async fn replay_publishes_only_to_allowed_exchanges() {
     .sum();
     assert_eq!(partitions, 1, "the genuine letter is back in the pipeline");
     // The publisher channel survived: publishing still works.
-    let again = replay(&broker, &Selection::Count(10)).await.unwrap();
+    let again = replay(&broker, &Selection::count(10)).await.unwrap();
     assert_eq!(again.error, None);
     broker.close().await;
 }
@@ -485,5 +486,136 @@ async fn replay_and_purge_of_many_show_progress_and_a_summary() {
         assert!(stderr.contains(line), "missing {line:?} in: {stderr}");
     }
     assert_eq!(dlq_len(&broker).await, 0);
+    broker.close().await;
+}
+
+/// Issue 23, item 2: dead letters selected by errorKind, type and user through the CLI and the
+/// admin routes; a purge of a selection deletes exactly it and leaves the rest in order.
+#[actix_rt::test]
+async fn dead_letters_are_selected_by_kind_type_and_user() {
+    use cio_gateway::broker::Publish;
+    use cio_gateway::broker::topology::{
+        DLQ_EXCHANGE, HEADER_DEAD_LETTERED_AT, HEADER_ORIGINAL_EXCHANGE,
+        HEADER_ORIGINAL_ROUTING_KEY, IDENTIFY_EXCHANGE, TRACK_EXCHANGE,
+    };
+
+    let vhost = TestVhost::new("dlq-filters");
+    let broker = broker::connect(&vhost.url, Topology::new(4)).await.unwrap();
+    // c0..c8: identify for i % 3 == 0, else track; invalid for odd i, else rejected.
+    for i in 0..9 {
+        let (kind, exchange) = if i % 3 == 0 {
+            ("identify", IDENTIFY_EXCHANGE)
+        } else {
+            ("track", TRACK_EXCHANGE)
+        };
+        let error_kind = if i % 2 == 1 { "invalid" } else { "rejected" };
+        let body = json!({"type": kind, "userId": format!("u{i}"), "correlationId": format!("c{i}"),
+            "payload": {"name": "x"}, "status": "failed", "error": "e", "errorKind": error_kind,
+            "attempts": 1, "processingTime": 1});
+        let message = Publish::new(
+            DLQ_EXCHANGE,
+            &format!("u{i}"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .header(HEADER_DEAD_LETTERED_AT, (1_000 * i).to_string())
+        .header(HEADER_ORIGINAL_EXCHANGE, exchange)
+        .header(HEADER_ORIGINAL_ROUTING_KEY, format!("u{i}"));
+        broker.publish(message).await.unwrap();
+    }
+
+    let listing = json_out(
+        &cli(
+            &vhost,
+            &["dlq", "list", "--json", "--error-kind", "invalid"],
+        )
+        .await,
+    );
+    assert_eq!(listing["matched"], 4);
+    assert_eq!(
+        listing["summary"]["byType"],
+        json!({"identify": 1, "track": 3})
+    );
+    let listing = json_out(
+        &cli(
+            &vhost,
+            &[
+                "dlq", "list", "--json", "--type", "identify", "--until", "4000",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        correlation_ids(&listing),
+        BTreeSet::from(["c0".to_string(), "c3".to_string()])
+    );
+    let refused = cli(&vhost, &["dlq", "purge", "--error-kind", "invalid"]).await;
+    assert_eq!(refused.status.code(), Some(2), "purge needs --yes");
+    let purged = json_out(
+        &cli(
+            &vhost,
+            &["dlq", "purge", "--yes", "--error-kind", "invalid"],
+        )
+        .await,
+    );
+    assert_eq!(purged["purged"], 4);
+    assert_eq!(dlq_len(&broker).await, 5);
+
+    // The same over HTTP, against a gateway on the vhost.
+    let sb = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&vhost, &sb, &data).await;
+    let base = format!("http://{}", gateway.addr);
+    let http = reqwest::Client::new();
+    let listing: Value = http
+        .get(format!("{base}/admin/dlq?user=u4&type=track"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        correlation_ids(&listing),
+        BTreeSet::from(["c4".to_string()])
+    );
+    let purged = http
+        .post(format!("{base}/admin/dlq/purge"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"type": "identify"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status().as_u16(), 200);
+    assert_eq!(purged.json::<Value>().await.unwrap()["purged"], 2);
+    let listing: Value = http
+        .get(format!("{base}/admin/dlq"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let left: Vec<&str> = listing["deadLetters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["correlationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["c2", "c4", "c8"], "the rest, in its order");
+    let refused = http
+        .post(format!("{base}/admin/dlq/purge"))
+        .bearer_auth(ADMIN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status().as_u16(),
+        400,
+        "an empty selection is not 'all'"
+    );
+    gateway.shutdown().await;
     broker.close().await;
 }

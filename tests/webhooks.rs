@@ -508,7 +508,7 @@ async fn an_authentic_body_that_cannot_be_parsed_is_answered_200_and_dead_letter
     let stored = eventually(WAIT, || count_of(&file_rows(dir.path()), &good) == 1).await;
     assert!(stored, "the batch's good event is in the warehouse");
 
-    let letters = cio_gateway::dlq_admin::list(gateway.broker(), 10)
+    let letters = cio_gateway::dlq_admin::list(gateway.broker(), &Default::default(), 10)
         .await
         .unwrap()
         .dead_letters;

@@ -4,7 +4,7 @@
 use super::messages::{DeadLetter, ErrorKind};
 use super::settle::publish_confirmed;
 use crate::broker::topology::{
-    DLQ_EXCHANGE, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY,
+    DLQ_EXCHANGE, HEADER_DEAD_LETTERED_AT, HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY,
 };
 use crate::broker::{BrokerError, Publish, SharedBroker};
 use crate::telemetry::events;
@@ -47,11 +47,17 @@ pub fn raw_dead_letter(
 ) -> Publish {
     let body = with_failure(raw_body(body), error, kind, 0, 0);
     Publish::new(DLQ_EXCHANGE, original_routing_key, body)
+        .header(HEADER_DEAD_LETTERED_AT, now_ms())
         .header(HEADER_ORIGINAL_EXCHANGE, original_exchange.to_string())
         .header(
             HEADER_ORIGINAL_ROUTING_KEY,
             original_routing_key.to_string(),
         )
+}
+
+/// Now, for [`HEADER_DEAD_LETTERED_AT`]: what `dlq --since/--until` select by.
+fn now_ms() -> String {
+    chrono::Utc::now().timestamp_millis().to_string()
 }
 
 fn raw_body(body: &[u8]) -> Map<String, Value> {
@@ -95,6 +101,7 @@ impl Handler<DeadLetter> for DlqActor {
                 &letter.original_routing_key,
                 dead_letter_body(&letter),
             )
+            .header(HEADER_DEAD_LETTERED_AT, now_ms())
             .header(HEADER_ORIGINAL_EXCHANGE, letter.original_exchange.clone())
             .header(
                 HEADER_ORIGINAL_ROUTING_KEY,

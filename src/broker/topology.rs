@@ -40,6 +40,8 @@ pub const HEADER_FORWARDED_ROUTING_KEY: &str = "x-cio-routing-key";
 pub const HEADER_ORIGINAL_EXCHANGE: &str = "x-original-exchange";
 /// Header naming the routing key a dead letter was first published with.
 pub const HEADER_ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// Header holding when a message was dead-lettered, in milliseconds since the epoch.
+pub const HEADER_DEAD_LETTERED_AT: &str = "x-cio-dead-lettered-at";
 
 pub fn exchange_for(route: Route) -> &'static str {
     match route {
