@@ -165,7 +165,8 @@ impl Gateway {
         let router = broker
             .forwards_intake()
             .then(|| Router::spawn(broker.clone(), settings.broker.partitions));
-        let pipeline = Pipeline::start(&settings, broker, client);
+        let pipeline = Pipeline::start(&settings, broker, client.clone());
+        state.status.set(pipeline.partitions(), client);
         let resync = preferences.spawn_resync();
         let (pipeline_alive, reporting_alive) = (pipeline.liveness(), reporting.liveness());
         state

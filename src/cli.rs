@@ -55,6 +55,17 @@ pub enum Command {
     },
     /// Declare the RabbitMQ topology and print it.
     Topology(ConfigArg),
+    /// Ask a running gateway how it stands (GET /admin/status) and print it as a table.
+    Status {
+        /// The gateway's admin address; default http.admin_addr, else http.addr.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Load and validate the configuration, print the effective values (secrets masked).
     /// Every problem is reported at once.
     CheckConfig(CheckConfigArgs),

@@ -278,6 +278,115 @@ fn dlq_table(listing: &crate::dlq_admin::Listing) -> String {
     out
 }
 
+/// `cio-gateway status`: `GET /admin/status` of a running gateway, with `admin.token`, as a
+/// table (or the JSON as served).
+pub async fn status(
+    settings: Settings,
+    url: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let token = settings
+        .admin
+        .token
+        .as_ref()
+        .map(|t| t.expose().to_string())
+        .filter(|t| !t.is_empty())
+        .context("status needs admin.token (GATEWAY__ADMIN__TOKEN), as the gateway's")?;
+    let base = url.unwrap_or_else(|| {
+        format!(
+            "http://{}",
+            settings.http.admin_addr.unwrap_or(settings.http.addr)
+        )
+    });
+    let response = reqwest::Client::new()
+        .get(format!("{}/admin/status", base.trim_end_matches('/')))
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("asking {base}"))?;
+    let code = response.status();
+    let body: Value = response.json().await.context("the answer is not JSON")?;
+    if !code.is_success() {
+        eprintln!("{base} answered {code}: {body}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        print!("{}", status_table(&body));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `status` table: the build, one line per partition, one per API, then the backlogs.
+fn status_table(status: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Bool(true) => "yes".into(),
+        Value::Bool(false) => "no".into(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "cio-gateway {} ({})\n\n{:<26} {:>9} {:>7} {:>7} {:>6} {:>5} {:>12}  OLDEST HELD ERROR\n",
+        text(&status["version"]),
+        text(&status["revision"]),
+        "PARTITION",
+        "RECEIVING",
+        "READY",
+        "UNACKED",
+        "LANES",
+        "HELD",
+        "OLDEST (ms)"
+    );
+    for p in status["partitions"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<26} {:>9} {:>7} {:>7} {:>6} {:>5} {:>12}  {}\n",
+            text(&p["partition"]),
+            text(&p["receiving"]),
+            text(&p["ready"]),
+            text(&p["unacked"]),
+            text(&p["lanes"]),
+            text(&p["heldLanes"]),
+            text(&p["oldestHeldAgeMs"]),
+            text(&p["oldestHeldError"]),
+        );
+    }
+    out += &format!(
+        "\n{:<6} {:<7} {:<26} {:>15}  LAST ERROR\n",
+        "API", "CIRCUIT", "OPEN SINCE", "RATE / CEILING"
+    );
+    for api in status["apis"].as_array().into_iter().flatten() {
+        let circuit = &api["circuit"];
+        let state = if circuit["open"] == Value::Bool(true) {
+            "open"
+        } else {
+            "closed"
+        };
+        let rate = format!(
+            "{:.1} / {:.0}",
+            api["rateRps"].as_f64().unwrap_or(0.0),
+            api["ceilingRps"].as_f64().unwrap_or(0.0)
+        );
+        out += &format!(
+            "{:<6} {:<7} {:<26} {:>15}  {}\n",
+            text(&api["api"]),
+            state,
+            text(&circuit["openSince"]),
+            rate,
+            text(&circuit["lastError"]),
+        );
+    }
+    out += &format!(
+        "\nwarehouse ({}): {} ready; preferences: {} change(s) to sync\n",
+        text(&status["warehouse"]["queue"]),
+        text(&status["warehouse"]["ready"]),
+        text(&status["preferences"]["syncPending"]),
+    );
+    out
+}
+
 pub async fn demo() -> anyhow::Result<ExitCode> {
     crate::demo::run().await
 }

@@ -60,6 +60,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action, config } => commands::dlq(load(&config)?, action).await,
         Command::Topology(config) => commands::topology(load(&config)?).await,
+        Command::Status { url, json, config } => commands::status(load(&config)?, url, json).await,
         Command::CheckConfig(args) => {
             let settings = load(&args.config)?;
             for warning in settings.warnings() {

@@ -1,6 +1,6 @@
-//! The gauges behind the backlog panel and alert, and the build info the "no gateway scraped"
-//! alert looks for (issue 23, item 4). Its own test binary: the metrics recorder is
-//! process-wide.
+//! The gauges behind the backlog panel and alert, the build info the "no gateway scraped"
+//! alert looks for (issue 23, item 4), and `/admin/status` / `cio-gateway status` of the same
+//! held partition (item 1). Its own test binary: the metrics recorder is process-wide.
 
 mod common;
 
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 const TOKEN: &str = "ingest-secret";
+const ADMIN: &str = "admin-secret";
 const PARTITION: &str = "customerio.partition.0";
 
 fn gauge(gateway: &Gateway, name: &str) -> Option<f64> {
@@ -25,7 +26,7 @@ fn gauge(gateway: &Gateway, name: &str) -> Option<f64> {
 }
 
 #[actix_rt::test]
-async fn a_held_partition_reports_its_ready_and_unacked_messages_and_the_build() {
+async fn a_held_partition_reports_its_backlog_in_metrics_and_status() {
     let vhost = TestVhost::new("partition-metrics");
     let sb = sandbox::spawn(SandboxConfig::default()).await.unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -43,6 +44,7 @@ async fn a_held_partition_reports_its_ready_and_unacked_messages_and_the_build()
         ("GATEWAY__HTTP__ADDR", "127.0.0.1:0".into()),
         ("GATEWAY__APP__DATA_DIR", data.path().display().to_string()),
         ("GATEWAY__INGEST__TOKEN", TOKEN.into()),
+        ("GATEWAY__ADMIN__TOKEN", ADMIN.into()),
         ("GATEWAY__CUSTOMERIO__TRACK_URL", sb.track_url()),
         ("GATEWAY__CUSTOMERIO__APP_URL", sb.app_url()),
         (
@@ -96,5 +98,66 @@ async fn a_held_partition_reports_its_ready_and_unacked_messages_and_the_build()
         gauge(&gateway, "cio_gateway_partition_messages_unacked"),
         vhost.queue_depths().get(PARTITION)
     );
+
+    let status: Value = reqwest::Client::new()
+        .get(format!("http://{}/admin/status", gateway.addr))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let partition = &status["partitions"][0];
+    assert_eq!(partition["partition"], PARTITION, "{status:#}");
+    assert_eq!(partition["receiving"], true, "{status:#}");
+    assert_eq!(partition["ready"], 9, "{status:#}");
+    assert_eq!(partition["unacked"], 1, "{status:#}");
+    assert_eq!(partition["heldLanes"], 1, "{status:#}");
+    assert!(
+        partition["oldestHeldAgeMs"].as_u64().is_some(),
+        "{status:#}"
+    );
+    assert!(
+        partition["oldestHeldError"]
+            .as_str()
+            .is_some_and(|e| e.contains("500")),
+        "{status:#}"
+    );
+    let track = &status["apis"][0];
+    assert_eq!(track["api"], "track");
+    assert_eq!(track["circuit"]["open"], false, "{status:#}");
+    assert!(track["circuit"]["lastError"].is_string(), "{status:#}");
+    assert!(
+        track["ceilingRps"].as_f64().is_some_and(|c| c > 0.0),
+        "{status:#}"
+    );
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["warehouse"]["ready"], 0, "{status:#}");
+
+    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_cio-gateway"))
+        .args(["status", "--url", &format!("http://{}", gateway.addr)])
+        .env("GATEWAY__ADMIN__TOKEN", ADMIN)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    assert!(
+        table.contains(PARTITION) && table.contains("closed"),
+        "{table}"
+    );
+    let refused = reqwest::Client::new()
+        .get(format!("http://{}/admin/status", gateway.addr))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
     gateway.shutdown().await;
 }

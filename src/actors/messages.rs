@@ -158,3 +158,25 @@ pub struct Settled {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Drain;
+
+/// What a shard reports of its partition for `/admin/status`.
+#[derive(Message)]
+#[rtype(result = "PartitionStatus")]
+pub struct Status;
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    pub partition: String,
+    /// Whether this replica received from the partition since it last subscribed: with
+    /// single-active-consumer only the active consumer does (an idle queue shows false).
+    pub receiving: bool,
+    /// Messages held unacked here: in lanes, and each lane's one settling.
+    pub unacked: usize,
+    /// Users with a lane, and of them those whose head failed and is being retried.
+    pub lanes: usize,
+    pub held_lanes: usize,
+    /// The oldest held head: how long ago it was received, and its last failure.
+    pub oldest_held_age_ms: Option<u64>,
+    pub oldest_held_error: Option<String>,
+}

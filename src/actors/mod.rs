@@ -49,6 +49,22 @@ use messages::Drain;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Asks the shards of a running pipeline for their [`PartitionStatus`].
+#[derive(Clone)]
+pub struct Partitions(Vec<Addr<ShardActor>>);
+
+impl Partitions {
+    /// One per partition, in order; a shard restarting right now is left out.
+    pub async fn status(&self) -> Vec<messages::PartitionStatus> {
+        let asked = self.0.iter().map(|shard| shard.send(messages::Status));
+        futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+}
+
 /// The running delivery pipeline.
 pub struct Pipeline {
     shards: Vec<Addr<ShardActor>>,
@@ -160,6 +176,11 @@ impl Pipeline {
     pub fn health(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let track_sender = self.track_sender.clone();
         move || track_sender.is_supervised()
+    }
+
+    /// A handle that asks every shard how its partition stands, for `/admin/status`.
+    pub fn partitions(&self) -> Partitions {
+        Partitions(self.shards.clone())
     }
 
     /// The Track API's sender, for fault-injection tests.

@@ -18,7 +18,8 @@ use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::dedup::DedupKey;
 use super::ledger::AttemptLedger;
 use super::messages::{
-    AttemptDone, DeadLetter, Deliver, Delivered, Drain, ErrorKind, Failure, FailureKind, Settled,
+    AttemptDone, DeadLetter, Deliver, Delivered, Drain, ErrorKind, Failure, FailureKind,
+    PartitionStatus, Settled, Status,
 };
 use super::processed::processed_body;
 use super::settle::publish_confirmed;
@@ -62,6 +63,8 @@ struct Pending {
     received: Instant,
     /// Set when delivered: what Customer.io answered that the processed event carries.
     delivered: Delivered,
+    /// Its last failed attempt's error, while it waits for a retry.
+    last_error: Option<String>,
 }
 
 impl Pending {
@@ -174,6 +177,8 @@ pub struct ShardActor {
     /// are dropped, so none lands after the partition's next consumer's.
     cancel: CancellationToken,
     resubscribe: Resubscribe,
+    /// Whether a delivery arrived since the last subscribe (only the active consumer's do).
+    receiving: bool,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
 }
@@ -188,6 +193,7 @@ impl ShardActor {
             settles: TaskTracker::new(),
             cancel: CancellationToken::new(),
             resubscribe: Resubscribe::default(),
+            receiving: false,
             draining: false,
             drained: Vec::new(),
         }
@@ -195,6 +201,7 @@ impl ShardActor {
 
     fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
         let received = Instant::now();
+        self.receiving = true;
         let refuse =
             |delivery: Delivery, error: String, kind: ErrorKind, attempts: u32| DeadLetter {
                 correlation_id: None,
@@ -251,6 +258,7 @@ impl ShardActor {
             attempts: 0,
             received,
             delivered: Delivered::default(),
+            last_error: None,
         };
         let idle = {
             let lane = self.lanes.entry(user.clone()).or_insert_with(|| Lane {
@@ -396,6 +404,9 @@ impl ShardActor {
                             if attempts < self.deps.max_attempts =>
                         {
                             lane.state = LaneState::Waiting;
+                            if let Some(head) = lane.pending.front_mut() {
+                                head.last_error = Some(failure.message.clone());
+                            }
                             let delay = self.deps.backoff.delay(attempts, retry_after);
                             let kind = lane
                                 .pending
@@ -560,6 +571,26 @@ impl ShardActor {
         self.check_drained();
     }
 
+    fn status(&self) -> PartitionStatus {
+        // Held: the head failed and is being retried (waiting for its timer or attempted again).
+        let held: Vec<&Pending> = self
+            .lanes
+            .values()
+            .filter_map(|lane| lane.pending.front())
+            .filter(|head| head.last_error.is_some())
+            .collect();
+        let oldest = held.iter().max_by_key(|p| p.received.elapsed());
+        PartitionStatus {
+            partition: self.queue.clone(),
+            receiving: self.receiving,
+            unacked: self.unacked(),
+            lanes: self.lanes.len(),
+            held_lanes: held.len(),
+            oldest_held_age_ms: oldest.map(|p| p.received.elapsed().as_millis() as u64),
+            oldest_held_error: oldest.and_then(|p| p.last_error.clone()),
+        }
+    }
+
     /// Messages received and not yet acked: those in lanes, and each lane's one settling.
     fn unacked(&self) -> usize {
         self.lanes
@@ -600,6 +631,7 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.generation += 1;
+        self.receiving = false;
         self.cancel = CancellationToken::new();
         // Whatever was received before is redelivered by the broker, in order.
         self.lanes.retain(|_, lane| {
@@ -656,6 +688,14 @@ impl Handler<AttemptDone> for ShardActor {
 
     fn handle(&mut self, done: AttemptDone, ctx: &mut Context<Self>) {
         self.attempt_done(done, ctx);
+    }
+}
+
+impl Handler<Status> for ShardActor {
+    type Result = MessageResult<Status>;
+
+    fn handle(&mut self, _: Status, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status())
     }
 }
 

@@ -108,6 +108,11 @@ impl Budget {
         self.state.lock().rps
     }
 
+    /// The configured rate the adaptive one never exceeds.
+    pub(crate) fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
     /// A request got an answer that was not a 429: climb back toward the ceiling.
     pub(crate) fn on_success(&self) {
         let mut state = self.state.lock();

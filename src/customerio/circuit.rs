@@ -48,6 +48,21 @@ pub(crate) struct Circuit {
 struct State {
     consecutive_failures: u32,
     open: Option<Open>,
+    /// The last failure that counted against the workspace, open or not, and when.
+    last_failure: Option<(String, std::time::SystemTime)>,
+}
+
+/// What `/admin/status` shows of a circuit.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitStatus {
+    pub open: bool,
+    /// Since when it is open (RFC 3339), and why.
+    pub open_since: Option<String>,
+    pub reason: Option<String>,
+    /// The last request failure that counted (the workspace's, or one of a run), and when.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
 }
 
 struct Open {
@@ -162,11 +177,13 @@ impl Circuit {
                 Blame::Workspace
             }
             Verdict::Workspace(reason) => {
+                state.last_failure = Some((reason.clone(), std::time::SystemTime::now()));
                 state.consecutive_failures = state.consecutive_failures.saturating_add(1);
                 self.trip(&mut state, reason, probe);
                 Blame::Workspace
             }
             Verdict::Transient(reason) => {
+                state.last_failure = Some((reason.clone(), std::time::SystemTime::now()));
                 state.consecutive_failures = state.consecutive_failures.saturating_add(1);
                 if state.open.is_some() || state.consecutive_failures >= self.threshold {
                     let reason = format!(
@@ -211,6 +228,22 @@ impl Circuit {
                     probing: false,
                 });
             }
+        }
+    }
+
+    pub(crate) fn status(&self) -> CircuitStatus {
+        let state = self.state.lock();
+        let rfc3339 =
+            |at: std::time::SystemTime| chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339();
+        CircuitStatus {
+            open: state.open.is_some(),
+            open_since: state
+                .open
+                .as_ref()
+                .map(|o| rfc3339(std::time::SystemTime::now() - o.since.elapsed())),
+            reason: state.open.as_ref().map(|o| o.reason.clone()),
+            last_error: state.last_failure.as_ref().map(|(e, _)| e.clone()),
+            last_error_at: state.last_failure.as_ref().map(|(_, at)| rfc3339(*at)),
         }
     }
 

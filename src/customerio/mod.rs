@@ -8,6 +8,7 @@
 
 mod budget;
 mod circuit;
+pub use circuit::CircuitStatus;
 mod error;
 mod region;
 pub mod wire;
@@ -98,6 +99,17 @@ struct Inner {
     broadcast_budget: Budget,
     track_circuit: Arc<Circuit>,
     app_circuit: Arc<Circuit>,
+}
+
+/// One API's state, as `/admin/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiStatus {
+    pub api: &'static str,
+    pub circuit: circuit::CircuitStatus,
+    /// The adaptive request rate now, and the configured ceiling it climbs back to.
+    pub rate_rps: f64,
+    pub ceiling_rps: f64,
 }
 
 /// Leave to send one request: the API's circuit let it through and its budget was spent.
@@ -311,6 +323,23 @@ impl CustomerIo {
             "app" => self.inner.app_circuit.is_open(),
             _ => self.inner.track_circuit.is_open(),
         }
+    }
+
+    /// Each API's circuit and adaptive rate, for `/admin/status`.
+    pub fn status(&self) -> Vec<ApiStatus> {
+        let inner = &self.inner;
+        [
+            ("track", &inner.track_circuit, &inner.track_budget),
+            ("app", &inner.app_circuit, &inner.app_budget),
+        ]
+        .into_iter()
+        .map(|(api, circuit, budget)| ApiStatus {
+            api,
+            circuit: circuit.status(),
+            rate_rps: budget.rate(),
+            ceiling_rps: budget.ceiling(),
+        })
+        .collect()
     }
 
     /// The current adaptive request rate (requests per second) of `"track"` or `"app"`.

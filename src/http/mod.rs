@@ -7,6 +7,7 @@ mod health;
 pub mod openapi;
 mod preferences;
 pub mod slow_clients;
+pub mod status;
 pub mod webhooks;
 
 use crate::broker::SharedBroker;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub recent_webhooks: Arc<RecentSet<String>>,
     /// The preferences store and its sync; `None` until [`AppState::with_preferences`].
     pub preferences: Option<Arc<PreferenceService>>,
+    /// What `/admin/status` reads, once the pipeline runs.
+    pub status: status::StatusSources,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
             intake: Intake::default(),
             recent_webhooks: Arc::new(RecentSet::new(webhooks::RECENT_CAPACITY)),
             preferences: None,
+            status: status::StatusSources::default(),
         }
     }
 
@@ -135,5 +139,6 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
 pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     health::configure_metrics(cfg);
     admin::configure(cfg);
+    status::configure(cfg);
     openapi::configure(cfg);
 }

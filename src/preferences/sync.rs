@@ -138,6 +138,15 @@ impl PreferenceService {
     }
 
     /// The user's preferences and whether they are stored and still pending.
+    /// Changes not yet synced to Customer.io, for `/admin/status`.
+    pub async fn pending_count(self: &Arc<Self>) -> Result<u64, StoreError> {
+        let this = self.clone();
+        self.runtime
+            .spawn(async move { this.store.pending_count().await })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
     pub async fn get(self: &Arc<Self>, user: &UserId) -> Result<StoredPreferences, StoreError> {
         let user = user.clone();
         let this = self.clone();
