@@ -28,7 +28,7 @@ use crate::broker::topology::PROCESSED_EXCHANGE;
 use crate::broker::{Acker, Delivery, Publish, SharedBroker};
 use crate::domain::{Envelope, Route, UserId};
 use crate::retry::Backoff;
-use crate::telemetry::events;
+use crate::telemetry::{events, otlp};
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// What every shard shares: the broker, the delivering actors and the retry policy.
 pub struct ShardDeps {
@@ -65,20 +66,38 @@ struct Pending {
     delivered: Delivered,
     /// Its last failed attempt's error, while it waits for a retry.
     last_error: Option<String>,
+    /// The producer's trace (`traceparent` header), which this message's spans continue.
+    /// (Boxed: most messages carry none, and a Context is large.)
+    trace: Option<Box<opentelemetry::Context>>,
 }
 
 impl Pending {
-    /// The span of this message's attempt: every log line about it carries its ids.
+    /// The span of this message's attempt: every log line about it carries its ids, and a
+    /// trace exporter gets OpenTelemetry's messaging attributes. It continues the producer's
+    /// trace where the message carried one.
     fn span(&self, partition: &str) -> tracing::Span {
         let envelope = &self.envelope;
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "message",
+            "otel.name" = format!("process {partition}"),
+            "otel.kind" = "consumer",
+            "messaging.system" = "rabbitmq",
+            "messaging.operation.type" = "process",
+            "messaging.destination.name" = %self.exchange,
+            "messaging.rabbitmq.destination.routing_key" = %self.routing_key,
+            "messaging.message.id" = envelope.correlation_id.as_ref().map_or("", |id| id.as_str()),
             user = %envelope.user.as_str(),
             r#type = envelope.kind.as_str(),
             correlation_id = envelope.correlation_id.as_ref().map_or("", |id| id.as_str()),
             partition,
             attempt = self.attempts,
-        )
+        );
+        if let Some(trace) = &self.trace
+            && !span.is_disabled()
+        {
+            let _ = span.set_parent(trace.as_ref().clone());
+        }
+        span
     }
 
     fn dead_lettered(self, error: String, kind: ErrorKind) -> Outcome {
@@ -259,6 +278,7 @@ impl ShardActor {
             received,
             delivered: Delivered::default(),
             last_error: None,
+            trace: otlp::producer_context(&delivery.headers).map(Box::new),
         };
         let idle = {
             let lane = self.lanes.entry(user.clone()).or_insert_with(|| Lane {

@@ -34,6 +34,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 tokio::task_local! {
     /// Set by a caller whose request turns stale when the token fires (a shard that lost its
@@ -773,6 +774,16 @@ impl CustomerIo {
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(body);
         }
+        // A client span per request, named by its API (OpenTelemetry's HTTP conventions).
+        let span = tracing::info_span!(
+            "customerio",
+            "otel.name" = format!("{method} customerio.{}", api.as_str()),
+            "otel.kind" = "client",
+            "http.request.method" = %method,
+            "url.full" = %url,
+            "http.response.status_code" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        );
         let started = Instant::now();
         let result = async {
             let response = builder.send().await?;
@@ -785,7 +796,12 @@ impl CustomerIo {
                 body,
             })
         }
+        .instrument(span.clone())
         .await;
+        match &result {
+            Ok(answer) => span.record("http.response.status_code", answer.status),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
         let elapsed = started.elapsed();
         let status_label = match &result {
             Ok(answer) => answer.status.to_string(),
