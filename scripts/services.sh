@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Makes sure RabbitMQ (with the x-modulus-hash exchange of rabbitmq_sharding) and PostgreSQL
-# are installed and running on this machine, as the test suite needs them. Idempotent.
+# are installed and running on this machine, as the test suite needs them, and Chromium for
+# the web console's browser test (tests/console.rs). Idempotent.
 set -euo pipefail
 
 need_install=()
 command -v rabbitmqctl >/dev/null 2>&1 || need_install+=(rabbitmq-server)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
 command -v psql >/dev/null 2>&1 || need_install+=(postgresql-client)
+command -v chromium >/dev/null 2>&1 || need_install+=(chromium)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing: ${need_install[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -95,6 +95,36 @@ fn check(
     }
 }
 
+/// The cookie the web console's login sets: the admin token itself, HttpOnly and
+/// SameSite=Strict, so only the console's own pages send it.
+pub const CONSOLE_COOKIE: &str = "cio_admin";
+
+/// Whether the request is the admin's: the bearer token, or the console's cookie. `Err` (404)
+/// while no `admin.token` is configured.
+#[allow(clippy::result_large_err)]
+pub fn console_session(req: &HttpRequest, state: &AppState) -> Result<bool, HttpResponse> {
+    let Some(token) = state
+        .settings
+        .admin
+        .token
+        .as_ref()
+        .filter(|t| !t.expose().is_empty())
+    else {
+        return Err(not_found());
+    };
+    if check(req, Some(token), false).is_ok() {
+        return Ok(true);
+    }
+    Ok(req
+        .cookie(CONSOLE_COOKIE)
+        .is_some_and(|c| token_matches(token, c.value())))
+}
+
+/// Constant-time comparison of a presented token with the configured one.
+pub fn token_matches(token: &Secret, presented: &str) -> bool {
+    bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes()))
+}
+
 fn peer_is_loopback(req: &HttpRequest) -> bool {
     req.peer_addr().is_some_and(|a| a.ip().is_loopback())
 }

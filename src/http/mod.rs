@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod console;
 mod events;
 mod health;
 pub mod openapi;
@@ -140,5 +141,6 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     health::configure_metrics(cfg);
     admin::configure(cfg);
     status::configure(cfg);
+    console::configure(cfg);
     openapi::configure(cfg);
 }

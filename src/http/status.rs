@@ -67,11 +67,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn status(state: web::Data<AppState>) -> HttpResponse {
-    let sources = state.status.0.read().clone();
-    let Some((partitions, client)) = sources else {
-        return HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"error": "the pipeline is not running"}));
-    };
+    match collect(&state).await {
+        Some(status) => HttpResponse::Ok().json(status),
+        None => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"error": "the pipeline is not running"})),
+    }
+}
+
+/// The status now; `None` before the pipeline runs.
+pub async fn collect(state: &AppState) -> Option<Status> {
+    let (partitions, client) = state.status.0.read().clone()?;
     let mut rows = Vec::new();
     for shard in partitions.status().await {
         let ready = state.broker.queue_len(&shard.partition).await.ok();
@@ -81,7 +86,7 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
         Some(preferences) => preferences.pending_count().await.ok(),
         None => None,
     };
-    HttpResponse::Ok().json(Status {
+    Some(Status {
         version: env!("CARGO_PKG_VERSION"),
         revision: env!("CIO_GATEWAY_REVISION"),
         partitions: rows,
