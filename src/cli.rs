@@ -109,7 +109,7 @@ pub enum DlqAction {
     /// Republish the selected dead letters to their original exchange, then remove them.
     Replay {
         /// At most this many (the oldest that match).
-        #[arg(long)]
+        #[arg(long, alias = "limit")]
         count: Option<usize>,
         #[command(flatten)]
         filter: DlqFilter,
@@ -118,6 +118,9 @@ pub enum DlqAction {
     Purge {
         #[arg(long)]
         yes: bool,
+        /// At most this many (the oldest that match).
+        #[arg(long)]
+        limit: Option<usize>,
         #[command(flatten)]
         filter: DlqFilter,
     },
@@ -126,10 +129,10 @@ pub enum DlqAction {
 /// Which dead letters: every option given must match.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DlqFilter {
-    #[arg(long)]
+    #[arg(long, alias = "correlationId")]
     pub correlation_id: Option<String>,
     /// invalid, rejected, exhausted, webhook_unparsable, ...
-    #[arg(long)]
+    #[arg(long, alias = "errorKind")]
     pub error_kind: Option<String>,
     /// The envelope's type: identify, track, transactional, ...
     #[arg(long = "type")]

@@ -107,9 +107,9 @@ pub async fn dlq(settings: Settings, action: DlqAction) -> anyhow::Result<ExitCo
             }
             Some(selection)
         }
-        DlqAction::Purge { filter, .. } => Some(Selection {
+        DlqAction::Purge { filter, limit, .. } => Some(Selection {
             filter: filter.clone().into_filter(),
-            limit: None,
+            limit: limit.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         }),
         _ => None,
     };
@@ -192,7 +192,7 @@ async fn dlq_action(
             let selection = selection.expect("checked above");
             if !yes {
                 let n = broker.queue_len(crate::broker::topology::DLQ_QUEUE).await?;
-                let which = if selection.filter.is_empty() {
+                let which = if selection.filter.is_empty() && selection.limit.is_none() {
                     "all"
                 } else {
                     "the selected ones of"

@@ -616,6 +616,23 @@ async fn dead_letters_are_selected_by_kind_type_and_user() {
         400,
         "an empty selection is not 'all'"
     );
+
+    // The contract's spellings: `--errorKind`, and `--limit` on purge (the oldest that match).
+    let listing = json_out(
+        &cli(
+            &vhost,
+            &["dlq", "list", "--json", "--errorKind", "rejected"],
+        )
+        .await,
+    );
+    assert_eq!(listing["matched"], 3);
+    let purged = json_out(&cli(&vhost, &["dlq", "purge", "--yes", "--limit", "1"]).await);
+    assert_eq!(purged["purged"], 1);
+    let listing = json_out(&cli(&vhost, &["dlq", "list", "--json"]).await);
+    assert_eq!(
+        correlation_ids(&listing),
+        BTreeSet::from(["c4".to_string(), "c8".to_string()])
+    );
     gateway.shutdown().await;
     broker.close().await;
 }

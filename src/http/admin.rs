@@ -110,7 +110,12 @@ fn parse_selection(body: &[u8], purging: bool) -> Result<Selection, String> {
     if purging && obj.get("all") == Some(&Value::Bool(true)) && obj.len() == 1 {
         return Ok(Selection::all());
     }
-    let limit = match obj.remove("count") {
+    // `limit` is the same as `count`.
+    let count = match (obj.remove("count"), obj.remove("limit")) {
+        (Some(_), Some(_)) => return Err("give count or limit, not both".into()),
+        (count, limit) => count.or(limit),
+    };
+    let limit = match count {
         None => None,
         Some(count) => Some(
             count
@@ -175,5 +180,10 @@ mod tests {
         );
         assert!(parse_selection(br#"{"since": "yesterday"}"#, false).is_err());
         assert!(parse_selection(br#"{"colour": "red"}"#, true).is_err());
+        assert_eq!(
+            parse_selection(br#"{"limit": 3}"#, true),
+            Ok(Selection::count(3))
+        );
+        assert!(parse_selection(br#"{"limit": 3, "count": 3}"#, false).is_err());
     }
 }
