@@ -137,6 +137,10 @@ impl Gateway {
         if sandbox.is_some() {
             customerio.track_url = Some(format!("http://{addr}/sandbox/api/v1"));
             customerio.app_url = Some(format!("http://{addr}/sandbox/v1"));
+            customerio.pipelines_url = Some(format!(
+                "http://{addr}/sandbox{}",
+                crate::sandbox::PIPELINES_PREFIX
+            ));
         }
         let client = CustomerIo::new(&customerio).context("customerio settings")?;
         let reporting = start_reporting(

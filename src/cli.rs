@@ -70,7 +70,11 @@ pub enum Command {
     /// Every problem is reported at once.
     CheckConfig(CheckConfigArgs),
     /// Local mode end to end with sample traffic, then a summary table.
-    Demo,
+    Demo {
+        /// The Customer.io API people and events are delivered through (customerio.api).
+        #[arg(long, value_enum, default_value = "track")]
+        api: crate::config::DeliveryApi,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

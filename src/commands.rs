@@ -387,8 +387,8 @@ fn status_table(status: &Value) -> String {
     out
 }
 
-pub async fn demo() -> anyhow::Result<ExitCode> {
-    crate::demo::run().await
+pub async fn demo(api: crate::config::DeliveryApi) -> anyhow::Result<ExitCode> {
+    crate::demo::run(api).await
 }
 
 /// `amqp://user:pass@host/vhost` -> `amqp://user:***@host/vhost`.

@@ -57,6 +57,17 @@ pub enum TrackApi {
     V2,
 }
 
+/// Which Customer.io API people and events are delivered through: the Track API, or the Data
+/// Pipelines API (`cdp.customer.io/v1`). Sends, broadcasts and manual segments keep the App and
+/// Track APIs either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryApi {
+    #[default]
+    Track,
+    Pipelines,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -87,13 +98,24 @@ pub struct AppSettings {
 #[serde(deny_unknown_fields)]
 pub struct CustomerIoSettings {
     pub region: Region,
+    #[serde(default)]
+    pub api: DeliveryApi,
     pub track_url: Option<String>,
     pub app_url: Option<String>,
+    /// The Pipelines API's base URL (`.../v1`), overriding the region's.
+    #[serde(default)]
+    pub pipelines_url: Option<String>,
     pub site_id: Option<Secret>,
     pub api_key: Option<Secret>,
     pub app_api_key: Option<Secret>,
+    /// The Pipelines API key: HTTP Basic user name, empty password.
+    #[serde(default)]
+    pub pipelines_api_key: Option<Secret>,
     pub track_rps: u32,
     pub app_rps: u32,
+    /// Pipelines requests per second: "3000 requests per 3 seconds" is 1000.
+    #[serde(default = "default_pipelines_rps")]
+    pub pipelines_rps: u32,
     /// Least time between two API-triggered broadcasts ("1 request every 10 seconds"): their
     /// own budget, so broadcasts never spend the transactional one.
     pub broadcast_interval_ms: u64,
@@ -102,6 +124,35 @@ pub struct CustomerIoSettings {
     pub circuit_max_backoff_ms: u64,
     /// Consecutive failed requests (5xx, timeouts, connection errors) that open a circuit.
     pub circuit_failure_threshold: u32,
+}
+
+fn default_pipelines_rps() -> u32 {
+    1000
+}
+
+/// The built-in defaults (the sandbox region, no credentials), for code that builds a client
+/// without loading a configuration.
+impl Default for CustomerIoSettings {
+    fn default() -> Self {
+        Self {
+            region: Region::Sandbox,
+            api: DeliveryApi::Track,
+            track_url: None,
+            app_url: None,
+            pipelines_url: None,
+            site_id: None,
+            api_key: None,
+            app_api_key: None,
+            pipelines_api_key: None,
+            track_rps: 100,
+            app_rps: 100,
+            pipelines_rps: default_pipelines_rps(),
+            broadcast_interval_ms: 10_000,
+            timeout_ms: 10_000,
+            circuit_max_backoff_ms: 60_000,
+            circuit_failure_threshold: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -284,10 +335,14 @@ drain_secs = 25
 pub use crate::domain::webhook::DEFAULT_RULES as DEFAULT_WEBHOOK_RULES;
 
 /// Conventional secret names and the keys they fill.
-const CONVENTIONAL_ENV: [(&str, &str); 6] = [
+const CONVENTIONAL_ENV: [(&str, &str); 7] = [
     ("CUSTOMERIO_SITE_ID", "customerio.site_id"),
     ("CUSTOMERIO_API_KEY", "customerio.api_key"),
     ("CUSTOMERIO_APP_API_KEY", "customerio.app_api_key"),
+    (
+        "CUSTOMERIO_PIPELINES_API_KEY",
+        "customerio.pipelines_api_key",
+    ),
     ("AMQP_URL", "broker.url"),
     ("DATABASE_URL", "preferences.database_url"),
     // The postgres warehouse sink's too, so `check-config` shows what the sink will use.
@@ -538,12 +593,16 @@ impl Settings {
         if self.customerio.app_rps == 0 {
             found.push(invalid("customerio.app_rps", "must be at least 1"));
         }
+        if self.customerio.pipelines_rps == 0 {
+            found.push(invalid("customerio.pipelines_rps", "must be at least 1"));
+        }
         if self.customerio.timeout_ms == 0 {
             found.push(invalid("customerio.timeout_ms", "must be at least 1"));
         }
         for (key, value) in [
             ("customerio.track_url", &self.customerio.track_url),
             ("customerio.app_url", &self.customerio.app_url),
+            ("customerio.pipelines_url", &self.customerio.pipelines_url),
         ] {
             if let Some(v) = value
                 && let Err(e) = url::Url::parse(v)
@@ -601,13 +660,26 @@ impl Settings {
         if let Err(e) = crate::preferences::TopicMap::parse(&self.preferences.subscription_topics) {
             found.push(invalid("preferences.subscription_topics", e));
         }
-        if self.customerio.region != Region::Sandbox
-            && (self.customerio.site_id.is_none() || self.customerio.api_key.is_none())
-        {
-            found.push(invalid(
-                "customerio.site_id",
-                "site_id and api_key are required outside the sandbox region",
-            ));
+        let outside_sandbox = self.customerio.region != Region::Sandbox;
+        match self.customerio.api {
+            DeliveryApi::Track
+                if outside_sandbox
+                    && (self.customerio.site_id.is_none() || self.customerio.api_key.is_none()) =>
+            {
+                found.push(invalid(
+                    "customerio.site_id",
+                    "site_id and api_key are required outside the sandbox region",
+                ));
+            }
+            DeliveryApi::Pipelines
+                if outside_sandbox && self.customerio.pipelines_api_key.is_none() =>
+            {
+                found.push(invalid(
+                    "customerio.pipelines_api_key",
+                    "is required when customerio.api is pipelines (or CUSTOMERIO_PIPELINES_API_KEY)",
+                ));
+            }
+            _ => {}
         }
         found.extend(self.open_route_problems());
         if environment == "production" {

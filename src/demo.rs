@@ -3,9 +3,10 @@
 //! anonymous visitor who signs up, a company object its people belong to, a signed reporting
 //! webhook), then prints what "Customer.io"
 //! received per user and what the warehouse holds. Exits 0 only if all of it arrived.
+//! `--api pipelines` delivers people and events through the Data Pipelines API instead.
 
 use crate::app::Gateway;
-use crate::config::Settings;
+use crate::config::{DeliveryApi, Settings};
 use anyhow::Context as _;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -42,7 +43,11 @@ fn sample(user: &str) -> Vec<Value> {
     ]
 }
 
-pub async fn run() -> anyhow::Result<ExitCode> {
+pub async fn run(api: DeliveryApi) -> anyhow::Result<ExitCode> {
+    let api_name = match api {
+        DeliveryApi::Track => "track",
+        DeliveryApi::Pipelines => "pipelines",
+    };
     let data = std::env::temp_dir().join(format!("cio-gateway-demo-{}", ulid::Ulid::new()));
     let warehouse = data.join("warehouse");
     let env: BTreeMap<String, String> = [
@@ -52,6 +57,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         ("GATEWAY__WAREHOUSE__FLUSH_MS", "100".to_string()),
         ("GATEWAY__WEBHOOKS__SIGNING_SECRETS", SECRET.to_string()),
         ("GATEWAY__TEMPLATES__WELCOME", "1".to_string()),
+        ("GATEWAY__CUSTOMERIO__API", api_name.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -63,7 +69,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         .context("local mode runs the sandbox")?
         .clone();
     println!(
-        "local mode: gateway on http://{}, data in {}",
+        "local mode: gateway on http://{}, delivering by the {api_name} API, data in {}",
         gateway.addr,
         data.display()
     );
@@ -128,10 +134,14 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             .join(" -> ")
     );
     let acme = sandbox.records_of_object("1:acme");
-    let related = acme
-        .first()
-        .and_then(|r| r.body["cio_relationships"].as_array())
-        .map_or(0, Vec::len);
+    // Track v2 relates people in one operation; Pipelines by one group call per person.
+    let related = match api {
+        DeliveryApi::Track => acme
+            .first()
+            .and_then(|r| r.body["cio_relationships"].as_array())
+            .map_or(0, Vec::len),
+        DeliveryApi::Pipelines => acme.iter().filter(|r| r.user.is_some()).count(),
+    };
     println!("object 1:acme (company) identify, relating {related} people");
     println!(
         "\nwarehouse (file sink): {rows} delivery event row(s) under {}",

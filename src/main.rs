@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         .command
         .unwrap_or(Command::Serve(ConfigArg { config: None }));
     // The demo prints its own story; only problems are worth a log line there.
-    let level = if matches!(command, Command::Demo) {
+    let level = if matches!(command, Command::Demo { .. }) {
         "warn"
     } else {
         "info"
@@ -69,6 +69,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", settings.masked(args.format));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => commands::demo().await,
+        Command::Demo { api } => commands::demo(api).await,
     }
 }

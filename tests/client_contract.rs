@@ -32,6 +32,7 @@ fn settings(sb: &RunningSandbox) -> CustomerIoSettings {
         timeout_ms: 5000,
         circuit_max_backoff_ms: 200,
         circuit_failure_threshold: 3,
+        ..CustomerIoSettings::default()
     }
 }
 
@@ -766,6 +767,7 @@ async fn network_errors_are_retryable() {
         timeout_ms: 2000,
         circuit_max_backoff_ms: 200,
         circuit_failure_threshold: 3,
+        ..CustomerIoSettings::default()
     })
     .unwrap();
     let e = cio.delete(&user("42")).await.unwrap_err();

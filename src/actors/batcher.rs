@@ -200,10 +200,10 @@ impl TrackSender {
         if wire::SegmentChange::of(&call).is_some() {
             return self.segments.submit(call, cancel).await;
         }
+        // Pipelines takes every other operation in its batches; Track v2 not all of them.
+        let batched = self.client.delivers_by_pipelines() || !wire::by_v1_instead_of_v2(&call);
         match &self.batches {
-            Some(batches) if !wire::by_v1_instead_of_v2(&call) => {
-                batches.submit(call, cancel).await
-            }
+            Some(batches) if batched => batches.submit(call, cancel).await,
             _ => one_request(&self.client, call, cancel).await,
         }
     }
@@ -268,14 +268,14 @@ async fn run(client: CustomerIo, limits: BatchLimits, rx: &mut mpsc::UnboundedRe
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let leave = match client.track_permit().await {
+        let leave = match client.batch_permit().await {
             Ok(leave) => leave,
             Err(e) => {
                 give_back(first, rx, &e.to_string());
                 continue;
             }
         };
-        let mut size = ENVELOPE_BYTES + CustomerIo::v2_operation_size(&first.call);
+        let mut size = ENVELOPE_BYTES + client.operation_size(&first.call);
         let mut batch = vec![first];
         while batch.len() < limits.max_ops {
             let next = match rx.try_recv() {
@@ -287,7 +287,8 @@ async fn run(client: CustomerIo, limits: BatchLimits, rx: &mut mpsc::UnboundedRe
                 },
             };
             let Some(job) = next else { break };
-            let op_size = CustomerIo::v2_operation_size(&job.call) + 1;
+            let op_size = client.operation_size(&job.call) + 1;
+            // Track v2 and Pipelines both take 500 KB per batch.
             if size + op_size > MAX_V2_BATCH_BYTES {
                 carried = Some(job);
                 break;
@@ -371,6 +372,7 @@ mod tests {
             timeout_ms: 5000,
             circuit_max_backoff_ms: 2000,
             circuit_failure_threshold: 3,
+            ..CustomerIoSettings::default()
         })
         .unwrap();
         sb.sandbox.set_faults(Faults {

@@ -14,6 +14,7 @@ pub struct PersonCall;
 
 impl CallShape for PersonCall {
     fn to_call(envelope: Envelope, environment: &str) -> TrackCall {
+        let message_id = envelope.correlation_id.as_ref().map(|id| id.to_string());
         let mut timestamp = None;
         let operation = match envelope.operation {
             Operation::Identify(mut attributes) => {
@@ -38,6 +39,8 @@ impl CallShape for PersonCall {
             operation,
             event_id: None,
             timestamp,
+            message_id,
+            published_ms: envelope.timestamp,
         }
     }
 }

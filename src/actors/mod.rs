@@ -32,11 +32,12 @@ pub use crate::retry::Backoff;
 pub use batcher::{BatchLimits, TrackSender};
 pub use dedup::Dedup;
 pub use dlq::{DlqActor, dead_letter_body, raw_dead_letter};
-pub use identify::IdentifyActor;
+pub use identify::{IdentifyActor, PersonCall};
 use ledger::AttemptLedger;
 pub use reporting::{Reporting, start_reporting};
 pub use shard::{ShardActor, ShardDeps};
-pub use track::TrackActor;
+pub use track::{EventCall, TrackActor};
+pub use track_api::CallShape;
 pub use transactional::TransactionalActor;
 pub use warehouse::WarehouseActor;
 pub use webhook::WebhookActor;
@@ -81,7 +82,12 @@ impl Pipeline {
     /// Starts every actor under a supervisor, one shard per partition queue.
     pub fn start(settings: &Settings, broker: SharedBroker, client: CustomerIo) -> Self {
         let delivery = &settings.delivery;
-        let sender = match delivery.track_api {
+        // The Pipelines API is batched whatever `delivery.track_api` says.
+        let track_api = match client.delivers_by_pipelines() {
+            true => TrackApi::V2,
+            false => delivery.track_api,
+        };
+        let sender = match track_api {
             TrackApi::V1 => TrackSender::v1(
                 client.clone(),
                 Duration::from_millis(delivery.batch_linger_ms),

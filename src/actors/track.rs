@@ -12,6 +12,7 @@ pub struct EventCall;
 
 impl CallShape for EventCall {
     fn to_call(envelope: Envelope, environment: &str) -> TrackCall {
+        let message_id = envelope.correlation_id.as_ref().map(|id| id.to_string());
         let published_secs = envelope.timestamp.map(|ms| ms / 1000);
         let mut timestamp = None;
         let operation = match envelope.operation {
@@ -38,6 +39,8 @@ impl CallShape for EventCall {
             operation,
             event_id: envelope.correlation_id.and_then(|id| id.as_ulid()),
             timestamp,
+            message_id,
+            published_ms: envelope.timestamp,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The Customer.io client: Track API v1 and v2, App API sends, nothing else.
+//! The Customer.io client: Track API v1 and v2, the Data Pipelines API, App API sends.
 //!
 //! One pooled HTTP client, the region's base URLs, the workspace credentials and the request
 //! budgets live behind an `Arc`, so the client is cheap to clone into every actor. Each method
@@ -10,19 +10,25 @@ mod budget;
 mod circuit;
 pub use circuit::CircuitStatus;
 mod error;
+pub mod pipelines;
 mod region;
 pub mod wire;
 
 pub use error::{CioError, is_retryable_status};
-pub use region::{BaseUrls, EU_APP_URL, EU_TRACK_URL, US_APP_URL, US_TRACK_URL};
+pub use region::{
+    BaseUrls, EU_APP_URL, EU_PIPELINES_URL, EU_TRACK_URL, US_APP_URL, US_PIPELINES_URL,
+    US_TRACK_URL,
+};
 
-use crate::config::{CustomerIoSettings, Region};
+use crate::config::{CustomerIoSettings, DeliveryApi, Region};
 use crate::domain::limits::{MAX_V2_BATCH_BYTES, MAX_V2_OPERATION_BYTES};
 use crate::domain::{
     Attributes, BroadcastTrigger, Device, Event, Operation, PersonRef, TransactionalRequest,
     UserId, View,
 };
-use crate::sandbox::{SANDBOX_API_KEY, SANDBOX_APP_API_KEY, SANDBOX_SITE_ID};
+use crate::sandbox::{
+    SANDBOX_API_KEY, SANDBOX_APP_API_KEY, SANDBOX_PIPELINES_API_KEY, SANDBOX_SITE_ID,
+};
 use crate::telemetry::events;
 use budget::Budget;
 use circuit::{Blame, Circuit, Pass, Verdict};
@@ -54,7 +60,8 @@ pub async fn unless_cancelled<F: Future>(cancel: CancellationToken, call: F) -> 
 /// Customer.io is told who it is. `event_id` becomes the event's `id` (events and page views
 /// only), so Customer.io drops a resent duplicate. `timestamp` (unix seconds) is Customer.io's
 /// ordering timestamp of an identify or a page view: it drops an identify older than the last
-/// one it applied.
+/// one it applied. The Pipelines API names the call by `message_id` (the envelope's
+/// correlationId: it de-duplicates on it) and dates it by `published_ms`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackCall {
     pub user: UserId,
@@ -62,6 +69,8 @@ pub struct TrackCall {
     pub operation: Operation,
     pub event_id: Option<ulid::Ulid>,
     pub timestamp: Option<i64>,
+    pub message_id: Option<String>,
+    pub published_ms: Option<i64>,
 }
 
 impl TrackCall {
@@ -73,6 +82,8 @@ impl TrackCall {
             operation,
             event_id: None,
             timestamp: None,
+            message_id: None,
+            published_ms: None,
         }
     }
 }
@@ -92,14 +103,19 @@ pub struct CustomerIo {
 struct Inner {
     http: reqwest::Client,
     urls: BaseUrls,
-    site_id: String,
-    api_key: String,
+    /// Which API people and events go through (`customerio.api`).
+    api: DeliveryApi,
+    /// Track API credentials; only manual segments need them when Pipelines delivers.
+    track_credentials: Option<(String, String)>,
     app_api_key: Option<String>,
+    pipelines_api_key: Option<String>,
     track_budget: Budget,
     app_budget: Budget,
     broadcast_budget: Budget,
+    pipelines_budget: Budget,
     track_circuit: Arc<Circuit>,
     app_circuit: Arc<Circuit>,
+    pipelines_circuit: Arc<Circuit>,
 }
 
 /// One API's state, as `/admin/status` shows it.
@@ -127,6 +143,8 @@ enum Api {
     App,
     /// App API broadcast triggers: the App API's circuit and credentials, a budget of their own.
     Broadcast,
+    /// The Data Pipelines API's `/batch`.
+    Pipelines,
 }
 
 impl Api {
@@ -135,6 +153,7 @@ impl Api {
         match self {
             Api::TrackV1 | Api::TrackV2 => "track",
             Api::App | Api::Broadcast => "app",
+            Api::Pipelines => "pipelines",
         }
     }
 
@@ -144,6 +163,7 @@ impl Api {
             Api::TrackV2 => "track_v2",
             Api::App => "app",
             Api::Broadcast => "broadcast",
+            Api::Pipelines => "pipelines",
         }
     }
 }
@@ -176,11 +196,27 @@ impl CustomerIo {
         let urls = BaseUrls::resolve(settings)?;
         let sandbox = settings.region == Region::Sandbox;
         let secret = |s: &Option<crate::config::Secret>| s.as_ref().map(|v| v.expose().to_string());
-        let (site_id, api_key) = match (secret(&settings.site_id), secret(&settings.api_key)) {
-            (Some(site), Some(key)) => (site, key),
-            (None, None) if sandbox => (SANDBOX_SITE_ID.to_string(), SANDBOX_API_KEY.to_string()),
+        let pipelines = settings.api == DeliveryApi::Pipelines;
+        // Pipelines delivery needs the Track credentials only for manual segments: without
+        // them a segment change is refused (Invalid) naming the keys.
+        let track_credentials = match (secret(&settings.site_id), secret(&settings.api_key)) {
+            (Some(site), Some(key)) => Some((site, key)),
+            (None, None) if sandbox => {
+                Some((SANDBOX_SITE_ID.to_string(), SANDBOX_API_KEY.to_string()))
+            }
+            (None, None) if pipelines => None,
             (None, _) => return Err(CioError::invalid("customerio.site_id is required")),
             (_, None) => return Err(CioError::invalid("customerio.api_key is required")),
+        };
+        let pipelines_api_key = match secret(&settings.pipelines_api_key) {
+            Some(key) => Some(key),
+            None if sandbox => Some(SANDBOX_PIPELINES_API_KEY.to_string()),
+            None if pipelines => {
+                return Err(CioError::invalid(
+                    "customerio.pipelines_api_key is required when customerio.api is pipelines",
+                ));
+            }
+            None => None,
         };
         // Without an App API key the Track side still works; sends are refused (Invalid) naming
         // the key, so a deployment that never sends transactional messages needs none.
@@ -212,9 +248,10 @@ impl CustomerIo {
             inner: Arc::new(Inner {
                 http,
                 urls,
-                site_id,
-                api_key,
+                api: settings.api,
+                track_credentials,
                 app_api_key,
+                pipelines_api_key,
                 track_budget: Budget::per_second(
                     settings.track_rps,
                     "customerio.track_rps",
@@ -225,8 +262,14 @@ impl CustomerIo {
                     Duration::from_millis(settings.broadcast_interval_ms.max(1)),
                     "broadcast",
                 ),
+                pipelines_budget: Budget::per_second(
+                    settings.pipelines_rps,
+                    "customerio.pipelines_rps",
+                    "pipelines",
+                )?,
                 track_circuit: Circuit::new("track", threshold, max_backoff),
                 app_circuit: Circuit::new("app", threshold, max_backoff),
+                pipelines_circuit: Circuit::new("pipelines", threshold, max_backoff),
             }),
         })
     }
@@ -305,9 +348,40 @@ impl CustomerIo {
     /// - a 4xx naming no operation (a whole-batch 400 or 413): the batch is bisected until the
     ///   offending operation is alone, so it alone is `Permanent` and the others are delivered.
     ///   Every request of the split passes the circuit and spends the budget.
+    ///
+    /// With `customerio.api = pipelines` the same calls go to the Pipelines API's `/batch`
+    /// instead (see [`CustomerIo::pipelines_batch`]).
     pub async fn batch(&self, calls: &[TrackCall]) -> BatchResults {
-        let permit = self.track_permit().await?;
+        let permit = self.batch_permit().await?;
         self.batch_with(permit, calls).await
+    }
+
+    /// Whether people and events go through the Data Pipelines API.
+    pub fn delivers_by_pipelines(&self) -> bool {
+        self.inner.api == DeliveryApi::Pipelines
+    }
+
+    /// [`CustomerIo::track_permit`] for the API batches go to: Track v2, or Pipelines.
+    pub async fn batch_permit(&self) -> Result<Permit, CioError> {
+        self.permit(self.batch_api()).await
+    }
+
+    fn batch_api(&self) -> Api {
+        match self.inner.api {
+            DeliveryApi::Track => Api::TrackV2,
+            DeliveryApi::Pipelines => Api::Pipelines,
+        }
+    }
+
+    /// Bytes `call` takes in a batch of the API batches go to (0 if it cannot be sent: it is
+    /// refused when the batch is sent), so a batcher can cut batches under the 500 KB limit.
+    pub fn operation_size(&self, call: &TrackCall) -> usize {
+        match self.inner.api {
+            DeliveryApi::Track => Self::v2_operation_size(call),
+            DeliveryApi::Pipelines => pipelines::encoded_calls(call).map_or(0, |calls| {
+                calls.iter().map(Vec::len).sum::<usize>() + calls.len().saturating_sub(1)
+            }),
+        }
     }
 
     /// Waits until the Track API's circuit admits one request and the budget has room, and
@@ -322,6 +396,7 @@ impl CustomerIo {
     pub fn circuit_open(&self, api: &str) -> bool {
         match api {
             "app" => self.inner.app_circuit.is_open(),
+            "pipelines" => self.inner.pipelines_circuit.is_open(),
             _ => self.inner.track_circuit.is_open(),
         }
     }
@@ -329,11 +404,17 @@ impl CustomerIo {
     /// Each API's circuit and adaptive rate, for `/admin/status`.
     pub fn status(&self) -> Vec<ApiStatus> {
         let inner = &self.inner;
+        let pipelines = (inner.api == DeliveryApi::Pipelines).then_some((
+            "pipelines",
+            &inner.pipelines_circuit,
+            &inner.pipelines_budget,
+        ));
         [
             ("track", &inner.track_circuit, &inner.track_budget),
             ("app", &inner.app_circuit, &inner.app_budget),
         ]
         .into_iter()
+        .chain(pipelines)
         .map(|(api, circuit, budget)| ApiStatus {
             api,
             circuit: circuit.status(),
@@ -347,6 +428,7 @@ impl CustomerIo {
     pub fn request_rate(&self, api: &str) -> f64 {
         match api {
             "app" => self.inner.app_budget.rate(),
+            "pipelines" => self.inner.pipelines_budget.rate(),
             _ => self.inner.track_budget.rate(),
         }
     }
@@ -360,6 +442,114 @@ impl CustomerIo {
 
     /// [`CustomerIo::batch`] for a request whose [`Permit`] is already held.
     pub async fn batch_with(&self, permit: Permit, calls: &[TrackCall]) -> BatchResults {
+        match self.inner.api {
+            DeliveryApi::Track => self.track_batch(permit, calls).await,
+            DeliveryApi::Pipelines => self.pipelines_batch(permit, calls).await,
+        }
+    }
+
+    /// One Pipelines `/batch` request for many operations (more when it must be split).
+    ///
+    /// Pipelines answers 200 and drops what breaks its limits, and documents no per-call
+    /// errors, so nothing is sent that it would drop: a call over 32 KB, or one the Pipelines
+    /// API cannot express, is `Invalid` and left out. The request is sent with `X-Strict-Mode:
+    /// 1`, under which a call that fails validation is a 400 instead of a silent 200; a 4xx
+    /// that is the request's own fault is bisected until the offending operation is alone, so it
+    /// alone is `Permanent` and the others are delivered. A body over 500 KB (the batcher cuts
+    /// below it by these very bytes) is split in two rather than sent.
+    async fn pipelines_batch(&self, permit: Permit, calls: &[TrackCall]) -> BatchResults {
+        let mut results: Vec<Result<(), CioError>> = Vec::with_capacity(calls.len());
+        let mut encoded = Vec::with_capacity(calls.len());
+        // The input positions the request carries.
+        let mut positions = Vec::with_capacity(calls.len());
+        for (i, call) in calls.iter().enumerate() {
+            match wire::check_limits(call).and_then(|()| pipelines::encoded_calls(call)) {
+                Ok(parts) => {
+                    results.push(Ok(()));
+                    encoded.extend(parts);
+                    positions.push(i);
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if positions.is_empty() {
+            return Ok(results);
+        }
+        let body = batch_body(&encoded);
+        if body.len() > pipelines::MAX_BATCH_BYTES {
+            if positions.len() == 1 {
+                results[positions[0]] = Err(CioError::invalid(format!(
+                    "the operation's Pipelines calls take {} bytes, over the {} bytes of a batch",
+                    body.len(),
+                    pipelines::MAX_BATCH_BYTES
+                )));
+                return Ok(results);
+            }
+            drop(permit);
+            return self.resend_halves(calls, &positions, results).await;
+        }
+        let users: std::collections::BTreeSet<&UserId> =
+            positions.iter().map(|&i| &calls[i].user).collect();
+        let url = format!("{}/batch", self.pipelines_url()?);
+        let answer = self
+            .execute_with(
+                permit,
+                Api::Pipelines,
+                Method::POST,
+                url,
+                Some(body),
+                users.len(),
+            )
+            .await?;
+        if (200..300).contains(&answer.status) {
+            return Ok(results);
+        }
+        // A 4xx about the request itself (the circuit took the rest).
+        if positions.len() == 1 {
+            results[positions[0]] = Err(CioError::Permanent {
+                status: answer.status,
+                body: answer.body,
+            });
+            return Ok(results);
+        }
+        events::batch_split(answer.status, positions.len());
+        self.resend_halves(calls, &positions, results).await
+    }
+
+    /// Sends the calls at `positions` again in two requests, in order, and fills their results.
+    async fn resend_halves(
+        &self,
+        calls: &[TrackCall],
+        positions: &[usize],
+        mut results: Vec<Result<(), CioError>>,
+    ) -> BatchResults {
+        let (left, right) = positions.split_at(positions.len() / 2);
+        for part in [left, right] {
+            let sub: Vec<TrackCall> = part.iter().map(|&i| calls[i].clone()).collect();
+            match self.split(sub).await {
+                Ok(sub_results) => {
+                    for (&i, result) in part.iter().zip(sub_results) {
+                        results[i] = result;
+                    }
+                }
+                Err(e) => {
+                    for &i in part {
+                        results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    fn pipelines_url(&self) -> Result<&str, CioError> {
+        self.inner.urls.pipelines.as_deref().ok_or_else(|| {
+            CioError::invalid("customerio.pipelines_url is not resolved: customerio.api is track")
+        })
+    }
+
+    /// One Track v2 `/batch` request; see [`CustomerIo::batch`].
+    async fn track_batch(&self, permit: Permit, calls: &[TrackCall]) -> BatchResults {
         let mut results: Vec<Result<(), CioError>> = Vec::with_capacity(calls.len());
         let mut ops = Vec::with_capacity(calls.len());
         // Request position -> input position.
@@ -622,6 +812,7 @@ impl CustomerIo {
         match api {
             Api::TrackV1 | Api::TrackV2 => &self.inner.track_circuit,
             Api::App | Api::Broadcast => &self.inner.app_circuit,
+            Api::Pipelines => &self.inner.pipelines_circuit,
         }
     }
 
@@ -630,7 +821,29 @@ impl CustomerIo {
             Api::TrackV1 | Api::TrackV2 => &self.inner.track_budget,
             Api::App => &self.inner.app_budget,
             Api::Broadcast => &self.inner.broadcast_budget,
+            Api::Pipelines => &self.inner.pipelines_budget,
         }
+    }
+
+    /// Refuses (`Invalid`) a request whose API has no credentials configured.
+    fn check_credentials(&self, api: Api) -> Result<(), CioError> {
+        let inner = &self.inner;
+        let missing = match api {
+            Api::TrackV1 | Api::TrackV2 => inner.track_credentials.is_none(),
+            Api::App | Api::Broadcast => inner.app_api_key.is_none(),
+            Api::Pipelines => inner.pipelines_api_key.is_none(),
+        };
+        if !missing {
+            return Ok(());
+        }
+        Err(CioError::invalid(match api {
+            Api::TrackV1 | Api::TrackV2 => {
+                "customerio.site_id and customerio.api_key are not configured; manual segments \
+                 are Track API calls and need them"
+            }
+            Api::App | Api::Broadcast => "customerio.app_api_key is not configured",
+            Api::Pipelines => "customerio.pipelines_api_key is not configured",
+        }))
     }
 
     async fn permit(&self, api: Api) -> Result<Permit, CioError> {
@@ -681,6 +894,8 @@ impl CustomerIo {
         body: Option<Vec<u8>>,
         users: usize,
     ) -> Result<Answer, CioError> {
+        // Refused before sending: the permit's pass is dropped without a verdict.
+        self.check_credentials(api)?;
         let path = url::Url::parse(&url).map_or_else(|_| url.clone(), |u| u.path().to_string());
         let result = self.send_request(api, method, url, body).await;
         self.judge(permit.pass, api, &path, result, users)
@@ -762,11 +977,23 @@ impl CustomerIo {
         let mut builder = inner.http.request(method.clone(), &url);
         match api {
             Api::TrackV1 | Api::TrackV2 => {
-                builder = builder.basic_auth(&inner.site_id, Some(&inner.api_key));
+                let (site_id, api_key) = match &inner.track_credentials {
+                    Some((site_id, api_key)) => (site_id.as_str(), Some(api_key)),
+                    None => ("", None),
+                };
+                builder = builder.basic_auth(site_id, api_key);
             }
             Api::App | Api::Broadcast => {
                 let key = inner.app_api_key.as_deref().unwrap_or_default();
                 builder = builder.bearer_auth(key);
+            }
+            Api::Pipelines => {
+                // "basic authentication with your API key as the username and a blank
+                // password"; strict mode turns a validation failure from a 200 into a 400.
+                let key = inner.pipelines_api_key.as_deref().unwrap_or_default();
+                builder = builder
+                    .basic_auth(key, Some(""))
+                    .header("X-Strict-Mode", HeaderValue::from_static("1"));
             }
         }
         if let Some(body) = body {
@@ -872,6 +1099,21 @@ fn call(user: &UserId, operation: Operation, event_id: Option<ulid::Ulid>) -> Tr
         event_id,
         ..TrackCall::new(user.clone(), operation)
     }
+}
+
+/// `{"batch":[...]}` around calls already serialized: what is measured is what is sent.
+fn batch_body(calls: &[Vec<u8>]) -> Vec<u8> {
+    let size = calls.iter().map(Vec::len).sum::<usize>() + calls.len() + 12;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(br#"{"batch":["#);
+    for (i, call) in calls.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(call);
+    }
+    body.extend_from_slice(b"]}");
+    body
 }
 
 fn op_too_large(size: usize) -> CioError {

@@ -1,7 +1,7 @@
 //! Where a workspace's APIs live: region base URLs, overrides, and the v2 URL derived from v1.
 
 use super::CioError;
-use crate::config::{CustomerIoSettings, Region};
+use crate::config::{CustomerIoSettings, DeliveryApi, Region};
 
 /// US region (customerio-node `regions`, FACTS).
 pub const US_TRACK_URL: &str = "https://track.customer.io/api/v1";
@@ -9,6 +9,9 @@ pub const US_APP_URL: &str = "https://api.customer.io/v1";
 /// EU region.
 pub const EU_TRACK_URL: &str = "https://track-eu.customer.io/api/v1";
 pub const EU_APP_URL: &str = "https://api-eu.customer.io/v1";
+/// The Data Pipelines API, US and EU.
+pub const US_PIPELINES_URL: &str = "https://cdp.customer.io/v1";
+pub const EU_PIPELINES_URL: &str = "https://cdp-eu.customer.io/v1";
 
 /// The three base URLs the client talks to, without trailing slashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +22,8 @@ pub struct BaseUrls {
     pub track_v2: String,
     /// `.../v1` of the App API.
     pub app: String,
+    /// `.../v1` of the Data Pipelines API, when `customerio.api` is `pipelines`.
+    pub pipelines: Option<String>,
 }
 
 impl BaseUrls {
@@ -39,10 +44,26 @@ impl BaseUrls {
                 )));
             }
         };
+        let pipelines = match settings.api {
+            DeliveryApi::Track => None,
+            DeliveryApi::Pipelines => {
+                let default = match settings.region {
+                    Region::Us => Some(US_PIPELINES_URL),
+                    Region::Eu => Some(EU_PIPELINES_URL),
+                    Region::Sandbox => None,
+                };
+                Some(pick(
+                    &settings.pipelines_url,
+                    default,
+                    "customerio.pipelines_url",
+                )?)
+            }
+        };
         Ok(Self {
             track_v1: track,
             track_v2,
             app,
+            pipelines,
         })
     }
 }
@@ -85,6 +106,7 @@ mod tests {
             timeout_ms: 1000,
             circuit_max_backoff_ms: 200,
             circuit_failure_threshold: 3,
+            ..CustomerIoSettings::default()
         }
     }
 
@@ -103,6 +125,35 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(sb.track_v2, "http://127.0.0.1:9/sandbox/api/v2");
+        assert_eq!(sb.pipelines, None, "only the pipelines API needs its URL");
+    }
+
+    #[test]
+    fn pipelines_urls_by_region_and_override() {
+        let pipelines = |region, url: Option<&str>| {
+            BaseUrls::resolve(&CustomerIoSettings {
+                api: DeliveryApi::Pipelines,
+                pipelines_url: url.map(str::to_string),
+                ..settings(region, Some("http://x/api/v1"), Some("http://x/v1"))
+            })
+            .map(|urls| urls.pipelines)
+        };
+        assert_eq!(
+            pipelines(Region::Us, None).unwrap().as_deref(),
+            Some(US_PIPELINES_URL)
+        );
+        assert_eq!(
+            pipelines(Region::Eu, None).unwrap().as_deref(),
+            Some(EU_PIPELINES_URL)
+        );
+        assert_eq!(
+            pipelines(Region::Eu, Some("http://proxy/v1/"))
+                .unwrap()
+                .as_deref(),
+            Some("http://proxy/v1")
+        );
+        let e = pipelines(Region::Sandbox, None).unwrap_err();
+        assert!(e.to_string().contains("customerio.pipelines_url"), "{e}");
     }
 
     #[test]

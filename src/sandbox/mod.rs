@@ -12,11 +12,13 @@
 
 mod control;
 mod faults;
+mod pipelines;
 mod record;
 mod routes;
 mod validate;
 
 pub use faults::Faults;
+pub use pipelines::PREFIX as PIPELINES_PREFIX;
 pub use record::{Record, Stats};
 pub use routes::MAX_RAW_BODY_BYTES;
 pub use validate::MAX_EVENT_DATA_BYTES;
@@ -32,12 +34,14 @@ use std::sync::Arc;
 pub const SANDBOX_SITE_ID: &str = "sandbox-site";
 pub const SANDBOX_API_KEY: &str = "sandbox-key";
 pub const SANDBOX_APP_API_KEY: &str = "sandbox-app-key";
+pub const SANDBOX_PIPELINES_API_KEY: &str = "sandbox-pipelines-key";
 
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     pub site_id: String,
     pub api_key: String,
     pub app_api_key: String,
+    pub pipelines_api_key: String,
     /// Requests per second over all routes; `None` is unlimited.
     pub rps: Option<u32>,
     pub faults: Faults,
@@ -52,6 +56,7 @@ impl Default for SandboxConfig {
             site_id: SANDBOX_SITE_ID.into(),
             api_key: SANDBOX_API_KEY.into(),
             app_api_key: SANDBOX_APP_API_KEY.into(),
+            pipelines_api_key: SANDBOX_PIPELINES_API_KEY.into(),
             rps: None,
             faults: Faults::default(),
             broadcast_interval: std::time::Duration::from_secs(10),
@@ -69,6 +74,7 @@ pub(crate) struct State {
     site_id: String,
     api_key: String,
     app_api_key: String,
+    pipelines_api_key: String,
     faults: faults::FaultState,
     budget: faults::Budget,
     ledger: Mutex<Ledger>,
@@ -84,6 +90,7 @@ impl Sandbox {
             site_id: config.site_id,
             api_key: config.api_key,
             app_api_key: config.app_api_key,
+            pipelines_api_key: config.pipelines_api_key,
             faults: faults::FaultState::default(),
             budget: faults::Budget::default(),
             ledger: Mutex::new(Ledger::default()),
@@ -102,6 +109,7 @@ impl Sandbox {
     /// `/v1/send/{email,push,sms}`.
     pub fn configure_api(&self, cfg: &mut web::ServiceConfig) {
         routes::configure(cfg, self);
+        pipelines::configure(cfg, self);
     }
 
     /// `GET|DELETE /sandbox/requests[?user=ID]`, `GET|PUT|DELETE /sandbox/faults`,
@@ -181,6 +189,11 @@ impl RunningSandbox {
         format!("{}/v1", self.url())
     }
 
+    /// `customerio.pipelines_url` for a client of this sandbox.
+    pub fn pipelines_url(&self) -> String {
+        format!("{}{}", self.url(), pipelines::PREFIX)
+    }
+
     /// Stops accepting and waits for the server to finish.
     pub async fn stop(self) {
         self.handle.stop(false).await;
@@ -246,6 +259,11 @@ pub async fn serve(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<(
     println!(
         "  app_url    http://{bound}/v1       (Bearer {})",
         config.app_api_key
+    );
+    println!(
+        "  pipelines  http://{bound}{}  (Basic {}:)",
+        pipelines::PREFIX,
+        config.pipelines_api_key
     );
     println!("  received   http://{bound}/sandbox/requests[?user=ID]");
     println!("  faults     http://{bound}/sandbox/faults (GET, PUT, DELETE)");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Record {
     /// Global arrival order, from 0 (restarts at 0 after a reset).
     pub seq: u64,
-    /// `track_v1`, `track_v2` or `app`.
+    /// `track_v1`, `track_v2`, `app` or `pipelines`.
     pub api: String,
     pub method: String,
     /// The request path as received (percent-encoded, with any mount prefix).
@@ -218,6 +218,10 @@ pub struct Stats {
     pub invalid: u64,
     /// 413: bodies over the documented size.
     pub too_large: u64,
+    /// Pipelines calls answered 200 and not recorded, as the real API does over its limits
+    /// (and with an invalid call outside strict mode).
+    #[serde(default)]
+    pub dropped: u64,
     /// 429: over the request budget.
     pub rate_limited: u64,
     /// Failures injected by `Faults` (`fail_first`, `error_rate`, `fail_users`, an outage, a
@@ -233,6 +237,7 @@ pub(crate) struct Counters {
     pub unauthorized: AtomicU64,
     pub invalid: AtomicU64,
     pub too_large: AtomicU64,
+    pub dropped: AtomicU64,
     pub rate_limited: AtomicU64,
     pub injected_failures: AtomicU64,
 }
@@ -251,6 +256,7 @@ impl Counters {
             unauthorized: get(&self.unauthorized),
             invalid: get(&self.invalid),
             too_large: get(&self.too_large),
+            dropped: get(&self.dropped),
             rate_limited: get(&self.rate_limited),
             injected_failures: get(&self.injected_failures),
         }
@@ -264,6 +270,7 @@ impl Counters {
             &self.unauthorized,
             &self.invalid,
             &self.too_large,
+            &self.dropped,
             &self.rate_limited,
             &self.injected_failures,
         ] {

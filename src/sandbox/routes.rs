@@ -28,6 +28,7 @@ pub(crate) enum Api {
     TrackV1,
     TrackV2,
     App,
+    Pipelines,
 }
 
 impl Api {
@@ -36,6 +37,7 @@ impl Api {
             Api::TrackV1 => "track_v1",
             Api::TrackV2 => "track_v2",
             Api::App => "app",
+            Api::Pipelines => "pipelines",
         }
     }
 }
@@ -216,40 +218,10 @@ async fn handle(
 ) -> HttpResponse {
     let state = &*sandbox.state;
     let api = route.api();
-    Counters::add(&state.counters.requests, 1);
-    let latency = state.faults.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    arrive(state).await;
     let body = read_body(payload, MAX_RAW_BODY_BYTES).await;
-    if let Some(status) = state.faults.redirect() {
-        Counters::add(&state.counters.injected_failures, 1);
-        return redirect(api, status, req.uri().path());
-    }
-    if let Some(outage) = state.faults.outage() {
-        Counters::add(&state.counters.injected_failures, 1);
-        return injected_response(api, outage);
-    }
-    if !state.authorized(api, &req) {
-        Counters::add(&state.counters.unauthorized, 1);
-        return error(
-            api,
-            StatusCode::UNAUTHORIZED,
-            &Rejection {
-                status: 401,
-                reason: "unauthorized",
-                field: String::new(),
-                message: "Unauthorized request. Make sure that you provided the right credentials."
-                    .into(),
-            },
-        );
-    }
-    if let Err(seconds) = state.budget.check() {
-        return throttled(state, api, seconds, "over the request budget");
-    }
-    if let Some(injected) = state.faults.inject() {
-        Counters::add(&state.counters.injected_failures, 1);
-        return injected_response(api, injected);
+    if let Some(response) = after_body(state, api, &req) {
+        return response;
     }
     let body = match body {
         Ok(body) => body,
@@ -276,6 +248,51 @@ async fn handle(
         }
         Err(Stop::Throttle(seconds)) => throttled(state, api, seconds, "over the documented rate"),
     }
+}
+
+/// What every request goes through before its body is read: it is counted, and waits out the
+/// injected latency.
+pub(crate) async fn arrive(state: &State) {
+    Counters::add(&state.counters.requests, 1);
+    let latency = state.faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
+/// What every request goes through once its body is read, in order: an injected redirect or
+/// outage, credentials (401), the request budget (429), injected failures. `Some` is the answer.
+pub(crate) fn after_body(state: &State, api: Api, req: &HttpRequest) -> Option<HttpResponse> {
+    if let Some(status) = state.faults.redirect() {
+        Counters::add(&state.counters.injected_failures, 1);
+        return Some(redirect(api, status, req.uri().path()));
+    }
+    if let Some(outage) = state.faults.outage() {
+        Counters::add(&state.counters.injected_failures, 1);
+        return Some(injected_response(api, outage));
+    }
+    if !state.authorized(api, req) {
+        Counters::add(&state.counters.unauthorized, 1);
+        return Some(error(
+            api,
+            StatusCode::UNAUTHORIZED,
+            &Rejection {
+                status: 401,
+                reason: "unauthorized",
+                field: String::new(),
+                message: "Unauthorized request. Make sure that you provided the right credentials."
+                    .into(),
+            },
+        ));
+    }
+    if let Err(seconds) = state.budget.check() {
+        return Some(throttled(state, api, seconds, "over the request budget"));
+    }
+    if let Some(injected) = state.faults.inject() {
+        Counters::add(&state.counters.injected_failures, 1);
+        return Some(injected_response(api, injected));
+    }
+    None
 }
 
 fn track_v1(ctx: &Ctx<'_>, route: Route, body: &[u8]) -> Result<Outcome, Stop> {
@@ -565,7 +582,7 @@ fn finish(state: &State, api: Api, outcome: Outcome) -> HttpResponse {
     }
 }
 
-fn reject(state: &State, api: Api, rejection: Rejection) -> HttpResponse {
+pub(crate) fn reject(state: &State, api: Api, rejection: Rejection) -> HttpResponse {
     let counter = match rejection.status {
         413 => &state.counters.too_large,
         // Only `Faults::disabled_channels` answers 403.
@@ -577,7 +594,7 @@ fn reject(state: &State, api: Api, rejection: Rejection) -> HttpResponse {
     error(api, status, &rejection)
 }
 
-fn injected_response(api: Api, injected: Injected) -> HttpResponse {
+pub(crate) fn injected_response(api: Api, injected: Injected) -> HttpResponse {
     let status = StatusCode::from_u16(injected.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut response = error(
         api,
@@ -606,6 +623,9 @@ fn error(api: Api, status: StatusCode, rejection: &Rejection) -> HttpResponse {
             "field": rejection.field,
             "message": rejection.message,
         }]}),
+        Api::Pipelines => {
+            json!({"errors": [{"field": rejection.field, "message": rejection.message}]})
+        }
         Api::TrackV1 | Api::App => json!({"meta": {
             "error": rejection.message,
             "errors": [rejection.message],
@@ -619,6 +639,7 @@ fn redirect(api: Api, status: u16, path: &str) -> HttpResponse {
     let host = match api {
         Api::App => "https://api-eu.customer.io",
         Api::TrackV1 | Api::TrackV2 => "https://track-eu.customer.io",
+        Api::Pipelines => "https://cdp-eu.customer.io",
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
     HttpResponse::build(status)
@@ -678,7 +699,10 @@ fn set_retry_after(response: &mut HttpResponse, seconds: u64) {
     }
 }
 
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<BytesMut, Rejection> {
+pub(crate) async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, Rejection> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| Rejection::invalid("", format!("reading the body: {e}")))?;
@@ -717,6 +741,15 @@ impl State {
                         })
             }
             Api::App => scheme.eq_ignore_ascii_case("bearer") && credentials == self.app_api_key,
+            // The key as the user name, a blank password.
+            Api::Pipelines => {
+                scheme.eq_ignore_ascii_case("basic")
+                    && base64::engine::general_purpose::STANDARD
+                        .decode(credentials)
+                        .is_ok_and(|decoded| {
+                            decoded == format!("{}:", self.pipelines_api_key).as_bytes()
+                        })
+            }
         }
     }
 }

@@ -276,6 +276,9 @@ pub fn seq_of(record: &Record) -> Option<u64> {
         body.pointer("/seq"),
         body.pointer("/data/seq"),
         body.pointer("/message_data/seq"),
+        // Pipelines calls: identify traits, track properties.
+        body.pointer("/traits/seq"),
+        body.pointer("/properties/seq"),
     ]
     .into_iter()
     .flatten()
