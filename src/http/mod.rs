@@ -2,9 +2,11 @@
 
 mod admin;
 mod auth;
+mod body;
 mod console;
 mod events;
 mod health;
+mod lanes;
 pub mod openapi;
 mod preferences;
 pub mod slow_clients;
