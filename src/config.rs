@@ -79,7 +79,7 @@ pub struct Settings {
     pub warehouse: WarehouseSettings,
     pub delivery: DeliverySettings,
     pub admin: TokenSettings,
-    pub ingest: TokenSettings,
+    pub ingest: IngestSettings,
     pub shutdown: ShutdownSettings,
     pub preferences: PreferencesSettings,
     pub user_source: UserSourceSettings,
@@ -242,6 +242,15 @@ pub struct TokenSettings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    pub token: Option<Secret>,
+    /// Largest request body of the inbound Pipelines API (`/v1/batch`, `/v1/track`, ...): 413
+    /// above.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
     pub drain_secs: u64,
 }
@@ -322,6 +331,7 @@ dedup_window = 100000
 
 [admin]
 [ingest]
+max_body_bytes = 1048576
 
 [shutdown]
 drain_secs = 25
@@ -609,6 +619,9 @@ impl Settings {
             {
                 found.push(invalid(key, format!("{v:?}: {e}")));
             }
+        }
+        if self.ingest.max_body_bytes == 0 {
+            found.push(invalid("ingest.max_body_bytes", "must be at least 1"));
         }
         if self.delivery.max_attempts == 0 {
             found.push(invalid("delivery.max_attempts", "must be at least 1"));

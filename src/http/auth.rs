@@ -6,6 +6,9 @@
 //!   (configuration refuses local mode without a token in any other environment).
 //! - `admin.token` guards `/admin/...`; without it those routes do not exist, in any mode.
 //!
+//! The ingestion token may also come as HTTP Basic, as the user name with an empty password:
+//! that is how Customer.io's and Segment's Pipelines SDKs send their write key (`/v1/batch`).
+//!
 //! A wrong or missing token is 401 with `WWW-Authenticate: Bearer`. Tokens are compared in
 //! constant time. The checks run as middleware ([`require_ingest`], [`require_admin`]) on the
 //! routes' resources, before the handler's extractors: a refused request's body is never read.
@@ -58,12 +61,33 @@ async fn guard(
 pub fn ingest_refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     let settings = &state.settings;
     let local_open = settings.is_local_mode() && settings.is_development() && peer_is_loopback(req);
-    check(req, state.settings.ingest.token.as_ref(), local_open).err()
+    check(
+        req,
+        state.settings.ingest.token.as_ref(),
+        local_open,
+        Schemes::BearerOrBasic,
+    )
+    .err()
 }
 
 /// Checks the admin token; `Some` is the response to send instead.
 pub fn admin_refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
-    check(req, state.settings.admin.token.as_ref(), false).err()
+    check(
+        req,
+        state.settings.admin.token.as_ref(),
+        false,
+        Schemes::Bearer,
+    )
+    .err()
+}
+
+/// How a token may be presented.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Schemes {
+    /// `Authorization: Bearer <token>` only.
+    Bearer,
+    /// Also `Authorization: Basic base64(<token>:)`, the Pipelines SDKs' write key.
+    BearerOrBasic,
 }
 
 #[allow(clippy::result_large_err)] // private, and Err is what the caller returns at once
@@ -71,6 +95,7 @@ fn check(
     req: &HttpRequest,
     token: Option<&Secret>,
     open_without_token: bool,
+    schemes: Schemes,
 ) -> Result<(), HttpResponse> {
     let Some(token) = token.filter(|t| !t.expose().is_empty()) else {
         return if open_without_token {
@@ -83,16 +108,38 @@ fn check(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, value) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
-        });
+        .and_then(|v| presented_token(v, schemes));
     match presented {
-        Some(p) if bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())) => Ok(()),
+        Some(p) if token_matches(token, &p) => Ok(()),
         _ => Err(HttpResponse::Unauthorized()
             .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
             .json(json!({"error": "missing or wrong bearer token"}))),
     }
+}
+
+/// The token an `Authorization` header value presents under one of `schemes`, if any.
+fn presented_token(authorization: &str, schemes: Schemes) -> Option<String> {
+    let (scheme, value) = authorization.split_once(' ')?;
+    let value = value.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(value.to_string());
+    }
+    if schemes == Schemes::BearerOrBasic && scheme.eq_ignore_ascii_case("basic") {
+        return basic_user_without_password(value);
+    }
+    None
+}
+
+/// The user name of Basic credentials whose password is empty (`base64(<user>:)`); other
+/// credentials present no token, so a token sent as the password is not accepted.
+fn basic_user_without_password(encoded: &str) -> Option<String> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let credentials = String::from_utf8(decoded).ok()?;
+    let (user, password) = credentials.split_once(':')?;
+    password.is_empty().then(|| user.to_string())
 }
 
 /// The cookie the web console's login sets: the admin token itself, HttpOnly and
@@ -112,7 +159,7 @@ pub fn console_session(req: &HttpRequest, state: &AppState) -> Result<bool, Http
     else {
         return Err(not_found());
     };
-    if check(req, Some(token), false).is_ok() {
+    if check(req, Some(token), false, Schemes::Bearer).is_ok() {
         return Ok(true);
     }
     Ok(req
@@ -132,4 +179,28 @@ fn peer_is_loopback(req: &HttpRequest) -> bool {
 /// What a route that is switched off answers: the same as a route that does not exist.
 pub fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(json!({"error": "not found"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_presents_the_user_name_only_with_an_empty_password_and_only_when_accepted() {
+        // base64("key:"), base64("key:pw"), base64("key")
+        let (user_only, with_password, no_colon) = ("a2V5Og==", "a2V5OnB3", "a2V5");
+        let basic = |v: &str| presented_token(&format!("Basic {v}"), Schemes::BearerOrBasic);
+        assert_eq!(basic(user_only).as_deref(), Some("key"));
+        assert_eq!(basic(with_password), None);
+        assert_eq!(basic(no_colon), None);
+        assert_eq!(basic("not base64!"), None);
+        assert_eq!(
+            presented_token(&format!("Basic {user_only}"), Schemes::Bearer),
+            None
+        );
+        assert_eq!(
+            presented_token("bearer key ", Schemes::Bearer).as_deref(),
+            Some("key")
+        );
+    }
 }

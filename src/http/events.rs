@@ -7,23 +7,16 @@
 //! once RabbitMQ confirmed every item. A user's items are published in array order.
 //! Guarded by `ingest.token` (see `auth`).
 
-use super::{AppState, auth};
+use super::{AppState, auth, lanes};
 use crate::domain::{Envelope, limits};
 use crate::publisher::Publisher;
 use crate::telemetry::events;
 use actix_web::middleware::from_fn;
 use actix_web::{HttpResponse, web};
-use futures::StreamExt;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Largest request body accepted (413 above).
 pub const MAX_BODY_BYTES: usize = 5 * 1024 * 1024;
-/// How long one publish may wait for RabbitMQ's confirm before the request fails with 503.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Users published concurrently (each user's items stay sequential).
-const CONCURRENT_USERS: usize = 32;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -144,54 +137,13 @@ async fn publish_by_user(
     publisher: &Publisher,
     prepared: Vec<(Envelope, Vec<u8>)>,
 ) -> (Vec<usize>, Option<String>) {
-    let mut lanes: BTreeMap<String, Vec<(usize, Envelope, Vec<u8>)>> = BTreeMap::new();
-    for (index, (envelope, body)) in prepared.into_iter().enumerate() {
-        lanes
-            .entry(envelope.user.as_str().to_string())
-            .or_default()
-            .push((index, envelope, body));
-    }
-    let outcomes: Vec<(Vec<usize>, Option<String>)> = futures::stream::iter(lanes.into_values())
-        .map(|lane| publish_lane(publisher.clone(), lane))
-        .buffer_unordered(CONCURRENT_USERS)
-        .collect()
-        .await;
-    let mut failed: Vec<usize> = outcomes
-        .iter()
-        .flat_map(|(f, _)| f.iter().copied())
+    let items = prepared
+        .into_iter()
+        .map(|(envelope, body)| (envelope.user.as_str().to_string(), (envelope, body)))
         .collect();
-    failed.sort_unstable();
-    (failed, outcomes.into_iter().find_map(|(_, e)| e))
-}
-
-/// One user's envelopes in order; after a failure the rest are not published, since they
-/// would overtake the failed one.
-async fn publish_lane(
-    publisher: Publisher,
-    lane: Vec<(usize, Envelope, Vec<u8>)>,
-) -> (Vec<usize>, Option<String>) {
-    let mut failed = Vec::new();
-    let mut error = None;
-    for (index, envelope, body) in lane {
-        if error.is_some() {
-            failed.push(index);
-            continue;
-        }
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish_prepared(&envelope, body))
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                error = Some(e.to_string());
-                failed.push(index);
-            }
-            Err(_) => {
-                error = Some(format!(
-                    "RabbitMQ did not confirm within {PUBLISH_TIMEOUT:?}"
-                ));
-                failed.push(index);
-            }
-        }
-    }
-    (failed, error)
+    let unpublished = lanes::publish_in_lanes(items, |(envelope, body)| async move {
+        publisher.publish_prepared(&envelope, body).await
+    })
+    .await;
+    (unpublished.indexes, unpublished.error)
 }

@@ -2,10 +2,13 @@
 
 mod admin;
 mod auth;
+mod body;
 mod console;
 mod events;
 mod health;
+mod lanes;
 pub mod openapi;
+mod pipelines;
 mod preferences;
 pub mod slow_clients;
 pub mod status;
@@ -128,10 +131,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     configure_admin(cfg);
 }
 
-/// The routes of `http.addr`: probes, ingestion, preferences, the webhook.
+/// The routes of `http.addr`: probes, ingestion (envelopes and the Pipelines API),
+/// preferences, the webhook.
 pub fn configure_public(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     events::configure(cfg);
+    pipelines::configure(cfg);
     preferences::configure(cfg);
     webhooks::configure(cfg);
 }

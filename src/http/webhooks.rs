@@ -13,6 +13,7 @@
 //! the 200's `received`.
 
 use super::AppState;
+use super::body::{BodyError, read_limited};
 use crate::actors::messages::ErrorKind;
 use crate::actors::raw_dead_letter;
 use crate::broker::topology::WEBHOOKS_EXCHANGE;
@@ -20,10 +21,8 @@ use crate::broker::{BrokerError, Publish, SharedBroker};
 use crate::domain::ReceivedEvent;
 use crate::domain::webhook::{Freshness, SignatureVerifier, UnparsableEvent, split_webhook_body};
 use crate::telemetry::events;
-use actix_web::http::header::{CONTENT_LENGTH, RETRY_AFTER};
+use actix_web::http::header::RETRY_AFTER;
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::BytesMut;
-use futures::StreamExt;
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -31,9 +30,6 @@ use std::time::Duration;
 pub const PATH: &str = "/webhooks/customerio";
 /// Largest body accepted: 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// An oversized body is read (and discarded) up to this much, so the client sees the 413
-/// instead of a connection reset while it is still sending; beyond it the connection closes.
-const DRAIN_BYTES: usize = 8 * 1024 * 1024;
 /// Customer.io waits 4 s for an answer; a 503 before that is better than a timeout.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(3500);
 /// Event ids confirmed recently, for answering Customer.io's retries without publishing again.
@@ -59,9 +55,9 @@ async fn receive(
     if let Some(refusal) = state.intake.refusal() {
         return refusal;
     }
-    let body = match read_body(&req, payload).await {
+    let body = match read_limited(&req, payload, MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(e) => return e.refusal(),
+        Err(e) => return body_refusal(e),
     };
     let now = chrono::Utc::now();
     if let Err(refusal) = verify(&req, &body, &state, now.timestamp()) {
@@ -204,58 +200,20 @@ async fn store(
     failure.map_or(Ok(fresh.len()), Err)
 }
 
-enum BodyError {
-    TooLarge,
-    Broken(String),
-}
-
-impl BodyError {
-    fn refusal(self) -> HttpResponse {
-        match self {
-            BodyError::TooLarge => {
-                events::webhook_rejected(
-                    "too_large",
-                    &format_args!("body over {MAX_BODY_BYTES} bytes"),
-                );
-                HttpResponse::PayloadTooLarge()
-                    .json(json!({"error": format!("body is over {MAX_BODY_BYTES} bytes")}))
-            }
-            BodyError::Broken(e) => {
-                events::webhook_rejected("malformed", &format_args!("reading body: {e}"));
-                HttpResponse::BadRequest().json(json!({"error": format!("reading body: {e}")}))
-            }
+/// What a body that could not be read is answered.
+fn body_refusal(error: BodyError) -> HttpResponse {
+    match error {
+        BodyError::TooLarge => {
+            events::webhook_rejected(
+                "too_large",
+                &format_args!("body over {MAX_BODY_BYTES} bytes"),
+            );
+            HttpResponse::PayloadTooLarge()
+                .json(json!({"error": format!("body is over {MAX_BODY_BYTES} bytes")}))
         }
-    }
-}
-
-/// Reads the body, refusing more than [`MAX_BODY_BYTES`] (declared or actual).
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<BytesMut, BodyError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        drain(&mut payload, 0).await;
-        return Err(BodyError::TooLarge);
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(8 * 1024));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            drain(&mut payload, body.len() + chunk.len()).await;
-            return Err(BodyError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-async fn drain(payload: &mut web::Payload, mut seen: usize) {
-    while seen <= DRAIN_BYTES {
-        match payload.next().await {
-            Some(Ok(chunk)) => seen += chunk.len(),
-            _ => return,
+        BodyError::Broken(e) => {
+            events::webhook_rejected("malformed", &format_args!("reading body: {e}"));
+            HttpResponse::BadRequest().json(json!({"error": format!("reading body: {e}")}))
         }
     }
 }
