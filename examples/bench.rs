@@ -58,6 +58,9 @@ struct Args {
     /// `--envelopes`/`--users` and at ten times both, with the gateway's RSS after each.
     #[arg(long)]
     backlog_only: bool,
+    /// Only the backlog drain through the Track API and through the Pipelines API, side by side.
+    #[arg(long)]
+    apis_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,9 +92,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.backlog_only {
         return backlog_scales(&args).await;
     }
+    if args.apis_only {
+        let track = drain(args.envelopes, args.users, "modulus-hash", "track").await?;
+        let pipelines = drain(args.envelopes, args.users, "modulus-hash", "pipelines").await?;
+        println!("{}", apis_line(&args, &track, &pipelines));
+        return Ok(());
+    }
     if args.partitioners_only {
         let modulus = delivery_run(&args, None, false).await?;
-        let builtin = drain(args.envelopes, args.users, "builtin").await?;
+        let builtin = drain(args.envelopes, args.users, "builtin", "track").await?;
         let (rate, cpu) = (builtin.rate, builtin.cpu);
         println!(
             "backlog of {} envelopes over {} users: modulus-hash {:.0} env/s ({:.1} µs CPU each), builtin {rate:.0} env/s ({cpu:.1} µs), {:.0}%",
@@ -206,7 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let builtin = drain(args.envelopes, args.users, "builtin").await?;
+    let builtin = drain(args.envelopes, args.users, "builtin", "track").await?;
     let (builtin_rate, builtin_cpu) = (builtin.rate, builtin.cpu);
     println!(
         "gateway unlimited, builtin partitioner: {builtin_rate:.0} env/s, {builtin_cpu:.1} µs CPU/envelope"
@@ -217,6 +226,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         figure: format!("{builtin_rate:.0}; {builtin_cpu:.1}"),
         baseline: format!("{modulus_rate:.0} (modulus-hash, unlimited)"),
         ratio: format!("{:.0}%", 100.0 * builtin_rate / modulus_rate.max(1.0)),
+    });
+
+    let track = drain(args.envelopes, args.users, "modulus-hash", "track").await?;
+    let pipelines = drain(args.envelopes, args.users, "modulus-hash", "pipelines").await?;
+    println!("{}", apis_line(&args, &track, &pipelines));
+    rows.push(Row {
+        what: "backlog drain through the Pipelines API (envelopes/s; CPU µs each)".into(),
+        figure: format!("{:.0}; {:.1}", pipelines.rate, pipelines.cpu),
+        baseline: format!(
+            "{:.0}; {:.1} (Track API, same backlog)",
+            track.rate, track.cpu
+        ),
+        ratio: format!("{:.0}%", 100.0 * pipelines.rate / track.rate.max(1.0)),
     });
 
     let adaptive = adaptive_budget_run(&args).await?;
@@ -264,7 +286,7 @@ async fn backlog_scales(args: &Args) -> anyhow::Result<()> {
     for scale in [1, 10] {
         let (envelopes, users) = (args.envelopes * scale, args.users * scale);
         let floor = bare_consumer_rate(envelopes, users, true).await?;
-        let gateway = drain(envelopes, users, "modulus-hash").await?;
+        let gateway = drain(envelopes, users, "modulus-hash", "track").await?;
         let rss_ratio = gateway.rss / *small_rss.get_or_insert(gateway.rss);
         println!(
             "backlog {envelopes} envelopes / {users} users: gateway {:.0} env/s ({:.1} µs CPU each), floor (consume+confirmed publish+ack) {:.0} msg/s ({:.1} µs, RabbitMQ {:.0} µs): {:.2} of the floor; gateway RSS {:.1} MiB ({rss_ratio:.2}x the {}-envelope drain's); CPU µs per envelope: {}",
@@ -734,8 +756,14 @@ struct Drain {
 
 /// A backlog of `envelopes` over `users`, published before the gateway starts, drained with the
 /// given `broker.partitioner` (`builtin`: every envelope waits in the intake queue and the
-/// gateway forwards it to its partition before delivering it). Sandbox unlimited.
-async fn drain(envelopes: usize, users: usize, partitioner: &str) -> anyhow::Result<Drain> {
+/// gateway forwards it to its partition before delivering it) through `customerio.api`
+/// (`track` or `pipelines`). Sandbox unlimited.
+async fn drain(
+    envelopes: usize,
+    users: usize,
+    partitioner: &str,
+    api: &str,
+) -> anyhow::Result<Drain> {
     let vhost = TestVhost::new("bench-drain");
     let sandbox = sandbox::spawn(SandboxConfig::default()).await?;
     let topology = match partitioner {
@@ -749,7 +777,15 @@ async fn drain(envelopes: usize, users: usize, partitioner: &str) -> anyhow::Res
         &vhost,
         &sandbox,
         1_000_000,
-        &[("GATEWAY__BROKER__PARTITIONER", partitioner.into())],
+        &[
+            ("GATEWAY__BROKER__PARTITIONER", partitioner.into()),
+            ("GATEWAY__CUSTOMERIO__API", api.into()),
+            (
+                "GATEWAY__CUSTOMERIO__PIPELINES_URL",
+                sandbox.pipelines_url(),
+            ),
+            ("GATEWAY__CUSTOMERIO__PIPELINES_RPS", "1000000".into()),
+        ],
     )?;
     let cpu_before = cpu_seconds(Some(gateway.0.id()));
     let meter = CpuMeter::start(gateway.0.id());
@@ -768,6 +804,20 @@ async fn drain(envelopes: usize, users: usize, partitioner: &str) -> anyhow::Res
         rss,
         cpu_shares,
     })
+}
+
+/// The Track and Pipelines drains of one backlog, side by side.
+fn apis_line(args: &Args, track: &Drain, pipelines: &Drain) -> String {
+    format!(
+        "backlog of {} envelopes over {} users: Track API {:.0} env/s ({:.1} µs CPU each), Pipelines API {:.0} env/s ({:.1} µs), {:.0}%",
+        args.envelopes,
+        args.users,
+        track.rate,
+        track.cpu,
+        pipelines.rate,
+        pipelines.cpu,
+        100.0 * pipelines.rate / track.rate.max(1.0)
+    )
 }
 
 /// The request budget Customer.io enforces in the adaptive run: half of what the gateway is

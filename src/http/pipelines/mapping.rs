@@ -141,15 +141,27 @@ fn screen(obj: &Map<String, Value>) -> Result<Map<String, Value>, ParseError> {
     event_of("screen", obj, payload)
 }
 
-/// group → an `object` identify: the group is the object, the person related to it.
+/// group → an `object` identify: the group is the object, the person (if any) related to it,
+/// with `traits.relationshipAttributes` describing the relationship. Without a `userId` the
+/// call only updates the group ("you can send a group call without a userId").
 fn group(obj: &Map<String, Value>) -> Result<Map<String, Value>, ParseError> {
-    let user = id_text(required_user(obj, CallKind::Group)?);
     let object_id = present(obj, "groupId")
         .filter(|v| v.is_string() || v.is_number())
         .map(id_text)
         .ok_or_else(|| ParseError::new("groupId", "is required (a string or a number)"))?;
     let mut attributes = object_or_empty(obj, "traits")?;
     let object_type_id = take_object_type_id(&mut attributes);
+    let relationship_attributes = attributes.remove("relationshipAttributes");
+    let relationships = match present(obj, "userId") {
+        Some(user) => {
+            let mut related = json!({"identifiers": {"id": id_text(user)}});
+            if let Some(described) = relationship_attributes.filter(Value::is_object) {
+                related["relationship_attributes"] = described;
+            }
+            vec![related]
+        }
+        None => Vec::new(),
+    };
     let mut envelope = Map::new();
     envelope.insert("type".into(), "object".into());
     envelope.insert("objectTypeId".into(), object_type_id);
@@ -159,7 +171,7 @@ fn group(obj: &Map<String, Value>) -> Result<Map<String, Value>, ParseError> {
         json!({
             "action": "identify",
             "attributes": attributes,
-            "relationships": [{"identifiers": {"id": user}}],
+            "relationships": relationships,
         }),
     );
     Ok(envelope)
@@ -413,6 +425,17 @@ mod tests {
         parses(&default);
         let e = envelope_of(&json!({"type": "group", "userId": "42"}), None).unwrap_err();
         assert_eq!(e.field, "groupId");
+        let unrelated = batch_call(json!({"type": "group", "groupId": "g",
+            "traits": {"plan": "pro"}}));
+        assert_eq!(unrelated["payload"]["relationships"], json!([]));
+        parses(&unrelated);
+        let described = batch_call(json!({"type": "group", "userId": "42", "groupId": "g",
+            "traits": {"relationshipAttributes": {"role": "admin"}}}));
+        assert_eq!(
+            described["payload"]["relationships"][0]["relationship_attributes"]["role"],
+            "admin"
+        );
+        assert_eq!(described["payload"]["attributes"], json!({}));
     }
 
     #[test]
@@ -443,7 +466,7 @@ mod tests {
             assert!(envelope.pointer(path).is_some(), "{envelope}");
             assert!(parses(&envelope).person.is_anonymous());
         }
-        for kind in ["identify", "group", "alias"] {
+        for kind in ["identify", "alias"] {
             let call = json!({"type": kind, "anonymousId": "anon-1", "groupId": "g",
                 "previousId": "p"});
             let e = envelope_of(&call, None).unwrap_err();

@@ -92,6 +92,7 @@ variable would otherwise turn an admin or ingest route on with an empty token.
   "CUSTOMERIO_SITE_ID" $s.customerio.siteId
   "CUSTOMERIO_API_KEY" $s.customerio.apiKey
   "CUSTOMERIO_APP_API_KEY" $s.customerio.appApiKey
+  "CUSTOMERIO_PIPELINES_API_KEY" ($s.customerio.pipelinesApiKey | default "")
   "CUSTOMERIO_WEBHOOK_SECRET" $s.customerio.webhookSecret
   "AMQP_URL" $s.amqpUrl
   "DATABASE_URL" $s.databaseUrl
@@ -117,8 +118,12 @@ clear error now rather than pods in CrashLoopBackOff later.
 {{- $s := .Values.secrets }}
 {{- if not $s.existingSecret }}
 {{- $missing := list }}
+{{- if eq (.Values.config.customerio.api | default "track") "pipelines" }}
+{{- if not $s.customerio.pipelinesApiKey }}{{ $missing = append $missing "secrets.customerio.pipelinesApiKey" }}{{ end }}
+{{- else }}
 {{- if not $s.customerio.siteId }}{{ $missing = append $missing "secrets.customerio.siteId" }}{{ end }}
 {{- if not $s.customerio.apiKey }}{{ $missing = append $missing "secrets.customerio.apiKey" }}{{ end }}
+{{- end }}
 {{- if not (or $s.amqpUrl .Values.config.broker.url) }}{{ $missing = append $missing "secrets.amqpUrl (or config.broker.url)" }}{{ end }}
 {{- if $missing }}
 {{- fail (printf "secrets: the gateway cannot start without %s. Set them for the chart to create the Secret, or set secrets.existingSecret to the name of a Secret you created (docs/operations.md, \"2. Credentials\")" (join ", " $missing)) }}

@@ -11,7 +11,10 @@ config.extra lands in its own table however deep (TOML allows each table header 
   "app_rps" (int $c.customerio.app_rps)
   "broadcast_interval_ms" (int ($c.customerio.broadcast_interval_ms | default 10000))
   "timeout_ms" (int $c.customerio.timeout_ms)
+  "api" ($c.customerio.api | default "track")
 }}
+{{- with $c.customerio.pipelines_url }}{{ $_ := set $customerio "pipelines_url" . }}{{ end }}
+{{- with $c.customerio.pipelines_rps }}{{ $_ := set $customerio "pipelines_rps" (int .) }}{{ end }}
 {{- with $c.customerio.track_url }}{{ $_ := set $customerio "track_url" . }}{{ end }}
 {{- with $c.customerio.app_url }}{{ $_ := set $customerio "app_url" . }}{{ end }}
 {{- $broker := dict "partitions" (int $c.broker.partitions) "prefetch" (int $c.broker.prefetch) }}
