@@ -18,7 +18,7 @@ CIO_TEST_AMQP_PORT=5673 CIO_TEST_RABBITMQCTL="bash scripts/rabbitmq4.sh ctl" \
   cargo test --locked --no-fail-fast --test quorum_safety --test faults_delivery \
   --test replicas --test faults_broker_restart --test pipeline --test faults_lanes \
   --test faults_incidents --test webhook_actions_order --test faults_partition \
-  --test broker_version --test data_model
+  --test broker_version --test data_model --test pipelines_outbound --test pipelines_inbound
 # The same node without rabbitmq_sharding, as managed brokers without it run: `auto` finds no
 # x-modulus-hash and partitions in the gateway (builtin), through the replica SIGKILL,
 # disconnect, broker restart and partition tests; the builtin test kills the forwarding replica.

@@ -234,6 +234,40 @@ async fn a_call_over_32_kb_is_dead_lettered_and_never_sent() {
     setup.stop().await;
 }
 
+/// A request the Pipelines API refuses as invalid (strict mode's 400, naming no call) is split
+/// until the operation at fault is alone: only it is dead-lettered, the others are delivered.
+#[actix_rt::test]
+async fn a_refused_operation_is_dead_lettered_alone_and_its_batch_delivered() {
+    let setup = Setup::start(
+        "pipelines-bisect",
+        &[("GATEWAY__DELIVERY__BATCH_LINGER_MS", "50".to_string())],
+    )
+    .await;
+    let sb = &setup.sandbox.sandbox;
+    sb.set_faults(sandbox::Faults {
+        reject_requests_of: ["user-3".to_string()].into(),
+        ..sandbox::Faults::default()
+    });
+    let users = 8;
+    faults::publish_range_with(&setup.publisher, users, 0, 1, |_, _| "track").await;
+    let settled = eventually_async(WAIT, || async {
+        depth(&setup.vhost, DLQ_QUEUE).await == 1 && sb.records().len() == users - 1
+    })
+    .await;
+    assert!(settled, "{:#?}", sb.records());
+    assert!(sb.records_for("user-3").is_empty());
+    assert!(sb.stats().invalid >= 1, "the sandbox refused requests");
+    let mut dlq = setup.producer.consume(DLQ_QUEUE, 1).await.unwrap();
+    let letter = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let letter: Value = serde_json::from_slice(&letter.body).unwrap();
+    assert_eq!(letter["userId"], "user-3", "{letter}");
+    drop(dlq);
+    setup.stop().await;
+}
+
 /// A 503 outage and a revoked key (401) across users pause delivery: nothing is accepted
 /// during it, nothing is dead-lettered, and afterwards every user's events arrive in order.
 #[actix_rt::test]
