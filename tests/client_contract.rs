@@ -395,7 +395,7 @@ async fn v2_entity_posts_one_operation() {
             "attributes": {"plan": "pro"}})
     );
     assert_eq!(
-        CustomerIo::v2_operation_size(&c),
+        client(&sb).encode(&c).size(),
         serde_json::to_vec(&r.body).unwrap().len()
     );
 }

@@ -392,6 +392,91 @@ async fn a_redelivered_copy_behind_a_successful_attempt_is_not_sent_again() {
     producer.close().await;
 }
 
+/// Acks are coalesced per channel (one `multiple` ack for the oldest settled deliveries), but a
+/// user held by a failing head holds back only their own acks: while every request for them
+/// fails with a 500, every other user's messages are delivered and acked, and only the held
+/// user's three stay unacked. Once the failures stop, all are delivered in order, none twice,
+/// and nothing is dead-lettered.
+#[actix_rt::test]
+async fn a_held_user_holds_back_no_other_users_acks() {
+    use cio_gateway::broker::topology::PARTITION_QUEUE_PREFIX;
+    use cio_gateway::publisher::Publisher;
+    use cio_gateway::sandbox::{self, Faults, SandboxConfig};
+    use std::collections::BTreeMap;
+
+    let vhost = common::TestVhost::new("lanes-acks");
+    let sandbox = sandbox::spawn(SandboxConfig::default()).await.unwrap();
+    let held = faults::user_name(30);
+    sandbox.sandbox.set_faults(Faults {
+        fail_users: BTreeMap::from([(held.clone(), 500)]),
+        ..Faults::default()
+    });
+    let producer = faults::producer(&vhost).await;
+    let extra = [
+        ("GATEWAY__DELIVERY__TRACK_API", "v1".to_string()),
+        (
+            "GATEWAY__CUSTOMERIO__CIRCUIT_FAILURE_THRESHOLD",
+            "1000000".to_string(),
+        ),
+        ("GATEWAY__DELIVERY__MAX_ATTEMPTS", "1000000".to_string()),
+    ];
+    let env = faults::gateway_env(&vhost, &sandbox.track_url(), &sandbox.app_url(), &extra);
+    let gateway = faults::start_gateway(&env).await;
+    let publisher = Publisher::new(producer.clone());
+    let mut sent = faults::publish_users(&publisher, 30..31, 0, 3, |_, _| "track").await;
+    sent.extend(faults::publish_users(&publisher, 31..51, 0, 5, faults::mixed_kind).await);
+
+    let others_done = common::eventually(Duration::from_secs(30), || {
+        (31..51).all(|u| {
+            faults::delivered_seqs(&sandbox.sandbox.records_for(&faults::user_name(u))).len() >= 5
+        })
+    })
+    .await;
+    assert!(others_done, "every other user is delivered");
+    let partitions = |queues: BTreeMap<String, u64>| -> u64 {
+        queues
+            .iter()
+            .filter(|(name, _)| name.starts_with(PARTITION_QUEUE_PREFIX))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let only_held_unacked = eventually_async(Duration::from_secs(10), || async {
+        partitions(faults::list_queues(&vhost, "messages_unacknowledged").await) == 3
+    })
+    .await;
+    let unacked = faults::list_queues(&vhost, "messages_unacknowledged").await;
+    assert!(
+        only_held_unacked,
+        "only the held user's 3 messages stay unacked: {unacked:?}"
+    );
+    assert_eq!(
+        partitions(faults::list_queues(&vhost, "messages_ready").await),
+        0,
+        "nothing waits in a queue"
+    );
+    assert!(
+        sandbox.sandbox.records_for(&held).is_empty(),
+        "the held user got nothing yet"
+    );
+
+    sandbox.sandbox.set_faults(Faults::default());
+    faults::assert_all_processed(&producer, &sent, false, Duration::from_secs(30)).await;
+    let held_repeats = faults::check_users(&sandbox.sandbox, 30..31, 3);
+    let other_repeats = faults::check_users(&sandbox.sandbox, 31..51, 5);
+    assert_eq!(
+        held_repeats.duplicate_events + other_repeats.duplicate_events,
+        0,
+        "no event sent twice"
+    );
+    assert_eq!(
+        faults::depth(&vhost, DLQ_QUEUE).await,
+        0,
+        "nothing dead-lettered"
+    );
+    faults::shutdown_within(gateway, Duration::from_secs(15)).await;
+    producer.close().await;
+}
+
 /// Waits until `customerio.dlq` holds exactly one letter, and reads it (left unacked on the
 /// returned stream).
 async fn the_only_dead_letter(

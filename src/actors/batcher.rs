@@ -15,7 +15,9 @@
 
 use super::messages::Failure;
 use super::segments;
-use crate::customerio::{CioError, CustomerIo, Permit, TrackCall, unless_cancelled, wire};
+use crate::customerio::{
+    CioError, CustomerIo, EncodedCall, Permit, TrackCall, unless_cancelled, wire,
+};
 use crate::domain::limits::MAX_V2_BATCH_BYTES;
 use crate::telemetry::events;
 use std::future::Future;
@@ -275,8 +277,9 @@ async fn run(client: CustomerIo, limits: BatchLimits, rx: &mut mpsc::UnboundedRe
                 continue;
             }
         };
-        let mut size = ENVELOPE_BYTES + client.operation_size(&first.call);
-        let mut batch = vec![first];
+        let encoded = client.encode(&first.call);
+        let mut size = ENVELOPE_BYTES + encoded.size();
+        let mut batch = vec![(first, encoded)];
         while batch.len() < limits.max_ops {
             let next = match rx.try_recv() {
                 Ok(job) => Some(job),
@@ -287,18 +290,20 @@ async fn run(client: CustomerIo, limits: BatchLimits, rx: &mut mpsc::UnboundedRe
                 },
             };
             let Some(job) = next else { break };
-            let op_size = client.operation_size(&job.call) + 1;
+            let encoded = client.encode(&job.call);
+            let op_size = encoded.size() + 1;
             // Track v2 and Pipelines both take 500 KB per batch.
             if size + op_size > MAX_V2_BATCH_BYTES {
                 carried = Some(job);
                 break;
             }
             size += op_size;
-            batch.push(job);
+            batch.push((job, encoded));
         }
         // Waiting for the budget may have outlasted a shard's partition.
-        let (stale, batch): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(Job::is_cancelled);
-        for job in stale {
+        let (stale, batch): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|(job, _)| job.is_cancelled());
+        for (job, _) in stale {
             job.answer(Err(cancelled()));
         }
         if batch.is_empty() {
@@ -324,11 +329,17 @@ pub(super) fn cancelled() -> Failure {
     Failure::from(CioError::cancelled())
 }
 
-async fn send_batch(client: &CustomerIo, permit: Permit, batch: Vec<Job>) {
-    let (calls, waiters): (Vec<TrackCall>, Vec<_>) =
-        batch.into_iter().map(|job| (job.call, job.done)).unzip();
+async fn send_batch(client: &CustomerIo, permit: Permit, batch: Vec<(Job, EncodedCall)>) {
+    let mut calls = Vec::with_capacity(batch.len());
+    let mut encoded = Vec::with_capacity(batch.len());
+    let mut waiters = Vec::with_capacity(batch.len());
+    for (job, call) in batch {
+        calls.push(job.call);
+        encoded.push(call);
+        waiters.push(job.done);
+    }
     events::batch_sent(calls.len());
-    match client.batch_with(permit, &calls).await {
+    match client.batch_encoded(permit, &calls, encoded).await {
         Ok(results) => {
             for (waiter, result) in waiters.into_iter().zip(results) {
                 let _ = waiter.send(result.map_err(Failure::from));

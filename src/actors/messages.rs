@@ -151,7 +151,20 @@ pub struct Settled {
     /// The lane the message headed; none for a message refused before it joined one.
     pub user: Option<UserId>,
     pub generation: u64,
+    /// Which of its generation's deliveries it is, in the order received.
+    pub seq: u64,
     pub confirmed: bool,
+    /// The ack still to write once confirmed (a dead letter's is written by the DLQ actor).
+    pub ack: Option<Acker>,
+}
+
+/// Acks of settled messages are written (or failed): their lanes may move on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AcksWritten {
+    pub generation: u64,
+    pub users: Vec<UserId>,
+    pub written: bool,
 }
 
 /// Stop taking new work; resolves when in-flight attempts are settled.

@@ -8,6 +8,7 @@
 //!                          └── failure ──DeadLetter──> DLQActor ──> customerio.dlq, then ack
 //! ```
 
+mod ack_window;
 mod backlog;
 mod batcher;
 mod consumer;

@@ -37,12 +37,21 @@ pub fn processed_body(
     appended(body, &outcome).unwrap_or_else(|| reserialised(body, attempts, took, delivered))
 }
 
+/// The searchers for [`OUTCOME_KEYS`], built once: one runs per delivered envelope.
+static OUTCOME_KEY_FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+    std::sync::LazyLock::new(|| {
+        OUTCOME_KEYS
+            .iter()
+            .map(|key| memchr::memmem::Finder::new(key.as_bytes()))
+            .collect()
+    });
+
 /// `{...}` + `,<fields>}`, or None where the body might already hold an outcome key.
 fn appended(body: &[u8], fields: &str) -> Option<Vec<u8>> {
     let may_repeat_a_key = memchr::memchr(b'\\', body).is_some()
-        || OUTCOME_KEYS
+        || OUTCOME_KEY_FINDERS
             .iter()
-            .any(|key| memchr::memmem::find(body, key.as_bytes()).is_some());
+            .any(|finder| finder.find(body).is_some());
     if may_repeat_a_key {
         return None;
     }

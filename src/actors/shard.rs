@@ -14,12 +14,13 @@
 //! order. An attempt still in flight from the old generation keeps its lane busy until it
 //! reports back, so no user ever has two attempts at once.
 
+use super::ack_window::{ACK_WAIT, AckJob, AckWindow};
 use super::consumer::{self, QueueConsumer, Resubscribe};
 use super::dedup::DedupKey;
 use super::ledger::AttemptLedger;
 use super::messages::{
-    AttemptDone, DeadLetter, Deliver, Delivered, Drain, ErrorKind, Failure, FailureKind,
-    PartitionStatus, Settled, Status,
+    AcksWritten, AttemptDone, DeadLetter, Deliver, Delivered, Drain, ErrorKind, Failure,
+    FailureKind, PartitionStatus, Settled, Status,
 };
 use super::processed::processed_body;
 use super::settle::publish_confirmed;
@@ -55,6 +56,8 @@ pub struct ShardDeps {
 }
 
 struct Pending {
+    /// Which of its generation's deliveries it is, in the order received.
+    seq: u64,
     envelope: Envelope,
     body: Vec<u8>,
     exchange: String,
@@ -102,6 +105,7 @@ impl Pending {
 
     fn dead_lettered(self, error: String, kind: ErrorKind) -> Outcome {
         Outcome::DeadLettered {
+            seq: self.seq,
             message_type: self.envelope.kind.as_str(),
             key: Dedup::key_of(&self.envelope),
             letter: self.into_dead_letter(error, kind),
@@ -142,6 +146,7 @@ enum LaneState {
 enum Outcome {
     Delivered(Pending),
     DeadLettered {
+        seq: u64,
         letter: DeadLetter,
         message_type: &'static str,
         /// Its failures in the ledger, forgotten once it is dead-lettered.
@@ -151,11 +156,19 @@ enum Outcome {
 
 impl Outcome {
     /// A message refused before it joined a lane.
-    fn refused(letter: DeadLetter, message_type: &'static str) -> Self {
+    fn refused(seq: u64, letter: DeadLetter, message_type: &'static str) -> Self {
         Outcome::DeadLettered {
+            seq,
             letter,
             message_type,
             key: None,
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        match self {
+            Outcome::Delivered(pending) => pending.seq,
+            Outcome::DeadLettered { seq, .. } => *seq,
         }
     }
 }
@@ -200,6 +213,12 @@ pub struct ShardActor {
     receiving: bool,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
+    /// The next delivery's place in this generation's order.
+    next_seq: u64,
+    /// This generation's deliveries not acked yet; a settled one's lane waits for its ack.
+    acks: AckWindow<(Acker, UserId)>,
+    /// Whether a flush of acks waiting behind an unsettled delivery is scheduled.
+    ack_timer: bool,
 }
 
 impl ShardActor {
@@ -215,12 +234,18 @@ impl ShardActor {
             receiving: false,
             draining: false,
             drained: Vec::new(),
+            next_seq: 0,
+            acks: AckWindow::default(),
+            ack_timer: false,
         }
     }
 
     fn receive(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
         let received = Instant::now();
         self.receiving = true;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.acks.received(seq);
         let refuse =
             |delivery: Delivery, error: String, kind: ErrorKind, attempts: u32| DeadLetter {
                 correlation_id: None,
@@ -238,7 +263,7 @@ impl ShardActor {
             Err(e) => {
                 events::envelope_received("invalid");
                 let letter = refuse(delivery, e.to_string(), ErrorKind::Invalid, 0);
-                return self.settle(None, Outcome::refused(letter, "unparsed"), ctx);
+                return self.settle(None, Outcome::refused(seq, letter, "unparsed"), ctx);
             }
         };
         let kind = envelope.kind.as_str();
@@ -253,7 +278,7 @@ impl ShardActor {
             let count = delivery.delivery_count;
             let mut letter = refuse(delivery, error, ErrorKind::Exhausted, count);
             letter.correlation_id = envelope.correlation_id.map(|id| id.to_string());
-            return self.settle(None, Outcome::refused(letter, kind), ctx);
+            return self.settle(None, Outcome::refused(seq, letter, kind), ctx);
         }
         if delivery.routing_key != envelope.user.as_str() {
             // Partitions are chosen by routing key, lanes by userId: a mismatch would split
@@ -265,10 +290,11 @@ impl ShardActor {
             );
             let mut letter = refuse(delivery, error, ErrorKind::Invalid, 0);
             letter.correlation_id = envelope.correlation_id.map(|id| id.to_string());
-            return self.settle(None, Outcome::refused(letter, kind), ctx);
+            return self.settle(None, Outcome::refused(seq, letter, kind), ctx);
         }
         let user = envelope.user.clone();
         let pending = Pending {
+            seq,
             envelope,
             body: delivery.body,
             exchange: delivery.exchange,
@@ -478,9 +504,11 @@ impl ShardActor {
     }
 
     /// Makes the outcome durable, then acks: the processed event is published (or the dead
-    /// letter handed to the DLQ actor) with a confirm. The user's lane, if any, waits for it.
+    /// letter handed to the DLQ actor, which acks it) with a confirm. The user's lane, if any,
+    /// waits for it and for its ack.
     fn settle(&mut self, user: Option<UserId>, outcome: Outcome, ctx: &mut Context<Self>) {
         let generation = self.generation;
+        let seq = outcome.seq();
         let span = match &outcome {
             Outcome::Delivered(pending) => pending.span(&self.queue),
             Outcome::DeadLettered { letter, .. } => tracing::info_span!(
@@ -495,24 +523,26 @@ impl ShardActor {
         {
             lane.state = LaneState::Settling(generation);
         }
-        let durable = match outcome {
+        let (durable, ack) = match outcome {
             Outcome::Delivered(pending) => {
                 if let Some(key) = Dedup::key_of(&pending.envelope) {
                     self.deps.ledger.forget(&key);
                 }
-                self.delivered(pending)
+                let ack = pending.acker.clone();
+                (self.delivered(pending), Some(ack))
             }
             Outcome::DeadLettered {
                 letter,
                 message_type,
                 key,
+                ..
             } => {
                 if let Some(key) = key {
                     self.deps.ledger.forget(&key);
                 }
                 events::delivery_dead_lettered(message_type);
                 let dlq = self.deps.dlq.clone();
-                Box::pin(async move {
+                let durable: futures::future::BoxFuture<'static, bool> = Box::pin(async move {
                     match dlq.send(letter).await {
                         Ok(Ok(())) => true,
                         Ok(Err(e)) => {
@@ -524,7 +554,8 @@ impl ShardActor {
                             false
                         }
                     }
-                })
+                });
+                (durable, None)
             }
         };
         let me = ctx.address();
@@ -535,7 +566,9 @@ impl ShardActor {
                     me.do_send(Settled {
                         user,
                         generation,
+                        seq,
                         confirmed,
+                        ack,
                     });
                 }
                 .instrument(span),
@@ -543,7 +576,7 @@ impl ShardActor {
         );
     }
 
-    /// Publishes the processed event, then acks; true once both are done.
+    /// Publishes the processed event; true once the broker confirmed it.
     fn delivered(&self, pending: Pending) -> futures::future::BoxFuture<'static, bool> {
         let kind = pending.envelope.kind.as_str();
         events::delivered(kind, pending.envelope.timestamp);
@@ -555,39 +588,116 @@ impl ShardActor {
         );
         let message = Publish::new(PROCESSED_EXCHANGE, &pending.routing_key, body).optional_route();
         let broker = self.deps.broker.clone();
-        let acker = pending.acker;
         Box::pin(async move {
-            if let Err(e) = publish_confirmed(&broker, message).await {
+            let confirmed = publish_confirmed(&broker, message).await;
+            if let Err(e) = &confirmed {
                 tracing::error!(error = %e, "processed event not confirmed");
-                return false;
             }
-            match acker.ack().await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-                    false
-                }
-            }
+            confirmed.is_ok()
         })
     }
 
     fn settled(&mut self, settled: Settled, ctx: &mut Context<Self>) {
-        if let Some(user) = &settled.user
-            && let Some(lane) = self.lanes.get_mut(user)
-            && lane.state == LaneState::Settling(settled.generation)
+        let current = settled.generation == self.generation;
+        if !settled.confirmed && current && !self.draining {
+            if let Some(user) = &settled.user {
+                self.idle(user, settled.generation);
+            }
+            return self.restart_unsettled(ctx);
+        }
+        match (settled.ack, settled.user) {
+            // Its lane moves on once the ack is written: a user's next message is never
+            // delivered while the one before it can still come back.
+            (Some(acker), Some(user)) if current && settled.confirmed => {
+                self.acks
+                    .settled(settled.seq, (acker, user), Instant::now());
+            }
+            (ack, user) => {
+                // Acked by the DLQ actor; or never to be acked, since its outcome is not
+                // durable (its slot stays open, so no `multiple` ack covers it).
+                if current && settled.confirmed && ack.is_none() {
+                    self.acks.forget(settled.seq);
+                }
+                if let Some(user) = user {
+                    self.release(user, settled.generation, ctx);
+                }
+            }
+        }
+        self.send_acks(ctx);
+        self.check_drained();
+    }
+
+    /// Moving on would let the next message overtake this one: close the channel so the
+    /// broker redelivers all of them, in order, to the next generation.
+    fn restart_unsettled(&mut self, ctx: &mut Context<Self>) {
+        tracing::error!(queue = %self.queue, "an outcome could not be made durable; restarting the consumer");
+        ctx.stop();
+    }
+
+    /// The user's settling message is done with: their next one may go.
+    fn release(&mut self, user: UserId, generation: u64, ctx: &mut Context<Self>) {
+        self.idle(&user, generation);
+        self.dispatch(user, ctx);
+    }
+
+    /// Ends the lane's settling of `generation`'s message, without dispatching the next.
+    fn idle(&mut self, user: &UserId, generation: u64) {
+        if let Some(lane) = self.lanes.get_mut(user)
+            && lane.state == LaneState::Settling(generation)
         {
             lane.state = LaneState::Idle;
         }
-        if !settled.confirmed && settled.generation == self.generation && !self.draining {
-            // Moving on would let the next message overtake this one: close the channel so
-            // the broker redelivers all of them, in order, to the next generation.
-            tracing::error!(queue = %self.queue, "an outcome could not be made durable; restarting the consumer");
-            ctx.stop();
-            return;
+    }
+
+    /// Writes the acks that are due, one job at a time; those waiting behind an unsettled
+    /// delivery get another look after [`ACK_WAIT`]. A drain writes them all.
+    fn send_acks(&mut self, ctx: &mut Context<Self>) {
+        if let Some(AckJob { oldest, singles }) = self.acks.next_job(Instant::now(), self.draining)
+        {
+            let (generation, me) = (self.generation, ctx.address());
+            actix::spawn(self.settles.track_future(async move {
+                let (oldest, mut users): (Vec<Acker>, Vec<UserId>) = oldest.into_iter().unzip();
+                let mut written = Acker::ack_oldest(&oldest).await;
+                for (acker, user) in singles {
+                    if written.is_ok() {
+                        written = acker.ack().await;
+                    }
+                    users.push(user);
+                }
+                if let Err(e) = &written {
+                    tracing::warn!(error = %e, "ack failed; the messages will be redelivered");
+                }
+                me.do_send(AcksWritten {
+                    generation,
+                    users,
+                    written: written.is_ok(),
+                });
+            }));
         }
-        if let Some(user) = settled.user {
-            self.dispatch(user, ctx);
+        if self.acks.waiting() && !self.ack_timer {
+            self.ack_timer = true;
+            ctx.run_later(ACK_WAIT, |act, ctx| {
+                act.ack_timer = false;
+                act.send_acks(ctx);
+            });
         }
+    }
+
+    fn acks_written(&mut self, done: AcksWritten, ctx: &mut Context<Self>) {
+        let current = done.generation == self.generation;
+        if current {
+            self.acks.written();
+            if !done.written && !self.draining {
+                for user in &done.users {
+                    self.idle(user, done.generation);
+                }
+                return self.restart_unsettled(ctx);
+            }
+        }
+        for user in done.users {
+            self.release(user, done.generation, ctx);
+        }
+        self.send_acks(ctx);
         self.check_drained();
     }
 
@@ -653,7 +763,15 @@ impl Actor for ShardActor {
         self.generation += 1;
         self.receiving = false;
         self.cancel = CancellationToken::new();
-        // Whatever was received before is redelivered by the broker, in order.
+        self.next_seq = 0;
+        self.ack_timer = false;
+        // Whatever was received before is redelivered by the broker, in order; so are those
+        // settled whose ack was not written yet.
+        for (_, user) in self.acks.abandon() {
+            if let Some(lane) = self.lanes.get_mut(&user) {
+                lane.state = LaneState::Idle;
+            }
+        }
         self.lanes.retain(|_, lane| {
             lane.pending.clear();
             if lane.state == LaneState::Waiting {
@@ -703,6 +821,14 @@ impl Handler<Settled> for ShardActor {
     }
 }
 
+impl Handler<AcksWritten> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, done: AcksWritten, ctx: &mut Context<Self>) {
+        self.acks_written(done, ctx);
+    }
+}
+
 impl Handler<AttemptDone> for ShardActor {
     type Result = ();
 
@@ -722,8 +848,9 @@ impl Handler<Status> for ShardActor {
 impl Handler<Drain> for ShardActor {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
         self.draining = true;
+        self.send_acks(ctx);
         let (tx, rx) = oneshot::channel();
         self.drained.push(tx);
         self.check_drained();

@@ -196,6 +196,25 @@ impl Acker {
         }
     }
 
+    /// Acks a channel's oldest unacked deliveries, `ackers` in the order received: with one
+    /// `multiple` ack on the last where the broker has it. The caller vouches that no delivery
+    /// of the channel before the last is left unacked except these.
+    pub async fn ack_oldest(ackers: &[Acker]) -> Result<(), BrokerError> {
+        match ackers.last() {
+            None => Ok(()),
+            Some(Acker::Amqp(last)) => {
+                let multiple = lapin::options::BasicAckOptions { multiple: true };
+                settle_within(last.ack(multiple), "ack").await
+            }
+            Some(Acker::Memory(_)) => {
+                for acker in ackers {
+                    acker.ack().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Returns the message to its queue for another consumer or a later attempt.
     pub async fn requeue(&self) -> Result<(), BrokerError> {
         match self {

@@ -373,15 +373,23 @@ impl CustomerIo {
         }
     }
 
-    /// Bytes `call` takes in a batch of the API batches go to (0 if it cannot be sent: it is
-    /// refused when the batch is sent), so a batcher can cut batches under the 500 KB limit.
-    pub fn operation_size(&self, call: &TrackCall) -> usize {
-        match self.inner.api {
-            DeliveryApi::Track => Self::v2_operation_size(call),
-            DeliveryApi::Pipelines => pipelines::encoded_calls(call).map_or(0, |calls| {
-                calls.iter().map(Vec::len).sum::<usize>() + calls.len().saturating_sub(1)
-            }),
-        }
+    /// `call` as the API batches go to takes it, encoded once: a batcher cuts batches under
+    /// the 500 KB limit by these bytes, and the request is built from them. A call over
+    /// Customer.io's limits, or one the API cannot express, is encoded as its error.
+    pub fn encode(&self, call: &TrackCall) -> EncodedCall {
+        let encoded = wire::check_limits(call).and_then(|()| match self.inner.api {
+            DeliveryApi::Track => {
+                let op = wire::v2_operation(call)?;
+                let bytes =
+                    serde_json::to_vec(&op).map_err(|e| CioError::invalid(e.to_string()))?;
+                if bytes.len() > MAX_V2_OPERATION_BYTES {
+                    return Err(op_too_large(bytes.len()));
+                }
+                Ok(vec![bytes])
+            }
+            DeliveryApi::Pipelines => pipelines::encoded_calls(call),
+        });
+        EncodedCall(encoded)
     }
 
     /// Waits until the Track API's circuit admits one request and the budget has room, and
@@ -442,9 +450,25 @@ impl CustomerIo {
 
     /// [`CustomerIo::batch`] for a request whose [`Permit`] is already held.
     pub async fn batch_with(&self, permit: Permit, calls: &[TrackCall]) -> BatchResults {
+        let encoded = calls.iter().map(|call| self.encode(call)).collect();
+        self.batch_encoded(permit, calls, encoded).await
+    }
+
+    /// [`CustomerIo::batch_with`] for calls already encoded by [`CustomerIo::encode`], one
+    /// each, in the same order.
+    pub async fn batch_encoded(
+        &self,
+        permit: Permit,
+        calls: &[TrackCall],
+        encoded: Vec<EncodedCall>,
+    ) -> BatchResults {
+        let sendable = Sendable::of(encoded);
+        if sendable.positions.is_empty() {
+            return Ok(sendable.results);
+        }
         match self.inner.api {
-            DeliveryApi::Track => self.track_batch(permit, calls).await,
-            DeliveryApi::Pipelines => self.pipelines_batch(permit, calls).await,
+            DeliveryApi::Track => self.track_batch(permit, calls, sendable).await,
+            DeliveryApi::Pipelines => self.pipelines_batch(permit, calls, sendable).await,
         }
     }
 
@@ -457,25 +481,17 @@ impl CustomerIo {
     /// that is the request's own fault is bisected until the offending operation is alone, so it
     /// alone is `Permanent` and the others are delivered. A body over 500 KB (the batcher cuts
     /// below it by these very bytes) is split in two rather than sent.
-    async fn pipelines_batch(&self, permit: Permit, calls: &[TrackCall]) -> BatchResults {
-        let mut results: Vec<Result<(), CioError>> = Vec::with_capacity(calls.len());
-        let mut encoded = Vec::with_capacity(calls.len());
-        // The input positions the request carries.
-        let mut positions = Vec::with_capacity(calls.len());
-        for (i, call) in calls.iter().enumerate() {
-            match wire::check_limits(call).and_then(|()| pipelines::encoded_calls(call)) {
-                Ok(parts) => {
-                    results.push(Ok(()));
-                    encoded.extend(parts);
-                    positions.push(i);
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        if positions.is_empty() {
-            return Ok(results);
-        }
-        let body = batch_body(&encoded);
+    async fn pipelines_batch(
+        &self,
+        permit: Permit,
+        calls: &[TrackCall],
+        sendable: Sendable,
+    ) -> BatchResults {
+        let Sendable {
+            mut results,
+            positions,
+            body,
+        } = sendable;
         if body.len() > pipelines::MAX_BATCH_BYTES {
             if positions.len() == 1 {
                 results[positions[0]] = Err(CioError::invalid(format!(
@@ -549,30 +565,18 @@ impl CustomerIo {
     }
 
     /// One Track v2 `/batch` request; see [`CustomerIo::batch`].
-    async fn track_batch(&self, permit: Permit, calls: &[TrackCall]) -> BatchResults {
-        let mut results: Vec<Result<(), CioError>> = Vec::with_capacity(calls.len());
-        let mut ops = Vec::with_capacity(calls.len());
-        // Request position -> input position.
-        let mut positions = Vec::with_capacity(calls.len());
-        for (i, call) in calls.iter().enumerate() {
-            let op = wire::check_limits(call).and_then(|()| wire::v2_operation(call));
-            match op {
-                Ok(op) if wire::json_len(&op) > MAX_V2_OPERATION_BYTES => {
-                    results.push(Err(op_too_large(wire::json_len(&op))));
-                }
-                Ok(op) => {
-                    results.push(Ok(()));
-                    ops.push(op);
-                    positions.push(i);
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        if ops.is_empty() {
-            return Ok(results);
-        }
-        let body = serde_json::to_vec(&serde_json::json!({ "batch": ops }))
-            .map_err(|e| CioError::invalid(e.to_string()))?;
+    async fn track_batch(
+        &self,
+        permit: Permit,
+        calls: &[TrackCall],
+        sendable: Sendable,
+    ) -> BatchResults {
+        // One v2 operation per call: request position -> input position.
+        let Sendable {
+            mut results,
+            positions,
+            body,
+        } = sendable;
         if body.len() > MAX_V2_BATCH_BYTES {
             return Err(CioError::invalid(format!(
                 "batch is {} bytes, Customer.io allows at most {MAX_V2_BATCH_BYTES}",
@@ -707,12 +711,6 @@ impl CustomerIo {
             .await?
             .success()
             .map(drop)
-    }
-
-    /// Serialized bytes of the v2 operation of `call` (0 if it has none), so a batcher can cut
-    /// batches under the 500 KB limit.
-    pub fn v2_operation_size(call: &TrackCall) -> usize {
-        wire::v2_operation(call).map_or(0, |op| wire::json_len(&op))
     }
 
     // Thin wrappers, one per Track operation (v1).
@@ -1102,6 +1100,51 @@ fn call(user: &UserId, operation: Operation, event_id: Option<ulid::Ulid>) -> Tr
 }
 
 /// `{"batch":[...]}` around calls already serialized: what is measured is what is sent.
+/// A call encoded for a batch body (its parts: one for Track v2, one or more Pipelines calls),
+/// or why it cannot be sent.
+pub struct EncodedCall(Result<Vec<Vec<u8>>, CioError>);
+
+impl EncodedCall {
+    /// Bytes it takes in a batch body (0 if it cannot be sent: it is refused, not sent).
+    pub fn size(&self) -> usize {
+        self.0.as_ref().map_or(0, |parts| {
+            parts.iter().map(Vec::len).sum::<usize>() + parts.len().saturating_sub(1)
+        })
+    }
+}
+
+/// What of a batch's calls goes into the request, and its body.
+struct Sendable {
+    /// Each call's result so far: its error, or `Ok` while it is sent.
+    results: Vec<Result<(), CioError>>,
+    /// The input positions the request carries.
+    positions: Vec<usize>,
+    body: Vec<u8>,
+}
+
+impl Sendable {
+    fn of(encoded: Vec<EncodedCall>) -> Self {
+        let mut results = Vec::with_capacity(encoded.len());
+        let mut positions = Vec::with_capacity(encoded.len());
+        let mut parts = Vec::with_capacity(encoded.len());
+        for (i, EncodedCall(call)) in encoded.into_iter().enumerate() {
+            match call {
+                Ok(call_parts) => {
+                    results.push(Ok(()));
+                    parts.extend(call_parts);
+                    positions.push(i);
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        Self {
+            results,
+            positions,
+            body: batch_body(&parts),
+        }
+    }
+}
+
 fn batch_body(calls: &[Vec<u8>]) -> Vec<u8> {
     let size = calls.iter().map(Vec::len).sum::<usize>() + calls.len() + 12;
     let mut body = Vec::with_capacity(size);
