@@ -111,9 +111,8 @@ impl<T> AckWindow<T> {
 
     /// The channel is gone: every settled delivery not acked is redelivered.
     pub fn abandon(&mut self) -> Vec<T> {
-        let slots = std::mem::take(&mut self.slots);
-        *self = Self::default();
-        slots
+        std::mem::take(self)
+            .slots
             .into_values()
             .filter_map(|slot| slot.map(|(_, item)| item))
             .collect()
@@ -189,15 +188,15 @@ mod tests {
             window.next_job(now, false).expect("a job").oldest,
             vec![1, 2]
         );
-        let mut window = window_with_settled(now);
+    }
+
+    #[test]
+    fn abandoning_hands_back_the_settled_and_empties_the_window() {
+        let now = Instant::now();
+        let mut window = window(0..2);
+        window.settled(1, 1, now);
         assert_eq!(window.abandon(), vec![1]);
         assert!(!window.waiting());
         assert_eq!(window.next_job(now, true), None);
-    }
-
-    fn window_with_settled(now: Instant) -> AckWindow<u64> {
-        let mut window = window(0..2);
-        window.settled(1, 1, now);
-        window
     }
 }

@@ -251,12 +251,13 @@ where
 
 async fn run(client: CustomerIo, limits: BatchLimits, rx: &mut mpsc::UnboundedReceiver<Job>) {
     let permits = Arc::new(Semaphore::new(limits.max_in_flight));
-    let mut carried: Option<Job> = None;
+    // The job that did not fit the last batch, with its encoding: it starts the next one.
+    let mut carried: Option<(Job, EncodedCall)> = None;
     loop {
-        let first = match carried.take() {
-            Some(job) => job,
+        let (first, first_encoded) = match carried.take() {
+            Some((job, encoded)) => (job, Some(encoded)),
             None => match rx.recv().await {
-                Some(job) => job,
+                Some(job) => (job, None),
                 None => return,
             },
         };
@@ -277,7 +278,7 @@ async fn run(client: CustomerIo, limits: BatchLimits, rx: &mut mpsc::UnboundedRe
                 continue;
             }
         };
-        let encoded = client.encode(&first.call);
+        let encoded = first_encoded.unwrap_or_else(|| client.encode(&first.call));
         let mut size = ENVELOPE_BYTES + encoded.size();
         let mut batch = vec![(first, encoded)];
         while batch.len() < limits.max_ops {
@@ -294,7 +295,7 @@ async fn run(client: CustomerIo, limits: BatchLimits, rx: &mut mpsc::UnboundedRe
             let op_size = encoded.size() + 1;
             // Track v2 and Pipelines both take 500 KB per batch.
             if size + op_size > MAX_V2_BATCH_BYTES {
-                carried = Some(job);
+                carried = Some((job, encoded));
                 break;
             }
             size += op_size;
